@@ -1,0 +1,58 @@
+"""`omniloom <verb>`: a thin table of subcommands.
+
+Each verb lives in a module that exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+Those modules keep heavy imports (torch, codecs, servers) inside ``run`` so that ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "tokenizer": ("omniloom.codecs.text_cli", "train or inspect the byte-level BPE text tokenizer"),
+    "tokenize": ("omniloom.data.tokenize_cli", "turn message JSONL (+ media) into token shards"),
+    "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
+    "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omniloom",
+        description="Train, evaluate and serve omni models: one transformer over text, image, audio and video tokens.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"omniloom {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for verb, (module, help_) in VERBS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(verb, help=help_, description=(mod.__doc__ or help_).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verb:
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.run(args) or 0)
+    except ValueError as e:  # bad user input: a clear message, no traceback
+        print(f"omniloom {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"omniloom {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

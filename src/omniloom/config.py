@@ -1,0 +1,347 @@
+"""Typed configs with named presets, YAML files and dotted ``key=value`` overrides.
+
+A run is described by one :class:`Config` (model + data + train). Start from a preset
+(``debug``, ``world``, ``150m``, ``1b``), then apply a YAML file, then command-line overrides::
+
+    cfg = load_config("world", yaml_path="my.yaml", overrides=["model.n_layers=4", "train.lr=3e-4"])
+
+Unknown keys and values of the wrong type are rejected with a :class:`ValueError` that names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "Config",
+    "PRESETS",
+    "preset",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder. ``vocab_size=0`` means: take it from the data's vocabulary."""
+
+    vocab_size: int = 0
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 384
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size < 0:
+            raise ValueError(f"model.vocab_size must be >= 0 (0 = from data), got {self.vocab_size}")
+        if self.dim % self.n_heads:
+            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameter count computed from the shape alone (no model needed)."""
+        d, hd = self.dim, self.head_dim
+        attn = d * self.n_heads * hd + 2 * d * self.n_kv_heads * hd + self.n_heads * hd * d
+        if self.qk_norm:
+            attn += 2 * hd
+        ffn = 3 * d * self.ffn_dim
+        per_layer = attn + ffn + 2 * d
+        n = self.n_layers * per_layer + d  # + final norm
+        if include_embedding:
+            n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return n
+
+
+@dataclass
+class DataConfig:
+    """Where token shards live and how they become batches."""
+
+    train: str = "data/train"  # directory of shards written by `omniloom tokenize`
+    val: str = ""  # optional directory of validation shards
+    seq_len: int = 512
+    mode: str = "sft"  # 'sft': loss on assistant turns only; 'pretrain': loss on everything
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.seq_len <= 1:
+            raise ValueError(f"data.seq_len must be > 1, got {self.seq_len}")
+        if self.mode not in ("sft", "pretrain"):
+            raise ValueError(f"data.mode must be 'sft' or 'pretrain', got {self.mode!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. ``batch_size`` is the global batch in sequences."""
+
+    out_dir: str = "runs/default"
+    steps: int = 1000
+    batch_size: int = 16  # global, in sequences, across all ranks and accumulation steps
+    micro_batch_size: int = 16  # per rank, per forward/backward
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # 'auto' (bf16 where supported), 'bf16', 'fp32'
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    compile: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train.dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+        return self
+
+
+def _debug() -> Config:
+    # ~1M parameters with a 4096-token vocabulary: for tests, runs in seconds on a CPU.
+    return Config(
+        name="debug",
+        model=ModelConfig(vocab_size=4096, dim=128, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=352,
+                          max_seq_len=512),
+        data=DataConfig(seq_len=256),
+        train=TrainConfig(steps=200, batch_size=8, micro_batch_size=8, lr=3e-3, warmup_steps=20,
+                          eval_every=100, ckpt_every=100, log_every=10),
+    )
+
+
+def _world() -> Config:
+    # The reference model of the shapes world: ~15M parameters.
+    return Config(
+        name="world",
+        model=ModelConfig(vocab_size=0, dim=384, n_layers=8, n_heads=6, n_kv_heads=2, ffn_dim=1024,
+                          max_seq_len=1024, qk_norm=False),
+        data=DataConfig(seq_len=1024),
+        train=TrainConfig(steps=20000, batch_size=32, micro_batch_size=16, lr=2e-3, warmup_steps=500,
+                          eval_every=1000, ckpt_every=500),
+    )
+
+
+def _150m() -> Config:
+    return Config(
+        name="150m",
+        model=ModelConfig(vocab_size=32768, dim=768, n_layers=16, n_heads=12, n_kv_heads=4, ffn_dim=2560,
+                          max_seq_len=4096, tie_embeddings=True),
+        data=DataConfig(seq_len=4096),
+        train=TrainConfig(steps=100000, batch_size=128, micro_batch_size=8, lr=1e-3, warmup_steps=2000,
+                          eval_every=2000, ckpt_every=1000),
+    )
+
+
+def _1b() -> Config:
+    return Config(
+        name="1b",
+        model=ModelConfig(vocab_size=65536, dim=2048, n_layers=16, n_heads=16, n_kv_heads=8, ffn_dim=8192,
+                          max_seq_len=8192, rope_theta=500000.0, qk_norm=True, tie_embeddings=False),
+        data=DataConfig(seq_len=8192),
+        train=TrainConfig(steps=200000, batch_size=256, micro_batch_size=2, lr=4e-4, warmup_steps=2000,
+                          eval_every=2000, ckpt_every=1000),
+    )
+
+
+PRESETS = {"debug": _debug, "world": _world, "150m": _150m, "1b": _1b}
+
+
+def preset(name: str) -> Config:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Turn ``value`` (a YAML value or a command-line string) into ``typ`` or raise ValueError."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        typ = args[0]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+            try:
+                f = float(value)
+            except ValueError:
+                f = None
+            if f is not None and f.is_integer():
+                return int(f)
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    raise ValueError(f"{key}: unsupported config type {typ}")
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            raise ValueError(f"unknown config key {dotted!r}")
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if part not in fields:
+            where = ".".join(parts[:i]) or "top level"
+            raise ValueError(
+                f"unknown config key {dotted!r}: {part!r} is not a field of {where} "
+                f"(fields: {', '.join(sorted(fields))})"
+            )
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                if not isinstance(value, dict):
+                    raise ValueError(f"{dotted}: is a section; give its fields, e.g. {dotted}.<field>=...")
+                for k, v in value.items():
+                    _set(cfg, f"{dotted}.{k}", v)
+                return
+            hints = typing.get_type_hints(type(obj))
+            setattr(obj, part, _coerce(value, hints[part], dotted))
+            return
+        obj = getattr(obj, part)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
+    """Apply ``["model.dim=256", ...]`` or a (nested) dict. Returns ``cfg`` for chaining."""
+    if isinstance(overrides, dict):
+        for k, v in overrides.items():
+            _set(cfg, k, v)
+        return cfg
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. train.lr=1e-3")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def load_config(
+    name: str = "debug",
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Preset -> YAML file -> dotted overrides -> validated :class:`Config`."""
+    cfg = preset(name)
+    if yaml_path is not None:
+        import yaml
+
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+        if "preset" in data:
+            cfg = preset(str(data.pop("preset")))
+        apply_overrides(cfg, data)
+    apply_overrides(cfg, overrides or [])
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of :func:`config_to_dict`; rejects unknown keys."""
+    cfg = Config()
+    apply_overrides(cfg, dict(data))
+    return cfg

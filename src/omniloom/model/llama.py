@@ -1,0 +1,230 @@
+"""A Llama-compatible decoder over token ids: RMSNorm, RoPE, GQA, SwiGLU, optional QK-norm.
+
+Modules and pure functions only. Parallelism, compilation and checkpoint loading are applied
+from outside. The parameter names and the RoPE layout (rotate-half) follow Hugging Face Llama so
+that conversion is a renaming (see ``hf.py``).
+
+Three ways to call :meth:`Transformer.forward`:
+
+* training: ``model(ids)`` or ``model(ids, positions=pos, doc_ids=doc)`` for packed sequences
+  (attention never crosses a document boundary);
+* prefill / decode with the static KV cache: ``model.setup_cache(B, S)``, then
+  ``model(ids, input_pos=torch.arange(t0, t0 + T))`` chunk by chunk;
+* batched decode with ragged prompts: also pass ``kv_mask`` (B, S) marking valid cache slots.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+
+__all__ = ["Transformer", "KVCache", "rope_tables", "apply_rope", "doc_causal_mask"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # computed in fp32 like HF Llama, returned in the input dtype
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables of shape (seq_len, head_dim), rotate-half layout (HF Llama)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(seq_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)  # (S, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos/sin: (B, 1, T, D) or (1, 1, T, D)."""
+    return (x * cos + _rotate_half(x) * sin).to(x.dtype)
+
+
+def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) document ids -> (B, 1, T, T) bool mask: causal and within the same document."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same & causal)[:, None]
+
+
+class KVCache(nn.Module):
+    """Static per-layer cache: (B, H_kv, S, D) keys and values written at ``input_pos``."""
+
+    def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype, device=None):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        # input_pos: (T,); k, v: (B, H_kv, T, D)
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, mask, input_pos=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None and input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
+        rep = self.n_heads // self.n_kv_heads
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=rep > 1)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, mask, input_pos=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (> 0) before building a model")
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.cache_len = 0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def init_rope(self, device=None) -> None:
+        """Recompute the RoPE tables (e.g. after building on the meta device)."""
+        cos, sin = rope_tables(self.cfg.max_seq_len, self.cfg.head_dim, self.cfg.rope_theta, device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    # -- KV cache -----------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None, dtype=None, device=None) -> None:
+        S = max_seq_len or self.cfg.max_seq_len
+        if S > self.cfg.max_seq_len:
+            raise ValueError(f"cache length {S} exceeds model.max_seq_len {self.cfg.max_seq_len}")
+        dtype = dtype or self.embed_tokens.weight.dtype
+        device = device or self.embed_tokens.weight.device
+        for layer in self.layers:
+            layer.self_attn.kv_cache = KVCache(batch_size, self.cfg.n_kv_heads, S, self.cfg.head_dim, dtype, device)
+        self.cache_len = S
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.kv_cache = None
+        self.cache_len = 0
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        kv_mask: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, V) (or final hidden states (B, T, dim))."""
+        B, T = ids.shape
+        mask = None
+        if input_pos is not None:
+            if self.cache_len == 0:
+                raise RuntimeError("input_pos given but no KV cache: call setup_cache() first")
+            pos = input_pos if positions is None else positions
+            S = self.cache_len
+            # (T, S): a query at cache slot p sees slots <= p
+            mask = torch.arange(S, device=ids.device)[None, :] <= input_pos[:, None]
+            mask = mask[None, None]  # (1, 1, T, S)
+            if kv_mask is not None:
+                mask = mask & kv_mask[:, None, None, :].bool()  # (B, 1, T, S)
+        else:
+            pos = positions if positions is not None else torch.arange(T, device=ids.device)
+            if doc_ids is not None:
+                mask = doc_causal_mask(doc_ids)
+        if T > self.cfg.max_seq_len and input_pos is None:
+            raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len {self.cfg.max_seq_len}")
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D) or (B, T, D)
+        if cos.dim() == 2:
+            cos, sin = cos[None, None], sin[None, None]  # (1, 1, T, D)
+        else:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
+        x = self.embed_tokens(ids)  # (B, T, dim)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, input_pos)
+        x = self.norm(x)
+        if return_hidden:
+            return x
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(x, w)  # (B, T, V)
