@@ -207,7 +207,9 @@ class Transformer(nn.Module):
             mask = torch.arange(S, device=ids.device)[None, :] <= input_pos[:, None]
             mask = mask[None, None]  # (1, 1, T, S)
             if kv_mask is not None:
-                mask = mask & kv_mask[:, None, None, :].bool()  # (B, 1, T, S)
+                # a query always sees its own slot, so padded rows never attend to nothing (NaN)
+                own = torch.arange(S, device=ids.device)[None, :] == input_pos[:, None]  # (T, S)
+                mask = (mask & kv_mask[:, None, None, :].bool()) | own[None, None]  # (B, 1, T, S)
         else:
             pos = positions if positions is not None else torch.arange(T, device=ids.device)
             if doc_ids is not None:
