@@ -1,0 +1,272 @@
+"""One optimizer step over a list of micro-batches: the heart of training, shared by the loop
+and the throughput benchmark.
+
+``TrainStep(model, train_cfg, vocab)(micro_batches)`` runs forward/backward on each micro-batch
+(bf16 autocast where the hardware has it), accumulates gradients, clips, steps AdamW with a
+warmup + cosine schedule, and returns plain floats.
+
+The loss is the mean cross-entropy over the target tokens that count (``loss_mask``) in the whole
+*global* batch: every micro-batch on every rank is divided by the same global token count, so
+one rank with 4 accumulation steps and 4 ranks with 1 give the same gradient. Under
+``torch.distributed`` the token counts are all-reduced; gradients are reduced by FSDP2 when the
+model is ``fully_shard``-ed, otherwise (plain replicated model) by an all-reduce here.
+
+The model is any callable ``model(ids, positions=..., doc_ids=...) -> logits (B, T, V)``; the
+omniloom :class:`~omniloom.model.llama.Transformer` and a thin wrapper around
+``transformers.LlamaForCausalLM`` both qualify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+
+__all__ = ["TrainStep", "lr_at", "resolve_dtype", "cpu_has_bf16", "build_optimizer", "masked_loss"]
+
+MODALITIES_FALLBACK = ("text", "special", "image", "audio")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when this CPU has native bf16 math (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str | torch.device) -> torch.dtype:
+    """``train.dtype`` -> the autocast dtype (``torch.float32`` means no autocast)."""
+    if dtype == "fp32":
+        return torch.float32
+    if dtype == "bf16":
+        return torch.bfloat16
+    if dtype != "auto":
+        raise ValueError(f"train.dtype must be 'auto', 'bf16' or 'fp32', got {dtype!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if dev.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.float32
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, cosine to ``lr * min_lr_ratio``."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = max(1, cfg.steps - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * t))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: str | torch.device) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only (not norms/biases); fused on CUDA, foreach elsewhere."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {}
+    if torch.device(device).type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **kwargs)
+
+
+def masked_loss(
+    logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the masked targets only.
+
+    Returns (sum of losses (scalar fp32), per-token losses (N,) fp32, the selected targets (N,)).
+    """
+    mask = loss_mask.bool()
+    sel = logits[mask]  # (N, V): only the rows that count go through the softmax
+    tgt = targets[mask]  # (N,)
+    ce = F.cross_entropy(sel.float(), tgt, reduction="none")  # (N,)
+    return ce.sum(), ce.detach(), tgt
+
+
+def _is_fsdp(model: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, FSDPModule)
+
+
+class TrainStep:
+    """Callable doing one optimizer step. Keeps the optimizer and the step counter.
+
+    Args:
+        model: ``model(ids, positions=, doc_ids=) -> logits``; may be FSDP2-sharded.
+        train_cfg: optimisation settings (lr schedule, clipping, dtype, compile).
+        vocab: optional :class:`omniloom.tokens.Vocab` for per-modality losses.
+        device: where batches are moved before the forward pass.
+        optimizer: reuse an optimizer (default: :func:`build_optimizer`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_cfg: TrainConfig,
+        vocab: Any | None = None,
+        device: str | torch.device = "cpu",
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
+        self.model = model
+        self.cfg = train_cfg
+        self.device = torch.device(device)
+        self.vocab = vocab
+        self.optimizer = optimizer or build_optimizer(model, train_cfg, self.device)
+        self.amp_dtype = resolve_dtype(train_cfg.dtype, self.device)
+        self.forward = torch.compile(model) if train_cfg.compile else model
+        self.step = 0  # optimizer steps done so far
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.fsdp = _is_fsdp(model)
+        self._mod_table: torch.Tensor | None = None
+        self.modalities: tuple[str, ...] = MODALITIES_FALLBACK
+        if vocab is not None:
+            self.modalities = tuple(getattr(type(vocab), "MODALITIES", MODALITIES_FALLBACK))
+            table = np.asarray(vocab.modality_of(np.arange(vocab.size, dtype=np.int64)), dtype=np.int64)
+            self._mod_table = torch.as_tensor(table, device=self.device)  # (V_data,) id -> modality index
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        nb = self.device.type == "cuda"
+        return {k: v.to(self.device, non_blocking=nb) for k, v in batch.items()}
+
+    def _sync_grads_manually(self) -> None:
+        """Replicated (non-FSDP) model on several ranks: sum the partial gradients."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])  # one collective instead of one per tensor
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # -- the step -----------------------------------------------------------------------------
+    def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        if not micro_batches:
+            raise ValueError("TrainStep needs at least one micro-batch")
+        self.model.train()
+        lr = lr_at(self.step, self.cfg)
+        self.set_lr(lr)
+
+        # global number of target tokens that count: the common denominator of every micro-batch
+        local = torch.tensor(
+            [sum(int(mb["loss_mask"].sum()) for mb in micro_batches),
+             sum(mb["ids"].numel() for mb in micro_batches)],
+            dtype=torch.float64,
+        )
+        counts = self._all_reduce(local.to(self.device)).cpu()
+        n_loss, n_tokens = float(counts[0]), float(counts[1])
+        denom = max(n_loss, 1.0)
+        # FSDP2 averages gradients over ranks; scale up so the result is the global-mean gradient
+        scale = self.world_size if self.fsdp else 1.0
+
+        M = len(self.modalities)
+        mod_sum = torch.zeros(M, dtype=torch.float64, device=self.device)
+        mod_cnt = torch.zeros(M, dtype=torch.float64, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, mb in enumerate(micro_batches):
+            mb = self._to_device(mb)
+            if self.fsdp:  # reduce-scatter only after the last micro-batch
+                self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            with self._autocast():
+                logits = self.forward(mb["ids"], positions=mb.get("positions"), doc_ids=mb.get("doc_ids"))
+            s, ce, tgt = masked_loss(logits, mb["targets"], mb["loss_mask"])  # logits: (B, T, V)
+            (s * (scale / denom)).backward()
+            loss_sum += s.detach().double()
+            if self._mod_table is not None and tgt.numel():
+                mod = self._mod_table[tgt.clamp(0, self._mod_table.numel() - 1)]  # (N,) modality index
+                mod_sum.index_add_(0, mod, ce.double())
+                mod_cnt.index_add_(0, mod, torch.ones_like(ce, dtype=torch.float64))
+
+        if self.distributed and not self.fsdp:
+            self._sync_grads_manually()
+
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0
+                                            else float("inf"))
+        if hasattr(gn, "full_tensor"):  # DTensor under FSDP2
+            gn = gn.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+        stats = self._all_reduce(torch.cat([loss_sum[None], mod_sum, mod_cnt])).cpu()
+        out = {
+            "loss": float(stats[0]) / denom,
+            "lr": lr,
+            "grad_norm": float(gn),
+            "tokens": n_tokens,
+            "loss_tokens": n_loss,
+        }
+        if self._mod_table is not None:
+            for j, name in enumerate(self.modalities):
+                c = float(stats[1 + M + j])
+                if c > 0:
+                    out[f"loss/{name}"] = float(stats[1 + j]) / c
+        return out
+
+    @torch.no_grad()
+    def eval_loss(self, batches: list[dict[str, torch.Tensor]]) -> float:
+        """Mean masked cross-entropy over ``batches`` (all ranks together), no gradient."""
+        self.model.eval()
+        tot = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for mb in batches:
+            mb = self._to_device(mb)
+            with self._autocast():
+                logits = self.forward(mb["ids"], positions=mb.get("positions"), doc_ids=mb.get("doc_ids"))
+            s, ce, _ = masked_loss(logits, mb["targets"], mb["loss_mask"])
+            tot[0] += s.double()
+            tot[1] += ce.numel()
+        tot = self._all_reduce(tot).cpu()
+        self.model.train()
+        return float(tot[0]) / max(float(tot[1]), 1.0)
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Plain (non-distributed) state; the checkpoint module handles the FSDP2 case."""
+        return {"step": self.step, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
