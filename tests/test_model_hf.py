@@ -139,3 +139,78 @@ def test_export_is_atomic_and_overwrites(tmp_path):
     export_hf(Transformer(cfg), cfg, out)
     assert (out / "model.safetensors").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temp dir left behind
+
+
+def _write_checkpoint(d, cfg_model):
+    from safetensors.torch import save_file
+
+    from omniloom.config import Config, config_to_dict
+
+    torch.manual_seed(2)
+    model = Transformer(cfg_model).eval()
+    randomize_norms(model)
+    d.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    cfg = Config(name="t", model=cfg_model)
+    cfg.data.seq_len = 32
+    (d / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    return model
+
+
+def main(argv: list[str]) -> int:
+    """`omniloom export ...` as cli.main runs it (ValueError -> message + exit 2), without importing
+    the other verbs' modules."""
+    import argparse
+    import sys
+
+    from omniloom.model import export_cli
+
+    assert argv[0] == "export"
+    parser = argparse.ArgumentParser(prog="omniloom export")
+    export_cli.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(export_cli.run(args) or 0)
+    except ValueError as e:
+        print(f"omniloom export: error: {e}", file=sys.stderr)
+        return 2
+
+
+def test_cli_export_and_import_round_trip(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    cfg = tiny(tie_embeddings=False)
+    model = _write_checkpoint(tmp_path / "ckpt", cfg)
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    ids = torch.randint(0, cfg.vocab_size, (1, 15))
+    with torch.no_grad():
+        ours = model(ids)
+    _, theirs = hf_logits(tmp_path / "hf", ids)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+    assert main(["export", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert set(back) == set(model.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+    from omniloom.config import config_from_dict
+
+    assert config_from_dict(json.loads((tmp_path / "back" / "config.json").read_text())).model == cfg
+
+
+def test_cli_errors(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    assert main(["export", "--checkpoint", str(tmp_path / "half"), "--out", str(tmp_path / "o")]) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+    model = _write_checkpoint(tmp_path / "ckpt", tiny())
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    sd["layers.1.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    save_file(sd, str(tmp_path / "ckpt" / "model.safetensors"))
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert "layers.1.mlp.up_proj.weight" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+    with pytest.raises(SystemExit):
+        main(["export", "--out", str(tmp_path / "o")])  # needs --checkpoint or --from-hf

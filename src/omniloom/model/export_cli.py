@@ -1,0 +1,89 @@
+"""Convert between omniloom checkpoints and the Hugging Face layout.
+
+Export a training checkpoint (a directory with model.safetensors + config.json) so that
+`transformers` loads it (LlamaForCausalLM, or Qwen3ForCausalLM when model.qk_norm=true):
+
+    omniloom export --checkpoint runs/world/ckpt-020000 --format hf --out hf/world
+    python -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('hf/world')"
+
+Import a Hugging Face Llama/Qwen3 directory back into an omniloom checkpoint directory:
+
+    omniloom export --from-hf hf/world --out runs/imported
+
+Only the language model is converted: codecs and the vocabulary stay with the omniloom run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR",
+                     help="omniloom checkpoint directory (model.safetensors + config.json) to export")
+    src.add_argument("--from-hf", metavar="DIR", dest="from_hf",
+                     help="Hugging Face Llama/Qwen3 directory (config.json + model.safetensors) to import")
+    p.add_argument("--format", choices=["hf"], default="hf", help="export format (default: hf)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output directory (written atomically)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="cast the weights on export (default: keep the checkpoint's dtype)")
+
+
+def _read_checkpoint(d: Path):
+    """(Config, state dict) of an omniloom checkpoint directory."""
+    from safetensors.torch import load_file
+
+    from ..config import config_from_dict
+
+    if not d.is_dir():
+        raise ValueError(f"checkpoint directory {d} does not exist")
+    cfg_path, w_path = d / "config.json", d / "model.safetensors"
+    for f in (cfg_path, w_path):
+        if not f.is_file():
+            raise ValueError(f"{f} is missing (a checkpoint directory holds model.safetensors + config.json)")
+    try:
+        cfg = config_from_dict(json.loads(cfg_path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    return cfg, load_file(str(w_path))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..config import Config, config_to_dict
+    from .hf import _atomic_dir_write, export_hf, from_hf, load_state_dict_checked
+    from .llama import Transformer
+
+    out = Path(args.out)
+    if args.checkpoint:
+        src = Path(args.checkpoint)
+        cfg, sd = _read_checkpoint(src)
+        model = Transformer(cfg.model)
+        load_state_dict_checked(model, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}, source=str(src))
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        export_hf(model, cfg.model, out, dtype=dtype)
+        print(f"exported {src} -> {out} ({'Qwen3' if cfg.model.qk_norm else 'Llama'}ForCausalLM, "
+              f"{cfg.model.num_params():,} parameters)")
+        return 0
+
+    from safetensors.torch import save_file
+
+    src = Path(args.from_hf)
+    mcfg, sd = from_hf(src)
+    model = Transformer(mcfg)
+    load_state_dict_checked(model, sd, source=str(src))  # checks names and shapes, names the tensor
+    if args.dtype:
+        model.to(getattr(torch, args.dtype))
+    cfg = Config(name="imported", model=mcfg)
+    cfg.data.seq_len = min(cfg.data.seq_len, mcfg.max_seq_len)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    _atomic_dir_write(out, {
+        "model.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        "config.json": lambda p: p.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n"),
+    })
+    print(f"imported {src} -> {out} ({mcfg.num_params():,} parameters)")
+    return 0
