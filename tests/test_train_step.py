@@ -92,17 +92,10 @@ def test_bf16_autocast_step_runs_and_is_finite():
     assert np.isfinite(out["loss"]) and np.isfinite(out["grad_norm"])
 
 
-class _StandInVocab:  # TODO: replace with omniloom.tokens.Vocab once it lands
-    MODALITIES = ("text", "special", "image", "audio")
-    size = 60
-
-    def modality_of(self, ids):
-        ids = np.asarray(ids)
-        return np.where(ids < 40, 0, np.where(ids < 50, 1, 2)).astype(np.int8)
-
-
 def test_per_modality_losses_weighted_mean_equals_total():
-    vocab = _StandInVocab()
+    from omniloom.tokens.vocab import Vocab
+
+    vocab = Vocab.build(text_size=40, image_codebook_size=8, image_tokens=4)
     b = _batch(3, 16, 4, vocab=vocab.size)
     model = _model(vocab=((vocab.size + 63) // 64) * 64)
     out = TrainStep(model, _cfg(), vocab=vocab)([b])
