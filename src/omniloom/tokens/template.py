@@ -1,0 +1,457 @@
+"""Chat template: conversations (with code parts) <-> global ids, a loss mask, and parsing back.
+
+One conversation::
+
+    <|bos|> (<|system|>|<|user|>|<|assistant|>) content... <|end|> ... <|eos|>
+
+Content parts (after codecs ran) become spans:
+
+- text: the text tokenizer's ids.
+- ``image_codes``: ``<|image|> c_1 .. c_N <|/image|>`` with exactly ``vocab.image_tokens`` codes.
+- ``audio_codes``: ``<|audio|> <|voice:v|>`` then, when a transcript is given, chunks of
+  ``speech_interleave[0]`` transcript text ids each followed by ``speech_interleave[1]`` audio frames
+  (frame-major, codebook order), so that the first audio comes after only a few text ids; then
+  ``<|/audio|>``.
+- ``video_codes``: ``<|video|>`` then per frame a time tag ``<|t:k|>`` (or ``<|frame|>`` without
+  fps) and an image span; then ``<|/video|>``.
+
+``loss_mask[i] == 1`` means id ``i`` is a training target (the data pipeline shifts ids and mask
+together). ``sft``: the content and ``<|end|>`` of assistant turns; ``pretrain``: every id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .vocab import Vocab
+
+__all__ = [
+    "Encoded",
+    "Segment",
+    "ROLES",
+    "OUTPUT_MODALITIES",
+    "normalize_content",
+    "encode_part",
+    "encode_conversation",
+    "build_prompt",
+    "decode_ids",
+    "segments_to_messages",
+]
+
+ROLES = ("system", "user", "assistant")
+OUTPUT_MODALITIES = ("text", "image", "audio", "video")
+CODE_PART_TYPES = ("text", "image_codes", "audio_codes", "video_codes")
+
+
+@dataclass
+class Encoded:
+    """Ids of one conversation and its loss mask (same length; 1 = the id is a training target)."""
+
+    ids: list[int]
+    loss_mask: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class Segment:
+    """One parsed span: role of the turn it sits in, and its modality's payload.
+
+    text: ``text``. image: ``codes`` (list of local codes). audio: ``codes`` ((frames, codebooks)
+    local codes as lists), ``voice``, ``transcript``. video: ``frames`` (lists of local image codes)
+    and ``times`` (seconds, or None per frame without a time tag). ``complete`` is False when the
+    ids stopped inside the span (e.g. generation cut off).
+    """
+
+    role: str | None
+    modality: str
+    text: str | None = None
+    codes: list[Any] | None = None
+    voice: str | None = None
+    transcript: str | None = None
+    frames: list[list[int]] | None = None
+    times: list[float | None] | None = None
+    complete: bool = True
+    turn: int = -1  # index of the turn (role header) it sits in; -1 before any header
+
+    @property
+    def fps(self) -> float | None:
+        """Frame rate implied by the first two time tags of a video (None if unknown)."""
+        if not self.times or len(self.times) < 2 or self.times[0] is None or self.times[1] is None:
+            return None
+        dt = self.times[1] - self.times[0]
+        return 1.0 / dt if dt > 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+def normalize_content(content: Any, where: str = "message") -> list[dict]:
+    """``str`` or list of parts -> list of part dicts (a string becomes one text part)."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        raise ValueError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or "type" not in part:
+            raise ValueError(f"{where} part {j}: a part must be a dict with a 'type' key, got {part!r:.80}")
+    return content
+
+
+def _image_span(vocab: Vocab, codes: Any, where: str) -> list[int]:
+    arr = np.asarray(_np(codes), dtype=np.int64).reshape(-1)
+    if vocab.image_tokens == 0:
+        raise ValueError(f"{where}: this vocabulary has no image codes (image_codebook_size=0)")
+    if arr.size != vocab.image_tokens:
+        raise ValueError(f"{where}: an image needs exactly {vocab.image_tokens} codes, got {arr.size}")
+    try:
+        g = vocab.to_global("image", arr)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return [vocab.special("image"), *g.tolist(), vocab.special("/image")]
+
+
+def _audio_span(vocab: Vocab, part: dict, text_tokenizer: Any, where: str) -> list[int]:
+    if vocab.audio_codebooks == 0:
+        raise ValueError(f"{where}: this vocabulary has no audio codes (audio_codebooks=0)")
+    codes = part.get("codes")
+    if codes is None:
+        raise ValueError(f"{where}: audio_codes part has no 'codes'")
+    arr = np.asarray(_np(codes), dtype=np.int64)
+    if arr.size == 0:
+        arr = arr.reshape(0, vocab.audio_codebooks)
+    try:
+        voice = vocab.voice_id(part.get("voice"))
+        flat = vocab.audio_to_global(arr)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    K = vocab.audio_codebooks
+    out = [vocab.special("audio"), voice]
+    transcript = part.get("transcript")
+    text = text_tokenizer.encode(transcript) if transcript else []
+    t_chunk, a_chunk = vocab.speech_interleave
+    ti, ai = 0, 0
+    while ti < len(text) or ai < len(flat):
+        out += text[ti:ti + t_chunk]
+        ti += t_chunk
+        out += flat[ai:ai + a_chunk * K]
+        ai += a_chunk * K
+    out.append(vocab.special("/audio"))
+    return out
+
+
+def _video_span(vocab: Vocab, part: dict, where: str) -> list[int]:
+    frames = part.get("frames")
+    if frames is None:
+        raise ValueError(f"{where}: video_codes part has no 'frames'")
+    times = part.get("times")
+    fps = part.get("fps")
+    if times is not None and len(times) != len(frames):
+        raise ValueError(f"{where}: {len(times)} times for {len(frames)} frames")
+    if fps is not None and float(fps) <= 0:
+        raise ValueError(f"{where}: fps must be positive, got {fps}")
+    out = [vocab.special("video")]
+    for i, frame in enumerate(frames):
+        t = times[i] if times is not None else (i / float(fps) if fps else None)
+        try:
+            out.append(vocab.special("frame") if t is None else vocab.time_id(t))
+        except ValueError as e:
+            raise ValueError(f"{where} frame {i}: {e}") from None
+        out += _image_span(vocab, frame, f"{where} frame {i}")
+    out.append(vocab.special("/video"))
+    return out
+
+
+def encode_part(part: dict, vocab: Vocab, text_tokenizer: Any, where: str = "part") -> list[int]:
+    """Ids of one content part (text or a code span)."""
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: text part needs a string 'text', got {text!r:.60}")
+        return text_tokenizer.encode(text) if text else []
+    if kind == "image_codes":
+        if "codes" not in part:
+            raise ValueError(f"{where}: image_codes part has no 'codes'")
+        return _image_span(vocab, part["codes"], where)
+    if kind == "audio_codes":
+        return _audio_span(vocab, part, text_tokenizer, where)
+    if kind == "video_codes":
+        return _video_span(vocab, part, where)
+    raise ValueError(
+        f"{where}: part type {kind!r} is not a code part ({', '.join(CODE_PART_TYPES)}); "
+        "raw media parts go through omniloom.processor.Processor"
+    )
+
+
+def _encode_turns(messages: Sequence[dict], vocab: Vocab, text_tokenizer: Any, mode: str
+                  ) -> tuple[list[int], list[int]]:
+    if mode not in ("sft", "pretrain"):
+        raise ValueError(f"mode must be 'sft' or 'pretrain', got {mode!r}")
+    if isinstance(messages, dict) or not isinstance(messages, (list, tuple)):
+        raise ValueError(f"messages must be a list of message dicts, got {type(messages).__name__}")
+    ids: list[int] = []
+    mask: list[int] = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise ValueError(f"message {i}: must be a dict with 'role' and 'content', got {type(msg).__name__}")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise ValueError(f"message {i}: role {role!r} is not one of {ROLES}")
+        body: list[int] = []
+        for j, part in enumerate(normalize_content(msg.get("content"), f"message {i}")):
+            body += encode_part(part, vocab, text_tokenizer, f"message {i} part {j}")
+        body.append(vocab.end_id)
+        learn = 1 if (mode == "pretrain" or role == "assistant") else 0
+        ids.append(vocab.special(role))
+        mask.append(1 if mode == "pretrain" else 0)
+        ids += body
+        mask += [learn] * len(body)
+    return ids, mask
+
+
+def encode_conversation(
+    messages: Sequence[dict],
+    vocab: Vocab,
+    text_tokenizer: Any,
+    mode: str = "sft",
+    add_bos: bool = True,
+    add_eos: bool = True,
+) -> Encoded:
+    """Messages with code parts -> :class:`Encoded` ids and loss mask (see the module docstring)."""
+    ids, mask = _encode_turns(messages, vocab, text_tokenizer, mode)
+    full = 1 if mode == "pretrain" else 0
+    if add_bos:
+        ids.insert(0, vocab.bos_id)
+        mask.insert(0, full)
+    if add_eos:
+        ids.append(vocab.eos_id)
+        mask.append(full)
+    return Encoded(ids=ids, loss_mask=mask)
+
+
+def build_prompt(
+    messages: Sequence[dict],
+    vocab: Vocab,
+    text_tokenizer: Any,
+    output_modality: str | None = None,
+    voice: str | None = None,
+    add_bos: bool = True,
+) -> list[int]:
+    """Generation prefix: the conversation so far, then ``<|assistant|>``, optionally opening a span.
+
+    ``output_modality="image"`` appends ``<|image|>``; ``"audio"`` appends ``<|audio|><|voice:v|>``;
+    ``"video"`` appends ``<|video|>``; ``"text"``/None appends nothing more.
+    """
+    ids, _ = _encode_turns(messages, vocab, text_tokenizer, "sft")
+    if add_bos:
+        ids.insert(0, vocab.bos_id)
+    ids.append(vocab.special("assistant"))
+    if output_modality in (None, "text"):
+        return ids
+    if output_modality == "image":
+        return ids + [vocab.special("image")]
+    if output_modality == "audio":
+        return ids + [vocab.special("audio"), vocab.voice_id(voice)]
+    if output_modality == "video":
+        return ids + [vocab.special("video")]
+    raise ValueError(f"output_modality {output_modality!r} is not one of {OUTPUT_MODALITIES}")
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+class _Parser:
+    """A small recursive-descent parser over global ids; ``strict`` raises on malformed ids."""
+
+    def __init__(self, ids: Sequence[int], vocab: Vocab, text_tokenizer: Any, strict: bool) -> None:
+        self.ids = [int(i) for i in ids]
+        self.mod = vocab.modality_of(self.ids) if self.ids else np.zeros(0, np.int8)
+        self.v = vocab
+        self.tok = text_tokenizer
+        self.strict = strict
+        self.pos = 0
+        self.role: str | None = None
+        self.turn = -1
+        self.out: list[Segment] = []
+        self.text: list[int] = []
+        s = vocab.special
+        self.S = {n: s(n) for n in ("bos", "eos", "pad", "system", "user", "assistant", "end", "image", "/image",
+                                    "audio", "/audio", "video", "/video", "frame", "null")}
+        self.role_of = {self.S[r]: r for r in ROLES}
+
+    def bad(self, msg: str) -> None:
+        if self.strict:
+            raise ValueError(f"malformed ids at position {self.pos}: {msg}")
+
+    def name(self, i: int) -> str:
+        m = self.v.MODALITIES[self.mod[i]] if self.mod[i] >= 0 else "out-of-range"
+        return self.v.special_name(self.ids[i]) if m == "special" else f"{m} id {self.ids[i]}"
+
+    def flush_text(self) -> None:
+        if self.text:
+            self.out.append(Segment(self.role, "text", text=self.tok.decode(self.text), turn=self.turn))
+            self.text = []
+
+    def run(self) -> list[Segment]:
+        S, n = self.S, len(self.ids)
+        while self.pos < n:
+            i, m = self.ids[self.pos], self.mod[self.pos]
+            if m == 0:
+                self.text.append(i)
+                self.pos += 1
+                continue
+            self.flush_text()
+            if i in self.role_of:
+                self.role = self.role_of[i]
+                self.turn += 1
+                self.pos += 1
+            elif i in (S["end"], S["eos"]):
+                self.role = None
+                self.pos += 1
+            elif i in (S["bos"], S["pad"], S["null"]):
+                self.pos += 1
+            elif i == S["image"]:
+                seg = self.image_span()
+                self.out.append(Segment(self.role, "image", codes=seg[0], complete=seg[1], turn=self.turn))
+            elif i == S["audio"]:
+                self.out.append(self.audio_span())
+            elif i == S["video"]:
+                self.out.append(self.video_span())
+            else:
+                self.bad(f"unexpected {self.name(self.pos)} outside any span")
+                self.pos += 1
+        self.flush_text()
+        return self.out
+
+    def image_span(self) -> tuple[list[int], bool]:
+        """At ``<|image|>``: read N codes and ``<|/image|>``. Returns (local codes, complete)."""
+        self.pos += 1
+        start, N = self.pos, self.v.image_tokens
+        while self.pos < len(self.ids) and self.pos - start < N and self.mod[self.pos] == 2:
+            self.pos += 1
+        codes = (np.asarray(self.ids[start:self.pos]) - self.v.image_start).tolist()
+        if self.pos == len(self.ids):
+            return codes, False  # truncated tail
+        if self.pos - start < N:
+            self.bad(f"image span has {self.pos - start} codes, expected {N}, then {self.name(self.pos)}")
+            return codes, False
+        if self.ids[self.pos] != self.S["/image"]:
+            self.bad(f"image span of {N} codes not closed by <|/image|> but by {self.name(self.pos)}")
+            return codes, False
+        self.pos += 1
+        return codes, True
+
+    def audio_span(self) -> Segment:
+        self.pos += 1
+        seg = Segment(self.role, "audio", codes=[], complete=False, turn=self.turn)
+        n, K = len(self.ids), max(self.v.audio_codebooks, 1)
+        if self.pos < n and self.v.is_voice(self.ids[self.pos]):
+            seg.voice = self.v.voice_name(self.ids[self.pos])
+            self.pos += 1
+        elif self.pos < n:
+            self.bad(f"audio span must start with a voice tag, got {self.name(self.pos)}")
+        text: list[int] = []
+        flat: list[int] = []
+        while self.pos < n:
+            i, m = self.ids[self.pos], self.mod[self.pos]
+            if m == 0:
+                text.append(i)
+            elif m == 3:
+                flat.append(i)
+            elif i == self.S["/audio"]:
+                self.pos += 1
+                seg.complete = True
+                break
+            else:
+                self.bad(f"unexpected {self.name(self.pos)} inside an audio span")
+                break
+            self.pos += 1
+        whole = len(flat) - len(flat) % K
+        if whole != len(flat):
+            if seg.complete:
+                self.bad(f"audio span holds {len(flat)} codes, not a whole number of {K}-codebook frames")
+            seg.complete = False
+        try:
+            seg.codes = self.v.audio_from_global(flat[:whole]).tolist()
+        except ValueError as e:
+            self.bad(str(e))
+            seg.codes, seg.complete = [], False
+        seg.transcript = self.tok.decode(text) if text else None
+        return seg
+
+    def video_span(self) -> Segment:
+        self.pos += 1
+        seg = Segment(self.role, "video", frames=[], times=[], complete=False, turn=self.turn)
+        n = len(self.ids)
+        while self.pos < n:
+            i = self.ids[self.pos]
+            if i == self.S["/video"]:
+                self.pos += 1
+                seg.complete = True
+                break
+            if self.v.is_time(i) or i == self.S["frame"]:
+                t = self.v.time_of(i) if self.v.is_time(i) else None
+                self.pos += 1
+                if self.pos == n:
+                    break
+                if self.ids[self.pos] != self.S["image"]:
+                    self.bad(f"video frame marker not followed by <|image|> but by {self.name(self.pos)}")
+                    break
+                codes, ok = self.image_span()
+                seg.frames.append(codes)
+                seg.times.append(t)
+                if not ok:
+                    break
+            else:
+                self.bad(f"expected a time tag, <|frame|> or <|/video|> inside a video span, got {self.name(self.pos)}")
+                break
+        return seg
+
+
+def decode_ids(ids: Sequence[int] | Any, vocab: Vocab, text_tokenizer: Any, strict: bool = False) -> list[Segment]:
+    """Parse global ids back into :class:`Segment` s (inverse of :func:`encode_conversation`).
+
+    A truncated tail (ids ending inside a span) gives a last segment with ``complete=False`` in both
+    modes. Malformed ids (codes outside their span, wrong image length, unknown tokens in a span)
+    raise ``ValueError`` when ``strict``; otherwise the parser skips what it cannot read.
+    """
+    return _Parser(list(np.asarray(_np(ids)).reshape(-1)), vocab, text_tokenizer, strict).run()
+
+
+def segments_to_messages(segments: Sequence[Segment], default_role: str = "assistant") -> list[dict]:
+    """Group segments into OpenAI-style messages with code parts, one message per turn."""
+    messages: list[dict] = []
+    last_turn: int | None = None
+    for seg in segments:
+        role = seg.role or default_role
+        if seg.modality == "text":
+            part: dict = {"type": "text", "text": seg.text or ""}
+        elif seg.modality == "image":
+            part = {"type": "image_codes", "codes": list(seg.codes or [])}
+        elif seg.modality == "audio":
+            part = {"type": "audio_codes", "codes": [list(f) for f in seg.codes or []], "voice": seg.voice,
+                    "transcript": seg.transcript}
+        else:
+            part = {"type": "video_codes", "frames": [list(f) for f in seg.frames or []], "fps": seg.fps,
+                    "times": list(seg.times or [])}
+        if messages and last_turn == seg.turn and messages[-1]["role"] == role:
+            messages[-1]["content"].append(part)
+        else:
+            messages.append({"role": role, "content": [part]})
+        last_turn = seg.turn
+    return messages
+
+
+def _np(x: Any) -> Any:
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return x
