@@ -1,0 +1,64 @@
+"""The shapes world: generate its data set, measure its speech judge's floor, benchmark generation.
+
+  omniloom world generate --out data/world --split train --n 10000 --seed 0 --workers 2
+  omniloom world generate --out data/world --split compositional --n 500 --tasks caption,vqa
+  omniloom world generate --out data/world --split train --n 1000 --mixture vqa=3,math=0
+  omniloom world judge-floor --n 40 --json floor.json
+  omniloom world bench --n 64 --json bench.json
+
+Splits: train, val, test (no held-out color+shape pair anywhere) and compositional (every sample
+carries a held-out pair). Tasks: caption, vqa, draw, edit, video, math, asr, tts, spoken_vqa,
+spoken_math, spoken_draw. Output: DIR/<split>.jsonl of {"task", "messages", "truth"} with media
+under DIR/media/<split>/ (paths in the jsonl are relative to DIR). Sample i depends only on
+(seed, split, i), whatever --workers is. See docs/world.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="world_cmd", metavar="<command>")
+    g = sub.add_parser("generate", help="write DIR/<split>.jsonl and its media",
+                       description="Generate one split of the shapes world (deterministic per seed, split, index).")
+    g.add_argument("--out", required=True, help="output folder (DIR/<split>.jsonl, DIR/media/...)")
+    g.add_argument("--split", required=True, choices=["train", "val", "test", "compositional"])
+    g.add_argument("--n", type=int, required=True, help="number of samples")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tasks", default=None, help="comma-separated task list (default: all; compositional: scene tasks)")
+    g.add_argument("--mixture", default=None, help="task=weight,... overriding the default weights (0 drops a task)")
+    g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    f = sub.add_parser("judge-floor", help="measure the speech judge's error on eSpeak renders in held-out voices")
+    f.add_argument("--n", type=int, default=40, help="utterances per voice per judge kind")
+    f.add_argument("--seed", type=int, default=1234)
+    f.add_argument("--json", default=None, help="write the figures here as JSON")
+
+    b = sub.add_parser("bench", help="samples/s of the generator, image-only and speech tasks")
+    b.add_argument("--n", type=int, default=64, help="samples per measured group")
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--json", default=None, help="write the table here as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = getattr(args, "world_cmd", None)
+    if cmd == "generate":
+        from .generate import generate
+
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+        path = generate(args.out, args.split, args.n, seed=args.seed, tasks=tasks, mixture=args.mixture,
+                        workers=args.workers, progress=not args.quiet)
+        print(f"wrote {args.n} samples to {path}")
+        return 0
+    if cmd == "judge-floor":
+        from .floor import main_floor
+
+        return main_floor(n=args.n, seed=args.seed, json_out=args.json)
+    if cmd == "bench":
+        from .bench import main_bench
+
+        return main_bench(n=args.n, workers=args.workers, json_out=args.json)
+    raise ValueError("missing command: use `omniloom world generate|judge-floor|bench` (see --help)")
