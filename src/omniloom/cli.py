@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
     "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
     "codec": ("omniloom.train.codec_cli", "train or evaluate the image and audio codecs"),
+    "world": ("omniloom.world.cli", "generate the shapes world data set and run its judges"),
 }
 
 
