@@ -44,9 +44,9 @@ def shape_points(shape: str, cx: float, cy: float, extent: float) -> list[tuple[
     if shape == "star":
         pts = []
         for k in range(10):
-            rad = r * 1.05 if k % 2 == 0 else r * 0.42
+            rad = r if k % 2 == 0 else r * 0.42
             a = -math.pi / 2 + k * math.pi / 5
-            pts.append((cx + rad * math.cos(a), cy + 0.06 * extent + rad * math.sin(a)))
+            pts.append((cx + rad * math.cos(a), cy + 0.05 * extent + rad * math.sin(a)))
         return pts
     raise ValueError(f"no polygon for shape {shape!r}")
 
@@ -87,7 +87,9 @@ def render_scene(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     placed = []
     for obj in scene.objects:
         cx, cy = cell_center(obj.cell)
-        jx, jy = rng.uniform(-JITTER_PX, JITTER_PX, size=2)
+        # keep the object (plus a pixel of anti-aliasing) inside its cell: big shapes jitter less
+        lim = min(JITTER_PX, CELL_PX / 2 - SIZES[obj.size] / 2 - 0.75)
+        jx, jy = rng.uniform(-lim, lim, size=2)
         placed.append((obj, cx + jx, cy + jy, _object_color(obj, rng)))
     return render_placed(placed, rng)
 
