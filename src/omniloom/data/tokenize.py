@@ -1,0 +1,110 @@
+"""OpenAI-message JSONL -> token shards (the engine behind ``omniloom tokenize``).
+
+Each input line is ``{"messages": [{"role": ..., "content": str | [parts]}, ...]}``. Media parts
+are turned into codes by the :class:`~omniloom.processor.Processor` and its codecs. Documents go
+to the validation split with probability ``val_fraction`` (seeded, so reruns are identical).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+from .shards import ShardWriter
+
+__all__ = ["read_jsonl", "tokenize_files", "build_vocab"]
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """Yield ``(line_number, messages)``; a bad line raises ValueError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
+                raise ValueError(f"{path}:{lineno}: expected an object with a non-empty \"messages\" list")
+            yield lineno, obj["messages"]
+
+
+def _count_lines(path: str | Path) -> int:
+    with open(path, "rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+
+
+def build_vocab(text_tokenizer: Any, codecs: dict[str, Any]) -> Any:
+    """A fresh :class:`Vocab` sized for the tokenizer and the given codecs."""
+    from ..tokens.vocab import Vocab
+
+    return Vocab.for_codecs(text_tokenizer.vocab_size, image_codec=codecs.get("image"),
+                            audio_codec=codecs.get("audio"))
+
+
+def tokenize_files(
+    inputs: list[str | Path],
+    tokenizer_path: str | Path,
+    out_dir: str | Path,
+    mode: str = "sft",
+    shard_tokens: int = 1 << 24,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    codecs: dict[str, Any] | None = None,
+    vocab: Any | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary."""
+    from ..codecs.text import TextTokenizer
+    from ..processor import Processor
+
+    if mode not in ("sft", "pretrain"):
+        raise ValueError(f"--mode must be 'sft' or 'pretrain', got {mode!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not inputs:
+        raise ValueError("give at least one --input FILE.jsonl")
+    for p in inputs:
+        if not Path(p).is_file():
+            raise ValueError(f"input file {p} does not exist")
+    codecs = dict(codecs or {})
+    tok = TextTokenizer.load(tokenizer_path)
+    vocab = vocab if vocab is not None else build_vocab(tok, codecs)
+    processor = Processor(vocab, tok, codecs)
+    out = Path(out_dir)
+    meta = {"mode": mode, "sources": [str(p) for p in inputs]}
+    writers = {"train": ShardWriter(out / "train", vocab, tokenizer_path, shard_tokens, meta)}
+    if val_fraction > 0:
+        writers["val"] = ShardWriter(out / "val", vocab, tokenizer_path, shard_tokens, meta)
+    rng = random.Random(seed)
+    counts = {"train": 0, "val": 0}
+    from tqdm import tqdm
+
+    total_lines = sum(_count_lines(p) for p in inputs) if progress else None
+    bar = tqdm(total=total_lines, desc="tokenize", unit="line", disable=not progress)
+    done = 0
+    for path in inputs:
+        for lineno, messages in read_jsonl(path):
+            try:
+                enc = processor.encode_messages(messages, mode=mode)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno}: {e}") from e
+            split = "val" if "val" in writers and rng.random() < val_fraction else "train"
+            writers[split].add(enc.ids, enc.loss_mask)
+            counts[split] += 1
+            bar.update(lineno - bar.n + done)
+        done = bar.n
+    bar.close()
+    if counts["train"] == 0:
+        raise ValueError(f"no documents for the training split in {', '.join(map(str, inputs))}")
+    if "val" in writers and counts["val"] == 0:
+        raise ValueError(f"--val-fraction {val_fraction} left the validation split empty; use more data or 0")
+    manifests = {k: w.close() for k, w in writers.items()}
+    return {k: {"docs": m["total_docs"], "tokens": m["total_tokens"], "shards": len(m["shards"]),
+                "dir": str(out / k)} for k, m in manifests.items()} | {"vocab_size": vocab.size}

@@ -1,0 +1,52 @@
+"""Turn OpenAI-message JSONL (+ media through the codecs) into token shards.
+
+    omniloom tokenize --input chats.jsonl --tokenizer tok/tokenizer.json --out data/chats \\
+        --mode sft --val-fraction 0.05
+
+Writes DIR/train (and DIR/val) holding safetensors shards, manifest.json (sha256 per shard),
+vocab.json and a copy of tokenizer.json. Train with ``data.train=DIR/train data.val=DIR/val``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", action="append", required=True, metavar="FILE.jsonl",
+                   help="message JSONL file (repeat for several)")
+    p.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json of the text BPE")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--mode", default="sft", choices=["sft", "pretrain"],
+                   help="sft: loss on assistant turns only; pretrain: loss on everything")
+    p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (default 16M)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of documents held out")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    p.add_argument("--codec", action="append", default=[], metavar="NAME",
+                   help="codec for media parts, e.g. image-world, audio-world (repeat)")
+    p.add_argument("--vocab", default=None, metavar="vocab.json",
+                   help="reuse this vocabulary instead of building one from tokenizer + codecs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .tokenize import tokenize_files
+
+    codecs = {}
+    if args.codec:
+        from ..codecs import load_codec
+
+        for name in args.codec:
+            c = load_codec(name)
+            codecs[c.modality] = c
+    vocab = None
+    if args.vocab:
+        from ..tokens.vocab import Vocab
+
+        vocab = Vocab.load(args.vocab)
+    summary = tokenize_files(args.input, args.tokenizer, args.out, mode=args.mode, shard_tokens=args.shard_tokens,
+                             val_fraction=args.val_fraction, seed=args.seed, codecs=codecs, vocab=vocab,
+                             progress=not args.no_progress)
+    print(json.dumps(summary, indent=1))
+    return 0

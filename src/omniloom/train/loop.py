@@ -1,0 +1,198 @@
+"""The training loop, for one process or many (``torchrun``): data -> TrainStep -> logs, evals,
+checkpoints, plots.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is gloo on CPU and NCCL on GPU, and the
+model is sharded with FSDP2 ``fully_shard`` (each block, then the root). ``parallel="replicate"``
+keeps a full copy per rank and all-reduces gradients instead (a fallback; FSDP2 works on gloo).
+Every rank builds the model from the same seed, reads its own slice of each global batch, and
+rank 0 writes logs, plots and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from ..config import Config, config_to_dict
+from ..data.loader import PackedLoader
+from ..data.shards import ShardSet, atomic_write_text
+from ..model.llama import Transformer
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .plot import plot_metrics
+from .step import TrainStep
+
+__all__ = ["train", "setup_distributed", "resolve_vocab_size"]
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """Init the process group from torchrun's env vars when ``WORLD_SIZE`` > 1. Returns (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def resolve_vocab_size(cfg: Config, vocab_size: int, source: str) -> None:
+    """``model.vocab_size=0`` -> the data's vocabulary rounded up to 64; too small -> ValueError."""
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = (vocab_size + 63) // 64 * 64
+    elif vocab_size > cfg.model.vocab_size:
+        raise ValueError(f"the data's vocabulary ({source}) has {vocab_size} ids but model.vocab_size is "
+                         f"{cfg.model.vocab_size}; set model.vocab_size=0 to size the model from the data")
+
+
+def _shard_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    # parameters stay fp32 (the optimizer's master copy); autocast in TrainStep picks bf16 compute
+    mp = MixedPrecisionPolicy()
+    for block in model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def _flat(batches: list[list[dict[str, torch.Tensor]]]) -> list[dict[str, torch.Tensor]]:
+    return [mb for b in batches for mb in b]
+
+
+def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after: int | None = None,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or continue) training as described by ``cfg``. Returns the last metrics record.
+
+    ``resume``: 'auto' (newest good checkpoint in ``out_dir/ckpt`` if any), 'never', or a path.
+    ``stop_after``: stop after this step without changing the LR schedule (time-sliced jobs).
+    """
+    if parallel not in ("fsdp", "replicate"):
+        raise ValueError(f"parallel must be 'fsdp' or 'replicate', got {parallel!r}")
+    rank, world, device = setup_distributed()
+    main = rank == 0
+    say = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    tc = cfg.train
+
+    # data first: a missing or corrupt shard stops here, before anything is written
+    train_set = ShardSet.open(cfg.data.train)
+    from ..tokens.vocab import Vocab
+
+    vocab = Vocab.load(train_set.vocab_path())
+    resolve_vocab_size(cfg, vocab.size, str(train_set.vocab_path()))
+    cfg.validate()
+    loader = PackedLoader(train_set, cfg.data.seq_len, tc.batch_size, tc.micro_batch_size, rank, world, tc.seed)
+    val_set = ShardSet.open(cfg.data.val) if cfg.data.val else None
+
+    out = Path(tc.out_dir)
+    ckpt_root = out / "ckpt"
+    resume_from = find_checkpoint(ckpt_root, resume)
+
+    torch.manual_seed(tc.seed)
+    model = Transformer(cfg.model).to(device)
+    if world > 1 and parallel == "fsdp":
+        model = _shard_model(model, device)
+    step = TrainStep(model, tc, vocab=vocab, device=device)
+    if resume_from is not None:
+        trainer = load_checkpoint(resume_from, model, step.optimizer)
+        step.step = int(trainer["step"])
+        loader.load_state_dict(trainer["loader"])
+        if main:
+            say(f"resumed from {resume_from} at step {step.step}")
+
+    metrics_path = out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=1))
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps({"event": "start" if resume_from is None else "resume", "step": step.step,
+                                "world_size": world, "time": time.time()}) + "\n")
+        say(f"training {cfg.model.num_params():,} parameters on {world} x {device.type}, "
+            f"global batch {tc.batch_size} = {world} ranks x {loader.micro} micro x {loader.accumulation_steps} "
+            f"accumulation, seq_len {cfg.data.seq_len}, autocast {step.amp_dtype}")
+
+    def evaluate() -> float:
+        assert val_set is not None
+        vl = PackedLoader(val_set, cfg.data.seq_len, min(tc.batch_size, _val_batch(val_set, cfg, world)),
+                          tc.micro_batch_size, rank, world, tc.seed, shuffle=False)
+        n = min(tc.eval_batches, vl.batches_per_epoch)
+        return step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)]))
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_root, step.step, model, step.optimizer, cfg, loader.state_dict(), tc.keep_checkpoints)
+        if main:
+            plot_metrics(metrics_path, out / "loss.png")
+
+    last_target = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    bar = None
+    if main and tc.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=tc.steps, initial=step.step, desc="train", unit="step", dynamic_ncols=True)
+    record: dict[str, Any] = {}
+    tokens_window, time_window = 0.0, 0.0
+    while step.step < last_target:
+        t0 = time.perf_counter()
+        batch = loader.next_batch()
+        stats = step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tokens_window += stats["tokens"]
+        time_window += dt
+        s = step.step
+        record = {"step": s, **stats, "tokens_per_s": stats["tokens"] / max(dt, 1e-9)}
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{tokens_window / max(time_window, 1e-9):,.0f}")
+        if s % tc.log_every == 0 or s == 1 or s == last_target:
+            record["tokens_per_s"] = tokens_window / max(time_window, 1e-9)
+            tokens_window, time_window = 0.0, 0.0
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                mods = " ".join(f"{k}={v:.3f}" for k, v in stats.items() if k.startswith("loss/"))
+                (bar.write if bar is not None else say)(f"step {s}/{tc.steps} loss {stats['loss']:.4f} {mods} lr {stats['lr']:.2e} "
+                        f"grad_norm {stats['grad_norm']:.3f} tok/s {record['tokens_per_s']:,.0f}")
+        if val_set is not None and (s % tc.eval_every == 0 or s == last_target):
+            ev = evaluate()
+            record["eval_loss"] = ev
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({"step": s, "eval_loss": ev}) + "\n")
+                (bar.write if bar is not None else say)(f"step {s}: eval loss {ev:.4f}")
+                plot_metrics(metrics_path, out / "loss.png")
+        if s % tc.ckpt_every == 0 and s != last_target:
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    if step.step > 0 and (resume_from is None or step.step > int(resume_from.name.split("_")[-1])):
+        checkpoint()
+    elif main:
+        plot_metrics(metrics_path, out / "loss.png")
+    if dist.is_initialized():
+        dist.barrier()
+    return record
+
+
+def _val_batch(val_set: ShardSet, cfg: Config, world: int) -> int:
+    """Largest global eval batch (multiple of world * micro) the validation set can fill."""
+    rows = val_set.num_tokens // (cfg.data.seq_len + 1)
+    unit = world * min(cfg.train.micro_batch_size, max(1, cfg.train.batch_size // world))
+    n = max(unit, rows // unit * unit)
+    if rows < unit:
+        raise ValueError(f"validation set {val_set.path} has {rows} rows of seq_len+1={cfg.data.seq_len + 1} "
+                         f"tokens, fewer than one eval batch of {unit}")
+    return n
