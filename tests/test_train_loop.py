@@ -1,0 +1,108 @@
+"""The training loop in one process: outputs, vocab sizing, checkpoint verification and fallback,
+and a corrupt shard stopping training without losing what was written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omniloom.config import load_config
+from omniloom.data.shards import ShardWriter
+from omniloom.tokens.vocab import Vocab
+from omniloom.train.checkpoint import find_checkpoint
+from omniloom.train.loop import train
+
+TINY = ["model.vocab_size=0", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+        "model.ffn_dim=64", "model.max_seq_len=64", "data.seq_len=32", "train.batch_size=4",
+        "train.micro_batch_size=2", "train.dtype=fp32", "train.warmup_steps=2", "train.log_every=1",
+        "train.progress=false", "train.lr=3e-3"]
+
+
+def make_shards(root: Path, n_train: int = 120, n_val: int = 20, text_size: int = 100) -> Path:
+    vocab = Vocab.build(text_size=text_size)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        with ShardWriter(root / split, vocab, shard_tokens=1500) as w:
+            for _ in range(n):
+                L, a = int(rng.integers(8, 40)), int(rng.integers(0, text_size))
+                w.add([(a + 3 * k) % text_size for k in range(L)], [0] + [1] * (L - 1))
+    return root
+
+
+def cfg_for(tmp_path: Path, data: Path, *extra: str):
+    return load_config("debug", overrides=TINY + [f"data.train={data}/train", f"data.val={data}/val",
+                                                 f"train.out_dir={tmp_path}/run", *extra])
+
+
+def _digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_short_run_writes_everything_and_learns(tmp_path):
+    data = make_shards(tmp_path / "data")
+    cfg = cfg_for(tmp_path, data, "train.steps=12", "train.eval_every=6", "train.ckpt_every=6",
+                  "train.eval_batches=2")
+    train(cfg)
+    run = tmp_path / "run"
+    assert cfg.model.vocab_size == Vocab.load(data / "train" / "vocab.json").size  # already a multiple of 64
+    assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == cfg.model.vocab_size
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    assert {"lr", "grad_norm", "tokens_per_s", "loss/text"} <= set(steps[0])
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
+    assert [r["step"] for r in recs if "eval_loss" in r and "loss" not in r] == [6, 12]
+    assert (run / "loss.png").stat().st_size > 1000
+    assert (run / "ckpt" / "latest").read_text() == "step_0000012"
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["latest", "step_0000006", "step_0000012"]
+    from safetensors.numpy import load_file
+
+    w = load_file(str(run / "ckpt" / "step_0000012" / "model.safetensors"))
+    assert "embed_tokens.weight" in w and "layers.1.mlp.down_proj.weight" in w
+
+
+def test_vocab_bigger_than_model_is_a_clear_error(tmp_path):
+    data = make_shards(tmp_path / "data", n_train=10, n_val=4)
+    cfg = cfg_for(tmp_path, data, "train.steps=1")
+    cfg.model.vocab_size = 64
+    with pytest.raises(ValueError, match="model.vocab_size is 64"):
+        train(cfg)
+
+
+def test_corrupt_checkpoint_falls_back_and_explicit_path_errors(tmp_path, capsys):
+    data = make_shards(tmp_path / "data")
+    train(cfg_for(tmp_path, data, "train.steps=4", "train.ckpt_every=2", "train.keep_checkpoints=3",
+                  "train.eval_every=100"))
+    root = tmp_path / "run" / "ckpt"
+    f = root / "step_0000004" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-10])  # truncated
+    found = find_checkpoint(root, "auto")
+    assert found == root / "step_0000002"
+    assert "step_0000004/model.safetensors is corrupt" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="step_0000004.*model.safetensors is corrupt"):
+        find_checkpoint(root, str(root / "step_0000004"))
+    # resuming continues from step 2 and redoes steps 3-4
+    train(cfg_for(tmp_path, data, "train.steps=4", "train.ckpt_every=2", "train.eval_every=100"))
+    assert (root / "latest").read_text() == "step_0000004"
+    assert find_checkpoint(root, "auto") == root / "step_0000004"
+
+
+def test_corrupt_shard_stops_training_and_keeps_outputs(tmp_path):
+    data = make_shards(tmp_path / "data")
+    train(cfg_for(tmp_path, data, "train.steps=2", "train.ckpt_every=2", "train.eval_every=100"))
+    before = _digest(tmp_path / "run")
+    shard = data / "train" / "shard_00000.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x55
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="shard_00000.safetensors is corrupt"):
+        train(cfg_for(tmp_path, data, "train.steps=4", "train.ckpt_every=2", "train.eval_every=100"))
+    shard.unlink()
+    with pytest.raises(ValueError, match="shard_00000.safetensors is missing"):
+        train(cfg_for(tmp_path, data, "train.steps=4", "train.ckpt_every=2", "train.eval_every=100"))
+    assert _digest(tmp_path / "run") == before
