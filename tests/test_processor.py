@@ -167,3 +167,24 @@ def test_data_url_parsing():
     assert parse_data_url(to_data_url(b"\x00\x01", "audio/wav")) == ("audio/wav", b"\x00\x01")
     with pytest.raises(ValueError, match="not a data URL"):
         parse_data_url("http://x")
+
+
+def test_real_codecs_fit_the_vocab(tmp_path):
+    """The shipped codec classes (untrained weights) plug into Vocab.for_codecs and the Processor."""
+    from omniloom.codecs.audio import AudioCodec
+    from omniloom.codecs.image import ImageCodec
+
+    torch.manual_seed(0)
+    image, audio = ImageCodec().eval(), AudioCodec().eval()
+    v = Vocab.for_codecs(tok().vocab_size, image_codec=image, audio_codec=audio, voices=["nova", "atlas"])
+    assert v.image_tokens == image.tokens_per_item and v.audio_codebook_size == audio.codebook_size
+    p = Processor(v, tok(), {"image": image, "audio": audio})
+    (tmp_path / "a.png").write_bytes(png((0.9, 0.8, 0.1), size=(64, 64)))
+    (tmp_path / "a.wav").write_bytes(audio_to_wav_bytes(np.zeros(8000, np.float32), 16000))
+    enc = p.encode_messages([{"role": "user", "content": [{"type": "image", "path": "a.png"},
+                                                          {"type": "audio", "path": "a.wav"}]},
+                             {"role": "assistant", "content": "a big red circle"}], base_dir=tmp_path)
+    segs = p.decode_ids(enc.ids, strict=True)
+    assert [s.modality for s in segs] == ["image", "audio", "text"]
+    assert len(segs[0].codes) == image.tokens_per_item and len(segs[1].codes) == -(-8000 * audio.frame_rate // 16000)
+    assert p.decode_media(segs[0]).shape == (3, image.resolution, image.resolution)
