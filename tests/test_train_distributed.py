@@ -1,0 +1,75 @@
+"""Two CPU ranks (torchrun, gloo, FSDP2) reproduce the single-rank losses at the same global batch.
+
+Tolerance: 5e-6 absolute on the loss in fp32 (the ranks sum the same numbers in another order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omniloom.data.shards import ShardWriter
+from omniloom.tokens.vocab import Vocab
+
+TOL = 5e-6
+TINY = ["model.vocab_size=0", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+        "model.ffn_dim=64", "model.max_seq_len=64", "data.seq_len=32", "train.batch_size=4",
+        "train.micro_batch_size=1", "train.dtype=fp32", "train.warmup_steps=1", "train.log_every=1",
+        "train.progress=false", "train.steps=4", "train.ckpt_every=100", "train.lr=1e-2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _shards(root: Path) -> Path:
+    vocab = Vocab.build(text_size=100)
+    rng = np.random.default_rng(2)
+    with ShardWriter(root / "train", vocab, shard_tokens=2000) as w:
+        for _ in range(100):
+            L, a = int(rng.integers(8, 40)), int(rng.integers(0, 100))
+            w.add([(a + 5 * k) % 100 for k in range(L)], (rng.random(L) > 0.2).astype(int).tolist())
+    return root / "train"
+
+
+def _losses(out: Path) -> dict[int, float]:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+def _run(cmd: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["fsdp"])
+def test_two_ranks_match_one_rank(tmp_path, parallel):
+    data = _shards(tmp_path / "data")
+    args = ["train", "--preset", "debug", "--parallel", parallel, *TINY, f"data.train={data}"]
+    _run([sys.executable, "-m", "omniloom.cli", *args, f"train.out_dir={tmp_path / 'one'}"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+          "--master-port", str(_free_port()), "-m", "omniloom.cli", *args, f"train.out_dir={tmp_path / 'two'}"])
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+    assert one[4] < one[1]  # it trains
+    for s in one:
+        assert abs(one[s] - two[s]) <= TOL, (s, one[s], two[s])
+    # the 2-rank FSDP2 checkpoint holds the full, unsharded weights, equal to the 1-rank ones
+    from safetensors.numpy import load_file
+
+    w1 = load_file(str(tmp_path / "one" / "ckpt" / "step_0000004" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "ckpt" / "step_0000004" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        np.testing.assert_allclose(w1[k], w2[k], atol=1e-4, err_msg=k)
