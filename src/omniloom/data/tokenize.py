@@ -92,7 +92,7 @@ def tokenize_files(
     for path in inputs:
         for lineno, messages in read_jsonl(path):
             try:
-                enc = processor.encode_messages(messages, mode=mode)
+                enc = processor.encode_messages(messages, mode=mode, base_dir=Path(path).parent)
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: {e}") from e
             split = "val" if "val" in writers and rng.random() < val_fraction else "train"
