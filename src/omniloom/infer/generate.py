@@ -1,0 +1,256 @@
+"""`generate()`: messages in, a stream of events out (text deltas, audio chunks, images, done).
+
+An :class:`OmniModel` bundles what answering needs: the decoder, its vocabulary, the text
+tokenizer and the codecs, loaded from one directory::
+
+    model.safetensors  config.json   # the decoder (an omniloom checkpoint)
+    vocab.json  tokenizer.json       # the token format it was trained on
+    codecs.json                      # optional: {"image": "image-world", "audio": "audio-world"}
+
+Audio is decoded while its codes arrive: every ``audio_chunk_frames`` frames (80 ms at 25 frames/s)
+the stream decoder turns them into samples and an :class:`AudioChunk` is yielded. Text inside an
+audio span is the answer's transcript and arrives as :class:`TranscriptDelta`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import config_from_dict
+from ..model import Transformer
+from ..processor import Processor
+from ..tokens import Vocab
+from .engine import Engine, Request
+from .grammar import OUTPUTS, SpanGrammar
+from .sampling import SamplingParams
+
+__all__ = ["OmniModel", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class TranscriptDelta:
+    text: str
+
+
+@dataclass
+class AudioChunk:
+    pcm: np.ndarray  # (samples,) float32 in [-1, 1]
+    sample_rate: int
+    voice: str | None = None
+
+
+@dataclass
+class ImageOut:
+    image: np.ndarray  # (H, W, 3) uint8
+    codes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Done:
+    finish_reason: str  # "stop" (the model ended its turn) or "length"
+    usage: dict[str, int]  # prompt_tokens, completion_tokens, and completion tokens per modality
+
+
+class _TextStream:
+    """Incremental BPE decoding: emit only complete characters."""
+
+    def __init__(self, tok: Any):
+        self.tok, self.ids, self.sent = tok, [], ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character not complete yet
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+class OmniModel:
+    """Decoder + vocab + text tokenizer + codecs, ready to answer."""
+
+    def __init__(self, model: Transformer, vocab: Vocab, text_tokenizer: Any, codecs: dict[str, Any] | None = None):
+        if model.cfg.vocab_size < vocab.size:
+            raise ValueError(f"model vocabulary ({model.cfg.vocab_size}) is smaller than vocab.json ({vocab.size})")
+        self.model = model.eval()
+        self.vocab = vocab
+        self.tok = text_tokenizer
+        self.codecs = dict(codecs or {})
+        self.processor = Processor(vocab, text_tokenizer, self.codecs)
+        self.engine = Engine(model)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "OmniModel":
+        from safetensors.torch import load_file
+
+        from ..codecs import load_codec
+        from ..codecs.text import TextTokenizer
+
+        path = Path(path)
+        for name in ("model.safetensors", "config.json", "vocab.json", "tokenizer.json"):
+            if not (path / name).is_file():
+                raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")
+        cfg = config_from_dict(json.loads((path / "config.json").read_text()))
+        model = Transformer(cfg.model)
+        state = load_file(str(path / "model.safetensors"), device=device)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path / 'model.safetensors'} does not fit config.json: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        codecs: dict[str, Any] = {}
+        if (path / "codecs.json").is_file():
+            for kind, name in json.loads((path / "codecs.json").read_text()).items():
+                ref = path / name if (path / name).is_dir() else name
+                codecs[kind] = load_codec(ref)
+        vocab = Vocab.load(path / "vocab.json")
+        tok = TextTokenizer.load(path / "tokenizer.json")
+        return cls(model.to(device), vocab, tok, codecs)
+
+
+def generate(
+    omni: OmniModel,
+    messages: Sequence[dict],
+    output_modality: str | None = None,
+    outputs: Sequence[str] = OUTPUTS,
+    voice: str | None = None,
+    sampling: SamplingParams | None = None,
+    cfg_scale: float = 1.0,
+    audio_chunk_frames: int = 2,
+    base_dir: str | Path | None = None,
+) -> Iterator[TextDelta | TranscriptDelta | AudioChunk | ImageOut | Done]:
+    """Answer ``messages`` (OpenAI-style, raw media allowed) as a stream of events.
+
+    ``output_modality`` forces how the answer starts ("text", "image", "audio"); ``outputs`` limits
+    what it may contain. ``cfg_scale`` > 1 applies classifier-free guidance inside image spans
+    (the unconditional prompt replaces the user's turns with ``<|null|>``).
+    """
+    vocab, proc = omni.vocab, omni.processor
+    if output_modality is not None and output_modality not in OUTPUTS:
+        raise ValueError(f"output_modality {output_modality!r} is not one of {OUTPUTS}")
+    if output_modality in ("audio",) and voice is None:
+        named = [v for v in vocab.voices if not v.startswith("voice:")]
+        voice = named[0] if named else vocab.voices[0]
+    sampling = sampling or SamplingParams(temperature=0.0)
+    sampling.stop_ids = tuple(set(sampling.stop_ids) | {vocab.end_id})
+    prompt = proc.prompt_ids(messages, output_modality, voice, base_dir=base_dir)
+    uncond = None
+    if cfg_scale != 1.0:
+        uncond = [vocab.bos_id, vocab.special("user"), vocab.null_id, vocab.end_id, vocab.special("assistant")]
+        uncond += prompt[len(proc.prompt_ids(messages, None, None, base_dir=base_dir)):]
+    grammar = SpanGrammar(vocab, omni.model.cfg.vocab_size, outputs=outputs, prefix=prompt)
+    req = Request(prompt, sampling, grammar, uncond_prompt=uncond, cfg_scale=cfg_scale)
+
+    usage = {"prompt_tokens": len(prompt), "completion_tokens": 0, "text_tokens": 0, "audio_tokens": 0,
+             "image_tokens": 0}
+    text = _TextStream(omni.tok)
+    transcript = _TextStream(omni.tok)
+    audio_codec = omni.codecs.get("audio")
+    image_codes: list[int] = []
+    audio_frame: list[int] = []
+    audio_pending: list[list[int]] = []
+    stream_dec = None
+    cur_voice = voice
+    finish = "length"
+    sp = vocab.special
+    K = max(vocab.audio_codebooks, 1)
+
+    def flush_audio(final: bool = False):
+        nonlocal audio_pending
+        if audio_codec is None or stream_dec is None:
+            audio_pending = []
+            return None
+        parts = []
+        if audio_pending:
+            codes = torch.tensor(audio_pending, dtype=torch.long)[None]  # (1, f, K)
+            parts.append(stream_dec.push(codes)[0])
+            audio_pending = []
+        if final:
+            parts.append(stream_dec.flush()[0])
+        parts = [p for p in parts if p.numel()]
+        if not parts:
+            return None
+        pcm = torch.cat(parts).float().numpy()
+        return AudioChunk(pcm, audio_codec.sample_rate, cur_voice)
+
+    state = grammar.state  # the state *before* each token, to route it
+    if state == "audio":
+        stream_dec = audio_codec.stream_decoder() if audio_codec is not None else None
+    for _, tok in omni.engine.stream([req]):
+        usage["completion_tokens"] += 1
+        before, after = state, grammar.state
+        state = after
+        if tok == vocab.end_id:
+            finish = "stop"
+            break
+        if before == "free":
+            if tok < vocab.text_size:
+                usage["text_tokens"] += 1
+                d = text.push(tok)
+                if d:
+                    yield TextDelta(d)
+            elif after == "voice":  # <|audio|> opened
+                stream_dec = audio_codec.stream_decoder() if audio_codec is not None else None
+            continue
+        if before == "voice":
+            cur_voice = vocab.voice_name(tok)
+            continue
+        if before == "image":
+            if tok == sp("/image"):
+                if after == "free":
+                    yield _image_event(omni, image_codes)
+                image_codes = []
+            else:
+                usage["image_tokens"] += 1
+                image_codes.append(tok - vocab.range_of("image")[0])
+            continue
+        if before == "audio":
+            if tok == sp("/audio"):
+                ev = flush_audio(final=True)
+                if ev is not None:
+                    yield ev
+                transcript = _TextStream(omni.tok)
+            elif tok < vocab.text_size:
+                usage["text_tokens"] += 1
+                d = transcript.push(tok)
+                if d:
+                    yield TranscriptDelta(d)
+            else:
+                usage["audio_tokens"] += 1
+                k = len(audio_frame)
+                audio_frame.append(int(vocab.to_local("audio", tok, codebook=k)))
+                if len(audio_frame) == K:
+                    audio_pending.append(audio_frame)
+                    audio_frame = []
+                    if len(audio_pending) >= audio_chunk_frames:
+                        ev = flush_audio()
+                        if ev is not None:
+                            yield ev
+            continue
+    else:
+        finish = "length"
+    if state == "audio":  # stopped mid-span: play what was decoded
+        ev = flush_audio(final=True)
+        if ev is not None:
+            yield ev
+    yield Done(finish, usage)
+
+
+def _image_event(omni: OmniModel, codes: list[int]) -> ImageOut:
+    codec = omni.codecs.get("image")
+    if codec is None or len(codes) != omni.vocab.image_tokens:
+        return ImageOut(np.zeros((0, 0, 3), dtype=np.uint8), codes)
+    with torch.inference_mode():
+        img = codec.decode(torch.tensor([codes], dtype=torch.long))[0]  # (3, H, W) in [0, 1]
+    arr = (img.clamp(0, 1).permute(1, 2, 0).float().numpy() * 255 + 0.5).astype(np.uint8)
+    return ImageOut(arr, codes)

@@ -1,0 +1,85 @@
+"""generate(): the span grammar shapes every answer, audio streams in 80 ms chunks, usage counts add up."""
+
+import numpy as np
+import pytest
+import torch
+
+from omniloom.codecs.audio import AudioCodec, AudioCodecConfig
+from omniloom.codecs.image import ImageCodec, ImageCodecConfig
+from omniloom.codecs.text import TextTokenizer
+from omniloom.config import preset
+from omniloom.infer.generate import AudioChunk, Done, ImageOut, OmniModel, TextDelta, generate
+from omniloom.infer.grammar import SpanGrammar
+from omniloom.infer.sampling import SamplingParams
+from omniloom.model import Transformer
+from omniloom.tokens import Vocab
+
+CORPUS = ["what color is the star?", "a big red circle at the top left", "draw a small blue square", "three"] * 20
+
+
+@pytest.fixture(scope="module")
+def omni():
+    torch.manual_seed(0)
+    tok = TextTokenizer.train(CORPUS, vocab_size=300)
+    image = ImageCodec(ImageCodecConfig()).eval()
+    audio = AudioCodec(AudioCodecConfig()).eval()
+    vocab = Vocab.for_codecs(tok.vocab_size, image, audio, voices=["nova", "atlas"])
+    cfg = preset("debug").model
+    cfg.vocab_size = vocab.size
+    return OmniModel(Transformer(cfg), vocab, tok, {"image": image, "audio": audio})
+
+
+def _run(omni, **kw):
+    return list(generate(omni, [{"role": "user", "content": "draw a small blue square"}], **kw))
+
+
+def test_forced_image_has_exactly_one_full_image(omni):
+    events = _run(omni, output_modality="image", outputs=("image",),
+                  sampling=SamplingParams(max_new_tokens=80, temperature=1.0, seed=0))
+    imgs = [e for e in events if isinstance(e, ImageOut)]
+    assert len(imgs) == 1
+    assert len(imgs[0].codes) == omni.vocab.image_tokens
+    assert imgs[0].image.shape == (64, 64, 3) and imgs[0].image.dtype == np.uint8
+    done = events[-1]
+    assert isinstance(done, Done) and done.usage["image_tokens"] == omni.vocab.image_tokens
+
+
+def test_forced_audio_streams_chunks_of_80ms(omni):
+    events = _run(omni, output_modality="audio", voice="atlas", outputs=("audio",),
+                  sampling=SamplingParams(max_new_tokens=21, temperature=1.0, seed=1))
+    chunks = [e for e in events if isinstance(e, AudioChunk)]
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "length"
+    assert chunks and all(c.voice == "atlas" and c.sample_rate == 16000 for c in chunks)
+    frames = done.usage["audio_tokens"] // omni.vocab.audio_codebooks
+    total = sum(len(c.pcm) for c in chunks)
+    assert total == frames * 640  # every frame decoded, nothing more
+    # while streaming, each chunk carries 2 frames (80 ms), the last one may hold the remainder
+    hop = 640
+    assert all(len(c.pcm) <= 2 * hop + hop for c in chunks[:-1])
+    assert done.usage["completion_tokens"] == done.usage["audio_tokens"] + done.usage["text_tokens"]
+
+
+def test_text_only_outputs_never_open_spans(omni):
+    events = _run(omni, outputs=("text",), sampling=SamplingParams(max_new_tokens=30, temperature=1.5, seed=2))
+    assert all(isinstance(e, (TextDelta, Done)) for e in events)
+    done = events[-1]
+    assert done.usage["image_tokens"] == 0 and done.usage["audio_tokens"] == 0
+
+
+def test_grammar_audio_frames_and_voice(omni):
+    v = omni.vocab
+    g = SpanGrammar(v, outputs=("audio",))
+    assert not g.allowed()[v.special("image")]
+    g.advance(v.special("audio"))
+    allowed = g.allowed()
+    assert allowed[v.voice_id("nova")] and not allowed[v.voice_id(None)]
+    g.advance(v.voice_id("nova"))
+    a = g.allowed()
+    lo, hi = v.range_of("audio")
+    assert a[lo:hi].all() and a[v.special("/audio")] and not a[v.special("/image")]
+
+
+def test_bad_output_modality(omni):
+    with pytest.raises(ValueError, match="output_modality"):
+        _run(omni, output_modality="smell")
