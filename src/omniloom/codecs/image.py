@@ -28,8 +28,8 @@ class ImageCodecConfig:
     resolution: int = 64
     downsample: int = 8
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
-    channels: list[int] = field(default_factory=lambda: [32, 64, 96, 128])
-    res_blocks: list[int] = field(default_factory=lambda: [0, 1, 1, 2])  # per resolution, encoder and decoder
+    channels: list[int] = field(default_factory=lambda: [24, 48, 96, 128])
+    res_blocks: list[int] = field(default_factory=lambda: [0, 0, 1, 2])  # per resolution, encoder and decoder
 
     def __post_init__(self) -> None:
         n_down = int(round(math.log2(self.downsample))) if self.downsample > 0 else -1
@@ -229,13 +229,16 @@ class ImageCodec(nn.Module):
     def config_dict(self) -> dict:
         return {"type": "image", **asdict(self.cfg)}
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically)."""
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically).
+
+        ``dtype=torch.float16`` halves the file (shipped codecs); loading casts back to float32.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()}
         tmp = directory / "model.safetensors.tmp"
         save_file(state, str(tmp), metadata={"format": "pt", "codec": "image"})
         os.replace(tmp, directory / "model.safetensors")

@@ -157,3 +157,7 @@ class VideoCodec:
     def encode_file(self, source: str | Path | Sequence[str | Path]) -> torch.Tensor:
         """A video file or a list of frame images -> (F, N) long codes."""
         return self.encode(self.load_frames(source))
+
+    def to_part(self, codes: torch.Tensor) -> dict:
+        """(F, N) codes -> a ``video_codes`` message part for ``tokens.template`` (frames timed at ``fps``)."""
+        return {"type": "video_codes", "frames": [[int(c) for c in row] for row in codes], "fps": self.fps}

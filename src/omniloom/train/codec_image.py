@@ -277,10 +277,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def _scene_parser():
     """The world's scene judge: image (64, 64, 3) uint8 -> Scene, or None if not available."""
     try:
-        from omniloom.world import judge  # type: ignore[attr-defined]
+        from omniloom.world.parse_image import parse_image
     except ImportError:
         return None
-    return getattr(judge, "parse_image", None)
+    return parse_image
 
 
 @torch.no_grad()
