@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omniloom {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
     for verb, (module, help_) in VERBS.items():
-        mod = importlib.import_module(module)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:  # one broken verb (e.g. a missing extra) must not break the others
+            p = sub.add_parser(verb, help=f"{help_} [unavailable: {e}]")
+            p.set_defaults(_module=None, _error=f"this verb is unavailable: {e}")
+            continue
         p = sub.add_parser(verb, help=help_, description=(mod.__doc__ or help_).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
+        return 2
+    if args._module is None:
+        print(f"omniloom {args.verb}: error: {args._error}", file=sys.stderr)
         return 2
     mod = importlib.import_module(args._module)
     try:
