@@ -152,3 +152,17 @@ def test_training_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5
+
+
+@torch.no_grad()
+def test_bf16_autocast_close_to_fp32():
+    """Under bf16 autocast (the training dtype policy) logits stay close to the fp32 ones."""
+    model = make()
+    ids = torch.randint(0, 101, (2, 24), generator=torch.Generator().manual_seed(8))
+    ref = model(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(ids)
+    assert low.dtype == torch.bfloat16
+    err = (low.float() - ref).abs().max() / ref.abs().max()
+    assert err < 0.05, err
+    assert model.embed_tokens.weight.dtype == torch.float32  # master weights untouched

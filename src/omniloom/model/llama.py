@@ -33,8 +33,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # computed in fp32 like HF Llama, returned in the input dtype
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        # computed in fp32 like HF Llama, returned in the input dtype -- or, under autocast, in the
+        # autocast dtype: the projections that follow would cast it anyway, once each (3x for q/k/v)
+        out_dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(out_dtype)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +104,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if cos.dtype != q.dtype:  # RoPE in the activation dtype (bf16 under autocast)
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
@@ -222,7 +228,8 @@ class Transformer(nn.Module):
         else:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
         x = self.embed_tokens(ids)  # (B, T, dim)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        act = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        cos, sin = cos.to(act), sin.to(act)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos)
         x = self.norm(x)
