@@ -43,6 +43,7 @@ def _digest(path: Path) -> dict[str, str]:
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_short_run_writes_everything_and_learns(tmp_path):
     data = make_shards(tmp_path / "data")
     cfg = cfg_for(tmp_path, data, "train.steps=12", "train.eval_every=6", "train.ckpt_every=6",
@@ -74,6 +75,7 @@ def test_vocab_bigger_than_model_is_a_clear_error(tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_falls_back_and_explicit_path_errors(tmp_path, capsys):
     data = make_shards(tmp_path / "data")
     train(cfg_for(tmp_path, data, "train.steps=4", "train.ckpt_every=2", "train.keep_checkpoints=3",
