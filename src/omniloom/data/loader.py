@@ -46,8 +46,9 @@ def build_row(data: ShardSet, perm: np.ndarray, ends: np.ndarray, start: int, le
         a = max(start, dbeg) - dbeg
         b = min(end, ends[i]) - dbeg
         n = int(b - a)
-        ids[w:w + n] = data.ids[off[d] + a: off[d] + b]
-        mask[w:w + n] = data.loss_mask[off[d] + a: off[d] + b] != 0
+        d_ids, d_mask = data.doc(int(d))
+        ids[w:w + n] = d_ids[a:b]
+        mask[w:w + n] = d_mask[a:b] != 0
         pos[w:w + n] = np.arange(n)
         doc[w:w + n] = piece
         w += n

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 __all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "atomic_write_text", "resolve_shard_dir"]
 
@@ -142,17 +142,50 @@ def resolve_shard_dir(path: str | Path) -> Path:
     raise ValueError(f"{p} holds no {MANIFEST}: not a finished shard directory (was `omniloom tokenize` interrupted?)")
 
 
+_NP_DTYPES = {"I32": np.int32, "I64": np.int64, "U8": np.uint8}
+
+
+def _memmap_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Map the tensors of a safetensors file without reading them (the format is a JSON header
+    followed by raw little-endian arrays)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("file too short")
+        n = int.from_bytes(head, "little")
+        header = json.loads(f.read(n))
+    base = 8 + n
+    size = path.stat().st_size
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dt = _NP_DTYPES.get(info["dtype"])
+        if dt is None:
+            raise ValueError(f"tensor {name!r} has unexpected dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        count = int(np.prod(info["shape"])) if info["shape"] else 1
+        if base + end > size or (end - start) != count * np.dtype(dt).itemsize:
+            raise ValueError(f"tensor {name!r} does not fit the file")
+        out[name] = np.memmap(path, dtype=dt, mode="r", offset=base + start, shape=tuple(info["shape"]))
+    return out
+
+
 @dataclass
 class ShardSet:
-    """All shards of one directory, verified and concatenated in memory.
+    """All shards of one directory, verified and memory-mapped (not read into RAM).
 
-    ``ids`` (N,) int32, ``loss_mask`` (N,) uint8, ``doc_offsets`` (D+1,) int64 over the whole set.
+    ``shards[k]`` holds ``ids`` (N_k,) int32 and ``loss_mask`` (N_k,) uint8 of shard ``k``;
+    ``doc_offsets`` (D+1,) int64 are document boundaries in the concatenation of all shards,
+    ``shard_start`` (K+1,) the token offset of each shard in it, ``doc_shard`` (D,) the shard of
+    each document (documents never cross shards).
     """
 
     path: Path
-    ids: np.ndarray
-    loss_mask: np.ndarray
+    shards: list[dict[str, np.ndarray]]
     doc_offsets: np.ndarray
+    shard_start: np.ndarray
+    doc_shard: np.ndarray
     manifest: dict[str, Any]
 
     @property
@@ -161,11 +194,28 @@ class ShardSet:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.ids.size)
+        return int(self.doc_offsets[-1])
+
+    def doc(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, loss_mask) of document ``d`` (views into the mapped shard)."""
+        k = int(self.doc_shard[d])
+        a = int(self.doc_offsets[d] - self.shard_start[k])
+        b = int(self.doc_offsets[d + 1] - self.shard_start[k])
+        sh = self.shards[k]
+        return sh["ids"][a:b], sh["loss_mask"][a:b]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """All ids concatenated (reads everything: for tests and small sets)."""
+        return np.concatenate([s["ids"] for s in self.shards])
+
+    @property
+    def loss_mask(self) -> np.ndarray:
+        return np.concatenate([s["loss_mask"] for s in self.shards])
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> "ShardSet":
-        """Read and check every shard; a missing, corrupt or misshapen shard raises naming the file."""
+        """Check every shard; a missing, corrupt or misshapen shard raises naming the file."""
         root = resolve_shard_dir(path)
         mpath = root / MANIFEST
         try:
@@ -174,30 +224,32 @@ class ShardSet:
             raise ValueError(f"{mpath} is not valid JSON: {e}") from e
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{mpath} is not an omniloom shard manifest")
-        ids, masks, offsets = [], [], [np.zeros(1, dtype=np.int64)]
+        shards, offsets, starts, owner = [], [np.zeros(1, dtype=np.int64)], [0], []
         base = 0
-        for entry in manifest["shards"]:
+        for k, entry in enumerate(manifest["shards"]):
             f = root / entry["file"]
             if not f.is_file():
                 raise ValueError(f"shard {f} is missing (listed in {mpath})")
             if verify and sha256_file(f) != entry["sha256"]:
                 raise ValueError(f"shard {f} is corrupt: its sha256 does not match {mpath}")
             try:
-                t = load_file(str(f))
-            except Exception as e:  # safetensors raises its own error types
+                t = _memmap_safetensors(f)
+            except (ValueError, OSError, KeyError, TypeError) as e:
                 raise ValueError(f"shard {f} cannot be read: {e}") from e
             a, m, o = t.get("ids"), t.get("loss_mask"), t.get("doc_offsets")
             n = entry["tokens"]
             if (a is None or m is None or o is None or a.shape != (n,) or m.shape != (n,)
                     or o.ndim != 1 or o.size < 2 or o[0] != 0 or o[-1] != n or np.any(np.diff(o) <= 0)):
                 raise ValueError(f"shard {f} has the wrong arrays or shapes (expected {n} tokens)")
-            ids.append(a)
-            masks.append(m)
-            offsets.append(o[1:] + base)
+            shards.append({"ids": a, "loss_mask": m})
+            offsets.append(np.asarray(o[1:]) + base)
+            owner.append(np.full(o.size - 1, k, dtype=np.int32))
             base += n
-        if not ids:
+            starts.append(base)
+        if not shards:
             raise ValueError(f"{root} holds no shards")
-        return cls(root, np.concatenate(ids), np.concatenate(masks), np.concatenate(offsets), manifest)
+        return cls(root, shards, np.concatenate(offsets), np.asarray(starts, dtype=np.int64),
+                   np.concatenate(owner), manifest)
 
     def vocab_path(self) -> Path:
         return self.path / "vocab.json"
