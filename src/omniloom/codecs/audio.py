@@ -80,11 +80,18 @@ class CausalConv1d(nn.Conv1d):
             x = torch.cat([prev, x], dim=-1)  # (B, C, ctx + T)
             if cache is not None:
                 cache[self] = x[..., -self.ctx :]
-        if self.groups == self.in_channels == self.out_channels and not torch.is_grad_enabled():
-            # depthwise at inference: a windowed sum is far cheaper than a conv call on short chunks
-            w = self.weight[:, 0]  # (C, k)
-            return (x.unfold(-1, w.shape[-1], 1) * w[:, None]).sum(-1) + self.bias[:, None]
         return super().forward(x)  # (B, Cout, T)
+
+    def forward_last(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # (B, T, C)
+        """Depthwise only, channels last, for inference: a windowed sum is far cheaper than a conv
+        call on short streaming chunks and needs no transposes. Same maths as `forward`."""
+        prev = None if cache is None else cache.get(self)
+        if prev is None:
+            prev = x.new_zeros(x.shape[0], self.ctx, x.shape[2])
+        x = torch.cat([prev, x], dim=1)  # (B, ctx + T, C)
+        if cache is not None:
+            cache[self] = x[:, x.shape[1] - self.ctx :]
+        return (x.unfold(1, self.ctx + 1, 1) * self.weight[:, 0]).sum(-1) + self.bias  # (B, T, C)
 
 
 class Block(nn.Module):
@@ -99,7 +106,10 @@ class Block(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), 0.1))
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # (B, T, D)
-        h = self.dw(x.transpose(1, 2), cache).transpose(1, 2)  # (B, T, D)
+        if torch.is_grad_enabled():
+            h = self.dw(x.transpose(1, 2), cache).transpose(1, 2)  # (B, T, D)
+        else:
+            h = self.dw.forward_last(x, cache)  # (B, T, D)
         h = self.down(F.gelu(self.up(self.norm(h))))
         return x + self.gamma * h
 
@@ -170,7 +180,11 @@ class Decoder(nn.Module):
         h = self.inp(z)  # (B, F, frame_dim)
         for b in self.fblocks:
             h = b(h, cache)
-        h = self.up(h.transpose(1, 2)).transpose(1, 2)  # (B, T = F*r, dec_dim)
+        if torch.is_grad_enabled():
+            h = self.up(h.transpose(1, 2)).transpose(1, 2)  # (B, T = F*r, dec_dim)
+        else:  # the same non-overlapping transposed conv as one matmul (cheaper on short chunks)
+            w = self.up.weight.permute(0, 2, 1).reshape(h.shape[-1], -1)  # (frame_dim, r * dec_dim)
+            h = (h @ w).view(h.shape[0], -1, self.c.dec_dim) + self.up.bias  # (B, F*r, dec_dim)
         for b in self.blocks:
             h = b(h, cache)
         mag, ph = self.head(self.norm(h)).float().chunk(2, dim=-1)  # (B, T, n_fft/2+1) each

@@ -241,7 +241,7 @@ def train(args: argparse.Namespace) -> dict:
         for k, v in losses.items():
             acc[k] = acc.get(k, 0.0) + float(v.detach())
         n_acc += 1
-        bar.set_postfix(loss=f"{float(losses['loss']):.3f}", mel=f"{float(losses['mel']):.3f}")
+        bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", mel=f"{float(losses['mel'].detach()):.3f}")
         last = step + 1 == args.steps
         if (step + 1) % args.ckpt_every == 0 or last:
             history.append({"step": step + 1, "sec": time.time() - t0, **{k: v / n_acc for k, v in acc.items()}})
@@ -276,7 +276,7 @@ grammar world;
 <obj> = a (small | big) <color> <shape> <cell>;
 public <s> = what color is the <shape> | what shape is <cell> | how many shapes are there
  | is there a <color> <shape> | where is the <color> <shape> | what is <num> (plus | minus) <num>
- | draw <obj> [and <obj>] [and <obj>] | <obj> [and <obj>] [and <obj>] | <num> | <color> | <shape>
+ | draw <obj> [<obj>] [and <obj>] | <obj> [<obj>] [and <obj>] | <num> | <color> | <shape>
  | yes | no | a <shape> | <cell> | make the <shape> <color> | remove the <shape> | describe the image;
 """
 
@@ -309,6 +309,13 @@ def speech_judge():
         return dec.hyp().hypstr if dec.hyp() else ""
 
     return transcribe, "pocketsphinx+world-jsgf"
+
+
+def normalize(text: str) -> str:
+    """Lower case, punctuation dropped, single spaces (for WER)."""
+    import re
+
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -380,9 +387,9 @@ def evaluate(codec: AudioCodec, clips: list[np.ndarray], texts: list[str | None]
     pairs = [(t, i) for i, t in enumerate(texts) if t]
     if judge and pairs:
         transcribe, name = speech_judge()
-        refs = [t for t, _ in pairs]
-        hyp_o = [transcribe(clips[i]) for _, i in pairs]
-        hyp_r = [transcribe(recons[i]) for _, i in pairs]
+        refs = [normalize(t) for t, _ in pairs]
+        hyp_o = [normalize(transcribe(clips[i])) for _, i in pairs]
+        hyp_r = [normalize(transcribe(recons[i])) for _, i in pairs]
         res.update(judge=name, wer_original=float(jiwer.wer(refs, hyp_o)), wer_reconstructed=float(jiwer.wer(refs, hyp_r)))
         res["wer_gap_points"] = 100 * (res["wer_reconstructed"] - res["wer_original"])
     longest = max(clips, key=len)
