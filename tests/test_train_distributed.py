@@ -53,23 +53,29 @@ def _run(cmd: list[str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["fsdp"])
-def test_two_ranks_match_one_rank(tmp_path, parallel):
+def test_two_ranks_match_one_rank(tmp_path):
+    """FSDP2 (default) and the replicate + all-reduce fallback both match one rank (4 micro-batches
+    of 1 row on one rank vs 2 ranks x 2 micro-batches)."""
     data = _shards(tmp_path / "data")
-    args = ["train", "--preset", "debug", "--parallel", parallel, *TINY, f"data.train={data}"]
-    _run([sys.executable, "-m", "omniloom.cli", *args, f"train.out_dir={tmp_path / 'one'}"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-          "--master-port", str(_free_port()), "-m", "omniloom.cli", *args, f"train.out_dir={tmp_path / 'two'}"])
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert sorted(one) == sorted(two) == [1, 2, 3, 4]
-    assert one[4] < one[1]  # it trains
-    for s in one:
-        assert abs(one[s] - two[s]) <= TOL, (s, one[s], two[s])
-    # the 2-rank FSDP2 checkpoint holds the full, unsharded weights, equal to the 1-rank ones
+    args = ["train", "--preset", "debug"]
+    overrides = [*TINY, f"data.train={data}"]
+    _run([sys.executable, "-m", "omniloom.cli", *args, *overrides, f"train.out_dir={tmp_path / 'one'}"])
+    one = _losses(tmp_path / "one")
+    assert sorted(one) == [1, 2, 3, 4] and one[4] < one[1]  # it trains
     from safetensors.numpy import load_file
 
     w1 = load_file(str(tmp_path / "one" / "ckpt" / "step_0000004" / "model.safetensors"))
-    w2 = load_file(str(tmp_path / "two" / "ckpt" / "step_0000004" / "model.safetensors"))
-    assert w1.keys() == w2.keys()
-    for k in w1:
-        np.testing.assert_allclose(w1[k], w2[k], atol=1e-4, err_msg=k)
+    for parallel in ("fsdp", "replicate"):
+        out = tmp_path / parallel
+        _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+              "--master-port", str(_free_port()), "-m", "omniloom.cli", *args, "--parallel", parallel,
+              *overrides, f"train.out_dir={out}"])
+        two = _losses(out)
+        assert sorted(two) == [1, 2, 3, 4]
+        for s in one:
+            assert abs(one[s] - two[s]) <= TOL, (parallel, s, one[s], two[s])
+        # the 2-rank checkpoint holds the full, unsharded weights, equal to the 1-rank ones
+        w2 = load_file(str(out / "ckpt" / "step_0000004" / "model.safetensors"))
+        assert w1.keys() == w2.keys()
+        for k in w1:
+            np.testing.assert_allclose(w1[k], w2[k], atol=1e-4, err_msg=f"{parallel}: {k}")
