@@ -12,7 +12,9 @@ FLOPs per optimizer step (the usual "model FLOPs", no recomputation counted):
                                        masking ignored (counted dense), forward + backward = 3x fwd
 
 MFU = achieved FLOP/s / peak, where peak is measured on this machine: a large square matmul in the
-dtype training computes in (bf16 with AMX/AVX512-BF16, else fp32), best of a few sizes.
+dtype training computes in (bf16 with AMX/AVX512-BF16, else fp32), best of a few sizes; it is
+re-measured after every repetition and the median is used (the CPU is shared, so load varies).
+tokens/s is wall-clock; the table also gives process CPU seconds per step as a load-robust check.
 
     python bench/train_throughput.py --json bench_out.json
     python bench/train_throughput.py --presets world --steps 4 --reps 3
@@ -127,7 +129,7 @@ def timed_steps(step: Callable, batch: dict, n: int) -> float:
     return time.perf_counter() - t
 
 
-def run_preset(name: str, args, peak: float) -> list[dict]:
+def run_preset(name: str, args, compute: torch.dtype, peaks: list[float]) -> list[dict]:
     cfg = preset(name)
     cfg.model.vocab_size = args.vocab_size
     T, B = SHAPES[name]
@@ -144,9 +146,14 @@ def run_preset(name: str, args, peak: float) -> list[dict]:
     for s in steps.values():  # warm-up (allocator, autocast caches, compile)
         timed_steps(s, batch, args.warmup)
     secs = {k: 0.0 for k in models}
-    for _ in range(args.reps):  # alternate so noise hits both
+    cpu = {k: 0.0 for k in models}
+    for _ in range(args.reps):  # alternate so noise hits both (and the peak measurement too)
         for k in models:
+            c0 = time.process_time()
             secs[k] += timed_steps(steps[k], batch, args.steps)
+            cpu[k] += time.process_time() - c0
+        peaks.append(measure_peak(compute, sizes=(2048, 4096), reps=2))
+    peak = sorted(peaks)[len(peaks) // 2]  # median of the peaks measured during this run
     tokens = B * T * args.steps * args.reps
     rows = []
     for k, m in models.items():
@@ -154,7 +161,9 @@ def run_preset(name: str, args, peak: float) -> list[dict]:
         tps = tokens / secs[k]
         achieved = flops_per_step(cfg.model, B * T, T) * args.steps * args.reps / secs[k]
         rows.append(dict(model=k, preset=name, params=params, seq_len=T, batch=B, tokens_per_s=tps,
-                         tflops=achieved / 1e12, mfu=achieved / peak))
+                         tflops=achieved / 1e12, mfu=achieved / peak, peak_tflops=peak / 1e12,
+                         cpu_s_per_step=cpu[k] / (args.steps * args.reps),
+                         wall_s_per_step=secs[k] / (args.steps * args.reps)))
     return rows
 
 
@@ -178,28 +187,31 @@ def main(argv: list[str] | None = None) -> int:
     from omniloom.train.step import resolve_dtype
 
     compute = resolve_dtype(args.dtype, "cpu")
-    peak = measure_peak(compute)
+    peaks = [measure_peak(compute)]
     print(f"# {torch.get_num_threads()} threads, compute dtype {str(compute).removeprefix('torch.')}, "
-          f"measured matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+          f"matmul peak at start {peaks[0] / 1e12:.3f} TFLOP/s (re-measured between repetitions)", flush=True)
     rows: list[dict] = []
     for name in [p.strip() for p in args.presets.split(",") if p.strip()]:
         if name not in SHAPES:
             raise SystemExit(f"no benchmark shape for preset {name!r}; choose from {sorted(SHAPES)}")
-        rows += run_preset(name, args, peak)
+        rows += run_preset(name, args, compute, peaks)
+    peak = sorted(peaks)[len(peaks) // 2]
 
-    hdr = f"{'model':<13} {'preset':<7} {'params':>11} {'T x B':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6}"
+    hdr = (f"{'model':<13} {'preset':<7} {'params':>11} {'T x B':>9} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU':>6} "
+           f"{'cpu s/step':>10}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         print(f"{r['model']:<13} {r['preset']:<7} {r['params']:>11,} {str(r['seq_len']) + 'x' + str(r['batch']):>9} "
-              f"{r['tokens_per_s']:>10.0f} {r['tflops']:>8.3f} {r['mfu']:>6.3f}")
+              f"{r['tokens_per_s']:>10.0f} {r['tflops']:>8.3f} {r['mfu']:>6.3f} {r['cpu_s_per_step']:>10.2f}")
     summary = {}
     for name in {r["preset"] for r in rows}:
         ours = next(r for r in rows if r["preset"] == name and r["model"] == "omniloom")
         peer = next(r for r in rows if r["preset"] == name and r["model"] == "transformers")
-        summary[name] = {"ratio": ours["tokens_per_s"] / peer["tokens_per_s"], "mfu": ours["mfu"]}
+        summary[name] = {"ratio": ours["tokens_per_s"] / peer["tokens_per_s"], "mfu": ours["mfu"],
+                         "cpu_time_ratio": peer["cpu_s_per_step"] / ours["cpu_s_per_step"]}
     if args.json:
-        out = {"peak_flops": peak, "threads": torch.get_num_threads(), "dtype": str(compute),
+        out = {"peak_flops": peak, "peaks_measured": peaks, "threads": torch.get_num_threads(), "dtype": str(compute),
                "compile": args.compile, "steps": args.steps, "reps": args.reps, "rows": rows, "summary": summary,
                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
         tmp = args.json + ".tmp"
