@@ -40,12 +40,26 @@ def _count_lines(path: str | Path) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
-def build_vocab(text_tokenizer: Any, codecs: dict[str, Any]) -> Any:
+def discover_voices(inputs: list[str | Path]) -> list[str]:
+    """Named voices of audio parts in the JSONL files, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for path in inputs:
+        for _, messages in read_jsonl(path):
+            for m in messages:
+                content = m.get("content") if isinstance(m, dict) else None
+                for part in content if isinstance(content, list) else []:
+                    voice = part.get("voice") if isinstance(part, dict) else None
+                    if isinstance(voice, str) and voice and not voice.startswith("voice:"):
+                        seen.setdefault(voice)
+    return list(seen)
+
+
+def build_vocab(text_tokenizer: Any, codecs: dict[str, Any], voices: list[str] | None = None) -> Any:
     """A fresh :class:`Vocab` sized for the tokenizer and the given codecs."""
     from ..tokens.vocab import Vocab
 
     return Vocab.for_codecs(text_tokenizer.vocab_size, image_codec=codecs.get("image"),
-                            audio_codec=codecs.get("audio"))
+                            audio_codec=codecs.get("audio"), voices=voices or None)
 
 
 def tokenize_files(
@@ -59,8 +73,15 @@ def tokenize_files(
     codecs: dict[str, Any] | None = None,
     vocab: Any | None = None,
     progress: bool = True,
+    codec_names: dict[str, str] | None = None,
+    voices: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary."""
+    """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary.
+
+    ``codec_names`` (modality -> shipped name or path) is recorded in the manifests so that a model
+    trained on these shards knows its codecs. ``voices``: assistant voice names for a new vocab
+    (default: the named voices found in the data).
+    """
     from ..codecs.text import TextTokenizer
     from ..processor import Processor
 
@@ -75,10 +96,11 @@ def tokenize_files(
             raise ValueError(f"input file {p} does not exist")
     codecs = dict(codecs or {})
     tok = TextTokenizer.load(tokenizer_path)
-    vocab = vocab if vocab is not None else build_vocab(tok, codecs)
+    if vocab is None:
+        vocab = build_vocab(tok, codecs, voices if voices is not None else discover_voices(inputs))
     processor = Processor(vocab, tok, codecs)
     out = Path(out_dir)
-    meta = {"mode": mode, "sources": [str(p) for p in inputs]}
+    meta = {"mode": mode, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {})}
     writers = {"train": ShardWriter(out / "train", vocab, tokenizer_path, shard_tokens, meta)}
     if val_fraction > 0:
         writers["val"] = ShardWriter(out / "val", vocab, tokenizer_path, shard_tokens, meta)

@@ -10,6 +10,7 @@ vocab.json and a copy of tokenizer.json. Train with ``data.train=DIR/train data.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 
 
@@ -27,19 +28,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="codec for media parts, e.g. image-world, audio-world (repeat)")
     p.add_argument("--vocab", default=None, metavar="vocab.json",
                    help="reuse this vocabulary instead of building one from tokenizer + codecs")
+    p.add_argument("--voices", default=None, metavar="A,B",
+                   help="assistant voice names for a new vocab (default: the named voices found in the data)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from .tokenize import tokenize_files
 
-    codecs = {}
+    codecs, names = {}, {}
     if args.codec:
         from ..codecs import load_codec
 
         for name in args.codec:
             c = load_codec(name)
             codecs[c.modality] = c
+            names[c.modality] = name if not Path(name).exists() else str(Path(name).resolve())
     vocab = None
     if args.vocab:
         from ..tokens.vocab import Vocab
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         vocab = Vocab.load(args.vocab)
     summary = tokenize_files(args.input, args.tokenizer, args.out, mode=args.mode, shard_tokens=args.shard_tokens,
                              val_fraction=args.val_fraction, seed=args.seed, codecs=codecs, vocab=vocab,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, codec_names=names,
+                             voices=[v for v in args.voices.split(",") if v] if args.voices else None)
     print(json.dumps(summary, indent=1))
     return 0

@@ -74,8 +74,13 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     cfg: Config, loader_state: dict[str, Any], keep: int = 2,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Collective under torch.distributed (every rank must call it). Returns the checkpoint dir."""
+                    extra: dict[str, Any] | None = None, assets: dict[str, Path | str] | None = None) -> Path:
+    """Collective under torch.distributed (every rank must call it). Returns the checkpoint dir.
+
+    ``assets`` maps file names to copy into the checkpoint (a Path) or text to write (a str): the
+    data's ``vocab.json``, ``tokenizer.json`` and ``codecs.json``, so that every checkpoint is also a
+    model directory that ``omniloom chat`` / ``serve`` / ``eval`` load as it is.
+    """
     root = Path(ckpt_root)
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     msd = get_model_state_dict(model, options=opts)
@@ -101,6 +106,12 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module, optimize
         trainer = {"step": step, "loader": loader_state,
                    "world_size": dist.get_world_size() if _dist() else 1, **(extra or {})}
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
+        for fname, src in (assets or {}).items():
+            if isinstance(src, Path):
+                if src.is_file():
+                    shutil.copyfile(src, tmp / fname)
+            else:
+                (tmp / fname).write_text(src)
         sums = {f: sha256_file(tmp / f) for f in CKPT_FILES}
         (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
         for f in tmp.iterdir():  # make the content durable before it becomes visible

@@ -130,8 +130,14 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         n = min(tc.eval_batches, vl.batches_per_epoch)
         return step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)]))
 
+    assets: dict[str, Path | str] = {"vocab.json": train_set.vocab_path(),
+                                     "tokenizer.json": train_set.path / "tokenizer.json"}
+    if train_set.manifest.get("codecs"):
+        assets["codecs.json"] = json.dumps(train_set.manifest["codecs"], indent=1)
+
     def checkpoint() -> None:
-        save_checkpoint(ckpt_root, step.step, model, step.optimizer, cfg, loader.state_dict(), tc.keep_checkpoints)
+        save_checkpoint(ckpt_root, step.step, model, step.optimizer, cfg, loader.state_dict(), tc.keep_checkpoints,
+                        assets=assets)
         if main:
             plot_metrics(metrics_path, out / "loss.png")
 
