@@ -35,3 +35,20 @@ def test_checkpoint_is_a_model_directory(tmp_path):
     assert isinstance(events[-1], Done)
     assert events[-1].usage["completion_tokens"] >= 1
     assert all(isinstance(e, (TextDelta, Done)) for e in events)
+
+
+@pytest.mark.slow
+def test_chat_one_shot_and_interactive(tmp_path, capsys, monkeypatch):
+    test_checkpoint_is_a_model_directory(tmp_path)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert cli(["chat", "--model", str(run), "--max-new-tokens", "4", "what is 1 plus 1?"]) == 0
+    out = capsys.readouterr()
+    assert "tokens: prompt" in out.err and "answer" in out.err
+    inputs = iter(["what is 2 plus 2?", "/image /no/such.png", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda _prompt="": next(inputs))
+    assert cli(["chat", "--model", str(run), "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr()
+    assert "no such file: /no/such.png" in out.out
+    assert cli(["chat", "--model", str(tmp_path / "missing"), "hi"]) == 2
+    assert "neither a directory nor a bundled model" in capsys.readouterr().err

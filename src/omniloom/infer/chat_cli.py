@@ -1,0 +1,172 @@
+"""Talk to a model: one-shot (a prompt on the command line) or interactive (a prompt per line).
+
+    omniloom chat --model runs/world/ckpt/step_0020000 "what is two plus three?"
+    omniloom chat --model world --image scene.png "describe the image"
+    omniloom chat --model world --audio question.wav --speak --voice nova
+    omniloom chat --model world --draw "draw a big red circle in the center"
+
+Text streams to the terminal as it is generated. Generated images are written as PNG and speech
+as WAV under --out-dir, and their paths are printed. In interactive mode the conversation is kept
+(media files attach to the next message); type /exit to leave, /reset to start over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="?", default=None, help="the message; without it, chat interactively")
+    p.add_argument("--model", default="world", help="a bundled model name or a model/checkpoint directory")
+    p.add_argument("--image", action="append", default=[], help="attach an image file (repeat)")
+    p.add_argument("--audio", action="append", default=[], help="attach a speech/audio file (WAV/FLAC)")
+    p.add_argument("--video", default=None, help="attach a video file (sampled at the codec's fps)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--speak", action="store_true", help="answer in speech (with its transcript)")
+    out.add_argument("--draw", action="store_true", help="answer with an image")
+    p.add_argument("--voice", default=None, help="assistant voice for spoken answers (e.g. nova, atlas)")
+    p.add_argument("--system", default=None, help="a system message")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance for images (>1 on)")
+    p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
+
+
+def resolve_model(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_dir():
+        if (p / "latest").is_file():  # a training run's ckpt dir
+            return p / (p / "latest").read_text().strip()
+        if (p / "ckpt" / "latest").is_file():  # a training run's out_dir
+            return p / "ckpt" / (p / "ckpt" / "latest").read_text().strip()
+        return p
+    bundled = MODELS_DIR / name_or_path
+    if bundled.is_dir():
+        return bundled
+    names = sorted(d.name for d in MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
+    raise ValueError(f"model {name_or_path!r} is neither a directory nor a bundled model "
+                     f"(bundled: {', '.join(names) or 'none yet'}); pass --model PATH to a trained model")
+
+
+def _user_message(text: str | None, images, audios, video) -> dict:
+    parts: list[dict] = []
+    for f in images:
+        parts.append({"type": "image", "path": str(Path(f).resolve())})
+    if video:
+        parts.append({"type": "video", "path": str(Path(video).resolve())})
+    for f in audios:
+        parts.append({"type": "audio", "path": str(Path(f).resolve())})
+    if text:
+        parts.append({"type": "text", "text": text})
+    if not parts:
+        raise ValueError("nothing to send: give a prompt or a media file")
+    for part in parts:
+        if "path" in part and not Path(part["path"]).is_file():
+            raise ValueError(f"{part['type']} file {part['path']} does not exist")
+    return {"role": "user", "content": parts}
+
+
+def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
+    import numpy as np
+
+    from .generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta, generate
+    from .sampling import SamplingParams
+
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                              top_p=args.top_p, seed=args.seed)
+    modality = "audio" if args.speak else "image" if args.draw else None
+    text, transcript, audio, images = [], [], [], []
+    done = None
+    for ev in generate(omni, messages, output_modality=modality, voice=args.voice, sampling=sampling,
+                       cfg_scale=args.cfg_scale):
+        if isinstance(ev, TextDelta):
+            text.append(ev.text)
+            print(ev.text, end="", flush=True)
+        elif isinstance(ev, TranscriptDelta):
+            transcript.append(ev.text)
+            print(ev.text, end="", flush=True)
+        elif isinstance(ev, AudioChunk):
+            audio.append(ev)
+        elif isinstance(ev, ImageOut):
+            images.append(ev)
+        elif isinstance(ev, Done):
+            done = ev
+    print()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    content: list[dict] = []
+    if text:
+        content.append({"type": "text", "text": "".join(text)})
+    for k, im in enumerate(images):
+        if im.image.size == 0:
+            print(f"[image: {len(im.codes)} codes, but this model has no image codec to draw them]")
+            continue
+        from PIL import Image
+
+        path = out_dir / f"turn{turn:02d}_image{k}.png"
+        Image.fromarray(im.image).save(path)
+        print(f"[image written to {path}]")
+        content.append({"type": "image", "path": str(path.resolve())})
+    if audio:
+        import soundfile as sf
+
+        pcm = np.concatenate([a.pcm for a in audio])
+        path = out_dir / f"turn{turn:02d}_speech.wav"
+        sf.write(path, pcm, audio[0].sample_rate)
+        print(f"[speech ({len(pcm) / audio[0].sample_rate:.2f} s, voice {audio[0].voice}) written to {path}]")
+        content.append({"type": "audio", "path": str(path.resolve()), "voice": audio[0].voice,
+                        "transcript": "".join(transcript) or None})
+    if done is not None:
+        u = done.usage
+        print(f"[{done.finish_reason}; tokens: prompt {u['prompt_tokens']}, answer {u['completion_tokens']} "
+              f"(text {u['text_tokens']}, audio {u['audio_tokens']}, image {u['image_tokens']})]", file=sys.stderr)
+    return {"role": "assistant", "content": content or ""}
+
+
+def run(args: argparse.Namespace) -> int:
+    from .generate import OmniModel
+
+    omni = OmniModel.load(resolve_model(args.model))
+    out_dir = Path(args.out_dir)
+    messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None or args.image or args.audio or args.video:
+        messages.append(_user_message(args.prompt, args.image, args.audio, args.video))
+        _answer(omni, messages, args, out_dir, 0)
+        return 0
+    print("omniloom chat: type a message (/exit to leave, /reset to start over, "
+          "/image PATH or /audio PATH to attach to the next message)")
+    pending_images, pending_audio, turn = [], [], 0
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        if line.startswith("/image ") or line.startswith("/audio "):
+            kind, path = line.split(" ", 1)
+            if not Path(path).is_file():
+                print(f"no such file: {path}")
+                continue
+            (pending_images if kind == "/image" else pending_audio).append(path)
+            continue
+        if not line and not pending_images and not pending_audio:
+            continue
+        try:
+            messages.append(_user_message(line or None, pending_images, pending_audio, None))
+        except ValueError as e:
+            print(f"error: {e}")
+            continue
+        pending_images, pending_audio = [], []
+        messages.append(_answer(omni, messages, args, out_dir, turn))
+        turn += 1
