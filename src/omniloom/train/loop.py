@@ -95,6 +95,8 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     cfg.validate()
     loader = PackedLoader(train_set, cfg.data.seq_len, tc.batch_size, tc.micro_batch_size, rank, world, tc.seed)
     val_set = ShardSet.open(cfg.data.val) if cfg.data.val else None
+    if val_set is not None:  # checked before training, not after it
+        val_batch, val_micro = _val_batch(val_set, cfg, world)
 
     out = Path(tc.out_dir)
     ckpt_root = out / "ckpt"
@@ -125,8 +127,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
 
     def evaluate() -> float:
         assert val_set is not None
-        vl = PackedLoader(val_set, cfg.data.seq_len, min(tc.batch_size, _val_batch(val_set, cfg, world)),
-                          tc.micro_batch_size, rank, world, tc.seed, shuffle=False)
+        vl = PackedLoader(val_set, cfg.data.seq_len, val_batch, val_micro, rank, world, tc.seed, shuffle=False)
         n = min(tc.eval_batches, vl.batches_per_epoch)
         return step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)]))
 
@@ -193,12 +194,17 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     return record
 
 
-def _val_batch(val_set: ShardSet, cfg: Config, world: int) -> int:
-    """Largest global eval batch (multiple of world * micro) the validation set can fill."""
+def _val_batch(val_set: ShardSet, cfg: Config, world: int) -> tuple[int, int]:
+    """(global eval batch, per-rank micro-batch) that the validation set can fill.
+
+    A small validation set gets smaller eval micro-batches rather than an error; only one with
+    fewer rows than ranks is refused.
+    """
     rows = val_set.num_tokens // (cfg.data.seq_len + 1)
-    unit = world * min(cfg.train.micro_batch_size, max(1, cfg.train.batch_size // world))
-    n = max(unit, rows // unit * unit)
-    if rows < unit:
+    if rows < world:
         raise ValueError(f"validation set {val_set.path} has {rows} rows of seq_len+1={cfg.data.seq_len + 1} "
-                         f"tokens, fewer than one eval batch of {unit}")
-    return n
+                         f"tokens, fewer than the {world} rank(s); give more validation data or a shorter seq_len")
+    micro = max(1, min(cfg.train.micro_batch_size, rows // world))
+    unit = world * micro
+    batch = min(cfg.train.batch_size, rows) // unit * unit
+    return max(unit, batch), micro
