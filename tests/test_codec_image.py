@@ -98,3 +98,15 @@ def test_metrics_known_values():
     assert abs(float(psnr(y, z)) - 20.0) < 1e-4  # mse 0.01 -> 20 dB
     noisy = (x + 0.2 * torch.randn_like(x)).clamp(0, 1)
     assert float(ssim(x, noisy).max()) < 0.9
+
+
+def test_foreground_weight_counts_lit_pixel_errors_more():
+    from omniloom.train.codec_image import recon_loss
+
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., :2, :2] = 0.5  # a lit patch
+    on_lit, on_dark = x.clone(), x.clone()
+    on_lit[..., 0, 0] += 0.1
+    on_dark[..., 7, 7] += 0.1
+    assert torch.isclose(recon_loss(on_lit, x, 0.0), recon_loss(on_dark, x, 0.0))
+    assert recon_loss(on_lit, x, 0.0, fg_weight=4.0) > 4 * recon_loss(on_dark, x, 0.0, fg_weight=4.0)

@@ -87,9 +87,15 @@ def batches(data: str, resolution: int, batch: int, seed: int) -> Iterator[torch
 # ---- losses and metrics ----------------------------------------------------------------------
 
 
-def recon_loss(recon: torch.Tensor, x: torch.Tensor, grad_weight: float) -> torch.Tensor:
-    """L1 + L2 + L1 on horizontal/vertical image gradients (sharp edges)."""
-    loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+def recon_loss(recon: torch.Tensor, x: torch.Tensor, grad_weight: float, fg_weight: float = 0.0) -> torch.Tensor:
+    """L1 + L2 + L1 on horizontal/vertical image gradients (sharp edges).
+
+    ``fg_weight`` > 0 weighs lit pixels (any channel above 0.02) ``1 + fg_weight`` times: on mostly
+    black renders (the world) this gets the codec past the "all black" plateau much sooner.
+    """
+    err = recon - x
+    w = 1.0 + fg_weight * (x.amax(dim=1, keepdim=True) > 0.02).float() if fg_weight > 0 else 1.0  # (B, 1, H, W)
+    loss = (w * err.abs()).mean() + (w * err**2).mean()
     if grad_weight > 0:
         dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
         dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
@@ -139,6 +145,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 loss")
+    p.add_argument("--fg-weight", type=float, default=0.0, help="extra loss weight of lit pixels (world: 4)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
     p.add_argument("--seed", type=int, default=0)
@@ -217,7 +224,7 @@ def train(args: argparse.Namespace) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         recon, _ = codec(x)
-        loss = recon_loss(recon, x, args.grad_weight)
+        loss = recon_loss(recon, x, args.grad_weight, args.fg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
