@@ -74,3 +74,14 @@ def test_train_errors(tmp_path):
         ca.train(args(bad, tmp_path / "o3", 1))
     with pytest.raises(ValueError, match="config"):
         ca.train(args(make_folder(tmp_path / "ok", n=1), tmp_path / "o4", 1, config='{"nonsense": 1}'))
+
+
+@pytest.mark.slow
+def test_train_on_world_speech(tmp_path):
+    pytest.importorskip("espeakng_loader")
+    out = tmp_path / "w"
+    a = args("world", out, 2, world_clips=3)
+    ca.train(a)
+    wavs = sorted((out / "world_cache").glob("*.wav"))
+    assert len(wavs) == 3 and all(p.with_suffix(".txt").read_text().strip() for p in wavs)
+    assert (out / "codec" / "model.safetensors").is_file()

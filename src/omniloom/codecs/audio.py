@@ -176,8 +176,8 @@ class Decoder(nn.Module):
         # sum of window^2 over all overlapping hops is constant for a periodic Hann at hop n_fft/4
         self.ola_norm = float((torch.hann_window(c.n_fft) ** 2).sum() / c.stft_hop)
 
-    def forward(self, z: torch.Tensor, cache: dict | None = None) -> torch.Tensor:  # (B, F, L)
-        h = self.inp(z)  # (B, F, frame_dim)
+    def forward(self, z: torch.Tensor, cache: dict | None = None, embedded: bool = False) -> torch.Tensor:
+        h = z if embedded else self.inp(z)  # (B, F, L) -> (B, F, frame_dim)
         for b in self.fblocks:
             h = b(h, cache)
         if torch.is_grad_enabled():
@@ -217,8 +217,8 @@ class AudioStreamDecoder:
             self.tail = torch.zeros(B, c.n_fft - c.stft_hop)
         if f == 0:
             return torch.zeros(B, 0)
-        z = self.codec.fsq.indices_to_codes(codes[..., 0])  # (B, f, L)
-        fr = self.codec.decoder(z, self.cache)  # (B, T, n_fft)
+        h = self.codec._code_table()[codes[..., 0]]  # (B, f, frame_dim) = decoder.inp(FSQ value)
+        fr = self.codec.decoder(h, self.cache, embedded=True)  # (B, T, n_fft)
         T, k = fr.shape[1], c.n_fft // c.stft_hop
         blocks = fr.new_zeros(B, T + k - 1, c.stft_hop)  # overlap-add in hop-sized blocks
         blocks[:, : k - 1] += self.tail.view(B, k - 1, c.stft_hop)
@@ -282,6 +282,18 @@ class AudioCodec(nn.Module):
         L = (T + k - 1) * c.stft_hop
         ola = F.fold(fr.transpose(1, 2), (1, L), (1, c.n_fft), stride=(1, c.stft_hop))  # (B, 1, 1, L)
         return ola.reshape(B, L)[:, c.delay :]
+
+    def _code_table(self) -> torch.Tensor:
+        """(codebook_size, frame_dim): `decoder.inp` of every FSQ value, rebuilt when weights change;
+        one gather per streaming chunk instead of the FSQ arithmetic and a linear layer."""
+        w, b = self.decoder.inp.weight, self.decoder.inp.bias
+        key = (w.data_ptr(), w._version, b._version)
+        if getattr(self, "_table_key", None) != key:
+            with torch.no_grad():
+                idx = torch.arange(self.codebook_size)
+                self._table = self.decoder.inp(self.fsq.indices_to_codes(idx[None])[0]).clone()
+            self._table_key = key
+        return self._table
 
     def _pad(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() != 2:

@@ -265,50 +265,18 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- evaluation
 
-_SHAPES, _COLORS = "circle | square | triangle | star", "red | green | blue | yellow | purple | white"
-_CELLS = ("at the top left | at the top | at the top right | on the left | in the center | on the right"
-          " | at the bottom left | at the bottom | at the bottom right")
-_NUMS = " | ".join("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
-                   " fifteen sixteen seventeen eighteen nineteen twenty".split())
-WORLD_JSGF = f"""#JSGF V1.0;
-grammar world;
-<shape> = {_SHAPES}; <color> = {_COLORS}; <cell> = {_CELLS}; <num> = {_NUMS};
-<obj> = a (small | big) <color> <shape> <cell>;
-public <s> = what color is the <shape> | what shape is <cell> | how many shapes are there
- | is there a <color> <shape> | where is the <color> <shape> | what is <num> (plus | minus) <num>
- | draw <obj> [<obj>] [and <obj>] | <obj> [<obj>] [and <obj>] | <num> | <color> | <shape>
- | yes | no | a <shape> | <cell> | make the <shape> <color> | remove the <shape> | describe the image;
-"""
-
-
 def speech_judge():
-    """A transcriber `f(wav16k float32) -> str` independent of the codec: the world's speech judge
-    when `omniloom.world` provides one, else PocketSphinx constrained by a JSGF grammar of the world."""
-    import importlib
+    """`(judge(wav16k, text) -> heard text, name)`: the world's closed-set DTW speech judge
+    (`omniloom.world.speech_judge`, eSpeak renders in its own voices; it shares nothing with the
+    codec), choosing among the sentence and all its one-word substitutions in the world's vocabulary."""
+    from omniloom.world.speech_judge import SpeechJudge, candidates_for
 
-    for mod in ("omniloom.world.judge_speech", "omniloom.world.speech_judge", "omniloom.world.judge"):
-        try:
-            m = importlib.import_module(mod)
-        except ImportError:
-            continue
-        if hasattr(m, "transcribe"):
-            return m.transcribe, mod
-    import tempfile
+    j = SpeechJudge()
 
-    from pocketsphinx import Decoder
+    def judge(wav: np.ndarray, text: str) -> str:
+        return j.pick(wav, candidates_for("tts", {"transcript": text}))[0]
 
-    gram = Path(tempfile.mkdtemp()) / "world.gram"
-    gram.write_text(WORLD_JSGF)
-    dec = Decoder(jsgf=str(gram), samprate=16000, logfn=os.devnull)
-
-    def transcribe(wav: np.ndarray) -> str:
-        pcm = (np.clip(wav, -1, 1) * 32767).astype(np.int16)
-        dec.start_utt()
-        dec.process_raw(pcm.tobytes(), full_utt=True)
-        dec.end_utt()
-        return dec.hyp().hypstr if dec.hyp() else ""
-
-    return transcribe, "pocketsphinx+world-jsgf"
+    return judge, "world.speech_judge (closed-set DTW over one-word substitutions)"
 
 
 def normalize(text: str) -> str:
@@ -386,10 +354,10 @@ def evaluate(codec: AudioCodec, clips: list[np.ndarray], texts: list[str | None]
                  "mel_distance": float(np.mean(mels)), "si_snr_db": float(np.mean(snrs))}
     pairs = [(t, i) for i, t in enumerate(texts) if t]
     if judge and pairs:
-        transcribe, name = speech_judge()
+        judge, name = speech_judge()
         refs = [normalize(t) for t, _ in pairs]
-        hyp_o = [normalize(transcribe(clips[i])) for _, i in pairs]
-        hyp_r = [normalize(transcribe(recons[i])) for _, i in pairs]
+        hyp_o = [judge(clips[i], r) for (_, i), r in zip(pairs, refs)]
+        hyp_r = [judge(recons[i], r) for (_, i), r in zip(pairs, refs)]
         res.update(judge=name, wer_original=float(jiwer.wer(refs, hyp_o)), wer_reconstructed=float(jiwer.wer(refs, hyp_r)))
         res["wer_gap_points"] = 100 * (res["wer_reconstructed"] - res["wer_original"])
     longest = max(clips, key=len)
