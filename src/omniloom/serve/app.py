@@ -1,0 +1,159 @@
+"""The FastAPI app: OpenAI-compatible REST, the Realtime WebSocket and the web page.
+
+``create_app(omni, settings)`` builds it around an :class:`~omniloom.infer.generate.OmniModel`.
+Every route except the page (``/``, ``/static``) and ``/health`` needs ``Authorization: Bearer KEY``
+when ``settings.api_key`` is set (the WebSocket also takes the key as the subprotocol
+``openai-insecure-api-key.KEY``, which is how a browser sends it).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..infer.generate import OmniModel
+from .errors import APIError, error_body, install_error_handlers
+from .state import ServerState, ServeSettings
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).parent / "static"
+PUBLIC = ("/", "/health", "/favicon.ico")
+
+
+def _ws_key(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"sec-websocket-protocol":
+            for proto in value.decode("latin-1").split(","):
+                proto = proto.strip()
+                if proto.startswith("openai-insecure-api-key."):
+                    return proto[len("openai-insecure-api-key."):]
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            v = value.decode("latin-1")
+            return v[7:].strip() if v.lower().startswith("bearer ") else v.strip()
+    return None
+
+
+class GuardMiddleware:
+    """API key on every route and the WebSocket; a body larger than the limit is a 413."""
+
+    def __init__(self, app: ASGIApp, settings: ServeSettings):
+        self.app, self.settings = app, settings
+
+    async def _reject(self, send: Send, status: int, message: str, code: str) -> None:
+        body = json.dumps(error_body(status, message, code=code)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        key = self.settings.api_key
+        if key and path not in PUBLIC and not path.startswith("/static/"):
+            given = _bearer(scope) or (_ws_key(scope) if scope["type"] == "websocket" else None)
+            if not given or not hmac.compare_digest(given.encode(), key.encode()):
+                msg = "Incorrect API key provided" if given else "Missing API key: send 'Authorization: Bearer KEY'"
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.http.response.start", "status": 401,
+                                "headers": [(b"content-type", b"application/json")]})
+                    await send({"type": "websocket.http.response.body",
+                                "body": json.dumps(error_body(401, msg, code="invalid_api_key")).encode()})
+                    return
+                return await self._reject(send, 401, msg, "invalid_api_key")
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.settings.max_body_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    n = int(value)
+                except ValueError:
+                    return await self._reject(send, 400, "invalid Content-Length", "invalid_request")
+                if n > limit:
+                    return await self._reject(send, 413, f"request body of {n} bytes exceeds the limit of "
+                                                         f"{limit} bytes", "request_too_large")
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+            return msg
+
+        await self.app(scope, counted, send)
+
+
+def create_app(omni: OmniModel, settings: ServeSettings | None = None) -> FastAPI:
+    """The server app around ``omni`` (generation runs in ``settings.workers`` threads)."""
+    settings = settings or ServeSettings()
+    state = ServerState.build(omni, settings)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        state.scheduler.close()
+
+    app = FastAPI(lifespan=lifespan, title="omniloom", version="1", description="OpenAI-compatible API of an omni model "
+                  "(text, image, audio in and out), the Realtime voice API at /v1/realtime and a web page at /.")
+    app.state.omni = state
+    install_error_handlers(app)
+    from . import audio, chat, embeddings, images, realtime
+
+    app.include_router(chat.router)
+    app.include_router(audio.router)
+    app.include_router(images.router)
+    app.include_router(embeddings.router)
+    app.include_router(realtime.router)
+    created = int(time.time())
+
+    def _card() -> dict:
+        return {"id": settings.model_id, "object": "model", "created": created, "owned_by": "omniloom",
+                "input_modalities": state.input_modalities, "output_modalities": state.output_modalities,
+                "voices": state.voices, "context_length": state.context}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict:
+        return {"object": "list", "data": [_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict:
+        state.check_model(model_id)
+        return _card()
+
+    @app.get("/health")
+    async def health() -> dict:
+        s = state.scheduler
+        return {"status": "ok", "model": settings.model_id, "waiting": s.waiting, "running": s.running,
+                **s.stats}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        p = STATIC / name
+        if "/" in name or name.startswith(".") or not p.is_file():
+            raise APIError(404, f"no static file {name!r}", code="not_found")
+        return FileResponse(p)
+
+    app.add_middleware(GuardMiddleware, settings=settings)
+    return app
+
+

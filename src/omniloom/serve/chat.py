@@ -1,0 +1,230 @@
+"""``POST /v1/chat/completions``: text, audio and image answers, whole or streamed as SSE.
+
+- ``modalities: ["text", "audio"]`` (+ ``audio: {voice, format}``) answers with speech:
+  ``message.audio = {id, data, transcript, expires_at}``; streamed as ``delta.audio`` chunks whose
+  ``data`` is base64 pcm16 at 24 kHz and whose ``transcript`` grows.
+- ``modalities`` holding ``"image"`` answers with an image, returned as an ``image_url`` content
+  part holding a PNG data URL (``message.content`` becomes a list of parts; streamed as a
+  ``delta.content`` list with that one part).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..infer.generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta, generate
+from .errors import bad_request
+from .media import API_RATE, Resampler, encode_audio, pcm16_bytes, png_data_url
+from .state import ServerState, new_id
+
+__all__ = ["router", "ChatRequest", "watch_disconnect", "plan_outputs"]
+
+router = APIRouter()
+
+
+class AudioParam(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    voice: str | None = None
+    format: Literal["wav", "pcm16", "flac", "mp3"] = "wav"
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    modalities: list[Literal["text", "audio", "image"]] | None = None
+    audio: AudioParam | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    n: int | None = Field(None, ge=1, le=1)
+
+
+def plan_outputs(modalities: list[str] | None) -> tuple[str | None, tuple[str, ...]]:
+    """OpenAI ``modalities`` -> (``output_modality``, ``outputs``) for ``generate()``."""
+    mods = set(modalities or ["text"])
+    if "audio" in mods:
+        return "audio", ("audio",) + (("image",) if "image" in mods else ())
+    if "image" in mods:
+        return "image", ("image",) + (("text",) if "text" in mods else ())
+    return None, ("text",)
+
+
+async def watch_disconnect(request: Request, job) -> None:
+    """Cancel ``job`` when the HTTP client goes away (non-streaming answers)."""
+    while not job.cancel.is_set():
+        if await request.is_disconnected():
+            job.cancel.set()
+            return
+        await asyncio.sleep(0.1)
+
+
+def _job(messages: list[dict], output_modality, outputs, voice, sampling, tmp: list[str]):
+    def fn(omni):
+        try:
+            yield from generate(omni, messages, output_modality=output_modality, outputs=outputs, voice=voice,
+                                sampling=sampling)
+        finally:
+            for p in tmp:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+    return fn
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    st: ServerState = request.app.state.omni
+    st.check_model(body.model)
+    if body.n not in (None, 1):
+        raise bad_request("n must be 1", "n")
+    output_modality, outputs = plan_outputs(body.modalities)
+    for m in outputs:
+        if m != "text":
+            st.need(m, "modalities")
+    audio_out = output_modality == "audio"
+    fmt = body.audio.format if body.audio else "wav"
+    voice = st.check_voice(body.audio.voice if body.audio else None, "audio.voice")
+    if audio_out and voice is None:
+        voice = st.voices[0]
+    sampling = st.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
+                           "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+    tmp: list[str] = []
+    try:
+        messages = st.convert_messages([m.model_dump(exclude_none=True) for m in body.messages], tmp)
+    except Exception:
+        for p in tmp:
+            os.unlink(p)
+        raise
+    job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling, tmp))
+    try:
+        await job.ready()
+    except BaseException:
+        job.cancel.set()
+        raise
+    cid, created = new_id("chatcmpl"), int(time.time())
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_stream(st, job, cid, created, audio_out, usage),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return JSONResponse(await _whole(st, job, request, cid, created, audio_out, fmt))
+
+
+async def _whole(st: ServerState, job, request: Request, cid: str, created: int, audio_out: bool, fmt: str) -> dict:
+    watcher = asyncio.create_task(watch_disconnect(request, job))
+    text, transcript, pcm, images, done = [], [], [], [], None
+    try:
+        async for ev in job.events():
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            elif isinstance(ev, TranscriptDelta):
+                transcript.append(ev.text)
+            elif isinstance(ev, AudioChunk):
+                pcm.append(ev.pcm)
+            elif isinstance(ev, ImageOut) and ev.image.size:
+                images.append(png_data_url(ev.image))
+            elif isinstance(ev, Done):
+                done = ev
+    finally:
+        watcher.cancel()
+        job.cancel.set()
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None, "refusal": None,
+                               "annotations": []}
+    if images:
+        parts = [{"type": "text", "text": message["content"]}] if message["content"] else []
+        message["content"] = parts + [{"type": "image_url", "image_url": {"url": u}} for u in images]
+    if audio_out:
+        wav = np.concatenate(pcm) if pcm else np.zeros(0, np.float32)
+        rate = st.omni.codecs["audio"].sample_rate
+        r = Resampler(rate, API_RATE)
+        wav24 = np.concatenate([r.push(wav), r.flush()])
+        tr = "".join(transcript)
+        aid, exp = st.remember_audio(tr)
+        message["audio"] = {"id": aid, "data": base64.b64encode(encode_audio(wav24, API_RATE, fmt)).decode(),
+                            "transcript": tr, "expires_at": exp}
+    usage = st.usage(done.usage if done else {}, job.prompt_ids)
+    return {"id": cid, "object": "chat.completion", "created": created, "model": st.settings.model_id,
+            "system_fingerprint": None, "service_tier": None,
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": done.finish_reason if done else "stop"}],
+            "usage": usage}
+
+
+async def _stream(st: ServerState, job, cid: str, created: int, audio_out: bool, include_usage: bool):
+    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": st.settings.model_id,
+               "system_fingerprint": None,
+               "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                                                     "finish_reason": finish}]}
+        if include_usage:
+            obj["usage"] = usage
+        return f"data: {json.dumps(obj)}\n\n"
+
+    rate = st.omni.codecs["audio"].sample_rate if "audio" in st.omni.codecs else API_RATE
+    resampler = Resampler(rate, API_RATE)
+    aid, exp, transcript, sent_audio = None, None, [], False
+    done = None
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for ev in job.events():
+            if isinstance(ev, TextDelta):
+                yield chunk({"content": ev.text})
+            elif isinstance(ev, (TranscriptDelta, AudioChunk)):
+                if aid is None:
+                    aid, exp = st.remember_audio("")
+                a: dict[str, Any] = {"id": aid}
+                if not sent_audio:
+                    a["expires_at"] = exp
+                    sent_audio = True
+                if isinstance(ev, TranscriptDelta):
+                    transcript.append(ev.text)
+                    a["transcript"] = ev.text
+                else:
+                    data = resampler.push(ev.pcm)
+                    if not data.size:
+                        continue
+                    a["data"] = base64.b64encode(pcm16_bytes(data)).decode()
+                yield chunk({"audio": a})
+            elif isinstance(ev, ImageOut) and ev.image.size:
+                url = png_data_url(ev.image)
+                yield chunk({"content": [{"type": "image_url", "image_url": {"url": url}}]})
+            elif isinstance(ev, Done):
+                done = ev
+        if aid is not None:
+            tail = resampler.flush()
+            if tail.size:
+                yield chunk({"audio": {"id": aid, "data": base64.b64encode(pcm16_bytes(tail)).decode()}})
+            st.audio_store[aid] = ("".join(transcript), exp)
+        yield chunk({}, done.finish_reason if done else "stop")
+        if include_usage:
+            yield chunk(None, usage=st.usage(done.usage if done else {}, job.prompt_ids))
+        yield "data: [DONE]\n\n"
+    finally:  # client gone (the response task is cancelled) or finished: stop generating
+        job.cancel.set()

@@ -1,0 +1,69 @@
+"""Serve a model over the OpenAI API (REST + SSE), the Realtime voice API and a web page.
+
+  omniloom serve                         # the bundled reference model ("world")
+  omniloom serve --model DIR --port 8000 --api-key KEY
+
+Routes: /v1/models, /v1/chat/completions, /v1/audio/speech, /v1/audio/transcriptions,
+/v1/images/generations, /v1/images/edits, /v1/embeddings, ws /v1/realtime, and the page at /.
+A tiny random model for trying it out: python -m omniloom.serve.tiny DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+BUNDLED = {"world": "world"}  # bundled name -> folder under omniloom/assets/models/
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="world", help="bundled model name or model directory (default: world)")
+    p.add_argument("--model-id", default=None, help="the name clients send as 'model' (default: --model's name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API route")
+    p.add_argument("--workers", type=int, default=1, help="generation threads (each has its own KV cache)")
+    p.add_argument("--max-queue", type=int, default=8, help="requests waiting for a worker before 429")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--max-body-mb", type=float, default=25.0, help="largest request body (413 above)")
+    p.add_argument("--max-audio-seconds", type=float, default=120.0, help="longest input audio (400 above)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest input image (400 above)")
+    p.add_argument("--max-tokens", type=int, default=None, help="cap on max_tokens (default: the context)")
+    p.add_argument("--device", default="cpu")
+
+
+def resolve_model(name: str) -> tuple[Path, str]:
+    """A bundled name or a directory -> (directory, model id)."""
+    if name in BUNDLED:
+        from importlib.resources import files
+
+        d = Path(str(files("omniloom"))) / "assets" / "models" / BUNDLED[name]
+        if not (d / "model.safetensors").is_file():
+            raise ValueError(f"the reference model {name!r} is not bundled yet (no {d}); train or download a model "
+                             "and pass its directory with --model PATH (a tiny random one for trying the server: "
+                             "python -m omniloom.serve.tiny DIR)")
+        return d, name
+    d = Path(name)
+    if not d.is_dir():
+        raise ValueError(f"--model {name!r} is neither a bundled model ({', '.join(BUNDLED)}) nor a directory")
+    return d, d.resolve().name
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..infer.generate import OmniModel
+    from .app import create_app
+    from .state import ServeSettings
+
+    directory, mid = resolve_model(args.model)
+    omni = OmniModel.load(directory, device=args.device)
+    settings = ServeSettings(model_id=args.model_id or mid, api_key=args.api_key, workers=args.workers,
+                             max_queue=args.max_queue, threads=args.threads or None,
+                             max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                             max_audio_seconds=args.max_audio_seconds, max_image_pixels=args.max_image_pixels,
+                             max_tokens=args.max_tokens)
+    app = create_app(omni, settings)
+    print(f"omniloom serve: model {settings.model_id!r} from {directory} on http://{args.host}:{args.port}/")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets")
+    return 0

@@ -1,0 +1,105 @@
+"""``POST /v1/images/generations`` and ``POST /v1/images/edits`` (``b64_json`` PNGs).
+
+Generation forces an image answer to the prompt; an edit sends the image and the instruction (the
+world's ``edit`` task). ``size`` must be the image codec's own (``"auto"`` picks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Literal
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..infer.generate import Done, ImageOut, generate
+from ..infer.sampling import SamplingParams
+from .chat import watch_disconnect
+from .errors import APIError, bad_request
+from .media import check_image_bytes, png_data_url
+
+__all__ = ["router", "ImageRequest"]
+
+router = APIRouter()
+
+
+class ImageRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: str = Field(min_length=1, max_length=4000)
+    n: int = Field(1, ge=1, le=4)
+    size: str | None = "auto"
+    response_format: Literal["b64_json"] | None = "b64_json"
+    output_format: Literal["png"] | None = "png"
+
+
+def _check(st, size: str | None, response_format: str | None) -> None:
+    st.need("image", "model")
+    res = st.omni.codecs["image"].resolution
+    if size not in (None, "auto", f"{res}x{res}"):
+        raise bad_request(f"size {size!r} is not supported: this model draws {res}x{res} images", "size")
+    if response_format not in (None, "b64_json"):
+        raise bad_request("response_format must be 'b64_json' (this server keeps no image URLs)", "response_format")
+
+
+def _images_job(messages: list[dict], n: int, image_tokens: int):
+    def fn(omni):
+        for i in range(n):
+            yield from generate(omni, messages, output_modality="image", outputs=("image",),
+                                sampling=SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0))
+    return fn
+
+
+async def _run(st, request: Request, messages: list[dict], n: int) -> dict:
+    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens))
+    watcher = asyncio.create_task(watch_disconnect(request, job))
+    data, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+    try:
+        await job.ready()
+        async for ev in job.events():
+            if isinstance(ev, ImageOut) and ev.image.size:
+                url = png_data_url(ev.image)
+                data.append({"b64_json": url.split(",", 1)[1], "revised_prompt": None})
+            elif isinstance(ev, Done):
+                usage["prompt_tokens"] += ev.usage.get("prompt_tokens", 0)
+                usage["completion_tokens"] += ev.usage.get("completion_tokens", 0)
+    finally:
+        watcher.cancel()
+        job.cancel.set()
+    if len(data) != n:
+        raise APIError(500, f"the model drew {len(data)} of {n} images", code="generation_failed")
+    return {"created": int(time.time()), "data": data, "output_format": "png",
+            "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+                      "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
+                      "input_tokens_details": {"text_tokens": usage["prompt_tokens"], "image_tokens": 0}}}
+
+
+@router.post("/v1/images/generations")
+async def generations(body: ImageRequest, request: Request) -> dict:
+    st = request.app.state.omni
+    st.check_model(body.model)
+    _check(st, body.size, body.response_format)
+    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n)
+
+
+@router.post("/v1/images/edits")
+async def edits(
+    request: Request,
+    image: UploadFile = File(...),
+    prompt: str = Form(..., min_length=1, max_length=4000),
+    model: str = Form(...),
+    n: int = Form(1, ge=1, le=4),
+    size: str | None = Form("auto"),
+    response_format: str | None = Form("b64_json"),
+) -> dict:
+    st = request.app.state.omni
+    st.check_model(model)
+    _check(st, size, response_format)
+    data = await image.read()
+    check_image_bytes(data, st.settings.max_image_pixels, "image")
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": prompt}]}]
+    return await _run(st, request, msgs, n)

@@ -1,0 +1,124 @@
+"""Wire formats of the API: base64 pcm16 at 24 kHz, wav/flac/mp3 files, PNG data URLs, input checks.
+
+The codecs speak float32 at 16 kHz; the OpenAI API speaks pcm16 at 24 kHz. Resampling is soxr's
+(streaming resamplers keep chunk boundaries seamless).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+
+import numpy as np
+
+from ..utils.media import parse_data_url, to_data_url
+from .errors import bad_request
+
+__all__ = ["API_RATE", "Resampler", "pcm16_bytes", "pcm16_to_float", "encode_audio", "png_data_url",
+           "check_image_bytes", "check_image_url", "audio_seconds", "b64decode", "AUDIO_MIME"]
+
+API_RATE = 24000  # the OpenAI API's pcm16 rate
+AUDIO_MIME = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "pcm": "audio/pcm",
+              "pcm16": "audio/pcm"}
+
+
+class Resampler:
+    """Chunked float32 resampling (soxr.ResampleStream); ``push(x)`` then ``flush()``."""
+
+    def __init__(self, src: int, dst: int):
+        import soxr
+
+        self.same = src == dst
+        self._rs = None if self.same else soxr.ResampleStream(src, dst, 1, dtype="float32")
+
+    def push(self, x: np.ndarray, last: bool = False) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.same:
+            return x
+        return self._rs.resample_chunk(x, last=last)
+
+    def flush(self) -> np.ndarray:
+        return self.push(np.zeros(0, dtype=np.float32), last=True)
+
+
+def pcm16_bytes(x: np.ndarray) -> bytes:
+    """float32 in [-1, 1] -> little-endian int16 bytes."""
+    return (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    if len(data) % 2:
+        data = data[:-1]
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def b64decode(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise bad_request(f"{what} is not valid base64 ({e})", what) from None
+
+
+def encode_audio(pcm: np.ndarray, rate: int, fmt: str) -> bytes:
+    """float32 mono -> bytes of ``fmt`` (wav, flac, mp3: 16-bit files; pcm/pcm16: raw int16)."""
+    if fmt in ("pcm", "pcm16"):
+        return pcm16_bytes(pcm)
+    import soundfile as sf
+
+    kind = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}.get(fmt)
+    if kind is None:
+        raise bad_request(f"audio format {fmt!r} is not supported (wav, flac, mp3, pcm16)", "format")
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(pcm, -1, 1), rate, format=kind[0], subtype=kind[1])
+    return buf.getvalue()
+
+
+def audio_seconds(data: bytes, what: str) -> float:
+    """Duration of an encoded audio file (wav, flac, mp3, ogg), or a 400 if it cannot be read."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as e:  # soundfile raises its own error types
+        raise bad_request(f"{what}: cannot read audio ({e})", what) from None
+    if not info.samplerate:
+        raise bad_request(f"{what}: audio has no sample rate", what)
+    return info.frames / info.samplerate
+
+
+def check_image_bytes(data: bytes, max_pixels: int, what: str) -> tuple[int, int]:
+    """(width, height) of an encoded image; 400 if unreadable or over ``max_pixels``."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise bad_request(f"{what}: cannot read image ({e})", what) from None
+    if w * h > max_pixels:
+        raise bad_request(f"{what}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", what,
+                          "image_too_large")
+    return w, h
+
+
+def check_image_url(url: str, max_pixels: int, what: str) -> bytes:
+    """Bytes of a ``data:image/...`` URL (remote URLs and paths are refused), size-checked."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise bad_request(f"{what}: only data URLs (data:image/png;base64,...) are accepted", what,
+                          "invalid_image_url")
+    try:
+        _, data = parse_data_url(url)
+    except ValueError as e:
+        raise bad_request(f"{what}: {e}", what, "invalid_image_url") from None
+    check_image_bytes(data, max_pixels, what)
+    return data
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """(H, W, 3) uint8 -> ``data:image/png;base64,...``."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return to_data_url(buf.getvalue(), "image/png")

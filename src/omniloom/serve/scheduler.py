@@ -1,0 +1,217 @@
+"""Generation off the event loop: worker threads, a bounded queue (429 when full), cancellation.
+
+Each worker owns a view of the model that shares its weights but has its own KV cache and engine,
+so workers never step on each other. A job is a function ``fn(omni) -> iterator of events`` run in
+a worker; its events reach the event loop through an ``asyncio.Queue``. Cancelling a job (client
+gone, barge-in, ``response.cancel``) is checked between tokens: the engine stream stops at the next
+token and ``generate()`` closes with its ``Done`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import torch
+
+from ..infer.engine import Engine
+from ..infer.generate import OmniModel
+from ..model import Transformer
+from .errors import APIError
+
+__all__ = ["Job", "Scheduler"]
+
+log = logging.getLogger("omniloom.serve")
+_END = object()
+_READY = object()  # a generate() job's prompt is built: its input was fine
+
+
+class _Raised:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class _CancellableEngine:
+    """Engine.stream that stops before the next token once the running job is cancelled."""
+
+    def __init__(self, engine: Engine, local: threading.local):
+        self._engine, self._local = engine, local
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def stream(self, requests):
+        for item in self._engine.stream(requests):
+            yield item
+            job = getattr(self._local, "job", None)
+            if job is not None and job.cancel.is_set():
+                return
+
+
+class _RecordingProcessor:
+    """The processor, remembering the last prompt it built (for per-modality prompt usage)."""
+
+    def __init__(self, proc: Any, local: threading.local):
+        self._proc, self._local = proc, local
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proc, name)
+
+    def prompt_ids(self, *a, **kw) -> list[int]:
+        ids = self._proc.prompt_ids(*a, **kw)
+        job = getattr(self._local, "job", None)
+        if job is not None and job.prompt_ids is None:
+            job.prompt_ids = list(ids)
+            job._put(_READY)
+        return ids
+
+
+def _worker_view(omni: OmniModel, local: threading.local, share: bool) -> OmniModel:
+    """A copy of ``omni`` with its own decoder module (weights shared unless it is the original)."""
+    model = omni.model
+    if share:
+        with torch.device("meta"):
+            clone = Transformer(copy.deepcopy(model.cfg))
+        clone.load_state_dict(model.state_dict(), assign=True)
+        dev = next(model.parameters()).device
+        clone.init_rope(dev)
+        model = clone.eval()
+    view = copy.copy(omni)
+    view.model = model
+    view.engine = _CancellableEngine(Engine(model), local)
+    view.processor = _RecordingProcessor(omni.processor, local)
+    return view
+
+
+@dataclass
+class Job:
+    fn: Callable[[OmniModel], Iterator[Any]]
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    prompt_ids: list[int] | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None
+    finished: float | None = None
+    cancelled: bool = False  # set when the job stopped because of cancel
+    _early: list = field(default_factory=list)
+
+    def _put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed (server shutting down)
+            self.cancel.set()
+
+    async def ready(self) -> None:
+        """Wait until the prompt is built; raises the worker's error (e.g. bad media) if that failed.
+
+        Lets a streaming answer turn bad input into a 400 before its 200 headers go out.
+        """
+        while True:
+            item = await self.queue.get()
+            if item is _READY:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            if item is _END:
+                self.queue.put_nowait(_END)
+                return
+            self._early.append(item)
+
+    async def events(self) -> AsyncIterator[Any]:
+        """The job's events as they come; a worker exception is re-raised here."""
+        while self._early:
+            yield self._early.pop(0)
+        while True:
+            item = await self.queue.get()
+            if item is _READY:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+
+
+class Scheduler:
+    """``workers`` threads over one model; at most ``max_queue`` jobs waiting (else 429)."""
+
+    def __init__(self, omni: OmniModel, workers: int = 1, max_queue: int = 8, threads: int | None = 1):
+        if workers < 1 or max_queue < 0:
+            raise ValueError(f"workers must be >= 1 and max_queue >= 0, got {workers}, {max_queue}")
+        if threads:
+            torch.set_num_threads(threads)  # tiny matmuls: one thread per worker beats oversubscription
+        self.omni = omni
+        self._local = threading.local()
+        self._q: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self.max_queue = max_queue
+        self.waiting = 0
+        self.running = 0
+        self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "rejected": 0, "failed": 0}
+        self._threads = []
+        for i in range(workers):
+            view = _worker_view(omni, self._local, share=i > 0)
+            t = threading.Thread(target=self._work, args=(view,), name=f"omniloom-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.views_ready = True
+
+    def submit(self, fn: Callable[[OmniModel], Iterator[Any]]) -> Job:
+        """Queue ``fn``; raises a 429 :class:`APIError` when ``max_queue`` jobs already wait."""
+        with self._lock:
+            if self.waiting >= self.max_queue + len(self._threads) - self.running:
+                self.stats["rejected"] += 1
+                raise APIError(429, f"server busy: {self.waiting} requests waiting (limit {self.max_queue}); "
+                                    "retry later", code="rate_limit_exceeded")
+            self.waiting += 1
+            self.stats["submitted"] += 1
+        job = Job(fn, asyncio.get_running_loop())
+        self._q.put(job)
+        return job
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+
+    def _work(self, view: OmniModel) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            with self._lock:
+                self.waiting -= 1
+                self.running += 1
+            job.started = time.perf_counter()
+            self._local.job = job
+            try:
+                if job.cancel.is_set():
+                    job.cancelled = True
+                else:
+                    with torch.inference_mode():
+                        for ev in job.fn(view):
+                            job._put(ev)
+                            if job.cancel.is_set():
+                                job.cancelled = True
+                                break
+                    job.cancelled = job.cancelled or job.cancel.is_set()
+                job._put(_END)
+                with self._lock:
+                    self.stats["cancelled" if job.cancelled else "completed"] += 1
+            except Exception as e:  # bad input found while encoding, or a bug: report to the caller
+                if not isinstance(e, (ValueError, APIError)):
+                    log.exception("generation failed")
+                with self._lock:
+                    self.stats["failed"] += 1
+                job._put(_Raised(e))
+            finally:
+                job.finished = time.perf_counter()
+                self._local.job = None
+                with self._lock:
+                    self.running -= 1

@@ -1,0 +1,223 @@
+"""Server settings and shared state: the model, its scheduler, limits, and OpenAI-side helpers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..infer.generate import OmniModel
+from ..infer.sampling import SamplingParams
+from .errors import APIError, bad_request
+from .media import audio_seconds, b64decode, check_image_url
+from .scheduler import Scheduler
+
+__all__ = ["ServeSettings", "ServerState", "new_id"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class ServeSettings:
+    """Limits and knobs of ``omniloom serve`` (all settable on the command line)."""
+
+    model_id: str = "world"
+    api_key: str | None = None
+    max_body_bytes: int = 25 * 1024 * 1024  # 413 above (OpenAI's own upload limit)
+    max_audio_seconds: float = 120.0  # per input audio (400 above)
+    max_image_pixels: int = 4096 * 4096  # per input image (400 above)
+    max_tokens: int | None = None  # cap on max_tokens (default: the model's context)
+    default_max_tokens: int = 256  # when a request gives none
+    workers: int = 1
+    max_queue: int = 8  # jobs waiting for a worker before 429
+    threads: int | None = 1  # torch intra-op threads (None: leave torch's default)
+    audio_ttl_s: int = 3600  # how long message.audio ids can be referred back to
+
+
+@dataclass
+class ServerState:
+    omni: OmniModel
+    settings: ServeSettings
+    scheduler: Scheduler
+    audio_store: dict[str, tuple[str, float]] = field(default_factory=dict)  # audio id -> (transcript, expiry)
+
+    @classmethod
+    def build(cls, omni: OmniModel, settings: ServeSettings) -> "ServerState":
+        sched = Scheduler(omni, workers=settings.workers, max_queue=settings.max_queue, threads=settings.threads)
+        return cls(omni, settings, sched)
+
+    # ------------------------------------------------------------------ model facts
+    @property
+    def input_modalities(self) -> list[str]:
+        c = self.omni.codecs
+        return ["text"] + [m for m in ("image", "audio") if m in c] + (["video"] if "image" in c else [])
+
+    @property
+    def output_modalities(self) -> list[str]:
+        c = self.omni.codecs
+        return ["text"] + [m for m in ("image", "audio") if m in c]
+
+    @property
+    def context(self) -> int:
+        return int(self.omni.model.cfg.max_seq_len)
+
+    @property
+    def voices(self) -> list[str]:
+        return [v for v in self.omni.vocab.voices if not v.startswith("voice:")] or list(self.omni.vocab.voices)
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.settings.model_id:
+            raise APIError(404, f"The model {name!r} does not exist; this server serves "
+                                f"{self.settings.model_id!r}", "model", "model_not_found")
+
+    def check_voice(self, voice: str | None, param: str = "voice") -> str | None:
+        if voice is None:
+            return None
+        if voice not in self.voices:
+            raise bad_request(f"unknown voice {voice!r}; this model has {', '.join(self.voices)}", param,
+                              "invalid_value")
+        return voice
+
+    def need(self, modality: str, param: str) -> None:
+        if modality not in self.omni.codecs:
+            raise bad_request(f"this model has no {modality} codec, so it cannot handle {modality}", param,
+                              "unsupported_modality")
+
+    def sampling(self, max_tokens: int | None, temperature: float | None = None, top_p: float | None = None,
+                 seed: int | None = None, param: str = "max_tokens") -> SamplingParams:
+        cap = min(self.settings.max_tokens or self.context, self.context)
+        n = self.settings.default_max_tokens if max_tokens is None else int(max_tokens)
+        if n < 1 or n > cap:
+            raise bad_request(f"{param} must be in [1, {cap}], got {n}", param, "invalid_value")
+        t = 1.0 if temperature is None else float(temperature)
+        p = 1.0 if top_p is None else float(top_p)
+        if not 0 <= t <= 2:
+            raise bad_request(f"temperature must be in [0, 2], got {t}", "temperature")
+        if not 0 < p <= 1:
+            raise bad_request(f"top_p must be in (0, 1], got {p}", "top_p")
+        return SamplingParams(max_new_tokens=min(n, cap), temperature=t, top_p=p, seed=seed)
+
+    # ------------------------------------------------------------------ usage
+    def usage(self, done_usage: dict[str, int], prompt_ids: list[int] | None) -> dict[str, Any]:
+        """OpenAI usage with per-modality counts on both sides."""
+        v = self.omni.vocab
+        pt = {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0, "cached_tokens": 0}
+        if prompt_ids:
+            ilo, ihi = v.range_of("image")
+            alo, ahi = v.range_of("audio")
+            for t in prompt_ids:
+                if t < v.text_size:
+                    pt["text_tokens"] += 1
+                elif ilo <= t < ihi:
+                    pt["image_tokens"] += 1
+                elif alo <= t < ahi:
+                    pt["audio_tokens"] += 1
+        prompt = int(done_usage.get("prompt_tokens", 0))
+        completion = int(done_usage.get("completion_tokens", 0))
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                "prompt_tokens_details": pt,
+                "completion_tokens_details": {"text_tokens": int(done_usage.get("text_tokens", 0)),
+                                              "audio_tokens": int(done_usage.get("audio_tokens", 0)),
+                                              "image_tokens": int(done_usage.get("image_tokens", 0)),
+                                              "reasoning_tokens": 0}}
+
+    # ------------------------------------------------------------------ audio ids
+    def remember_audio(self, transcript: str) -> tuple[str, int]:
+        now = time.time()
+        for k in [k for k, (_, exp) in self.audio_store.items() if exp < now]:
+            del self.audio_store[k]
+        aid = new_id("audio")
+        exp = int(now + self.settings.audio_ttl_s)
+        self.audio_store[aid] = (transcript, exp)
+        return aid, exp
+
+    # ------------------------------------------------------------------ OpenAI content -> generate() parts
+    def convert_part(self, part: Any, where: str, tmp: list[str]) -> dict:
+        """One OpenAI content part -> a raw part the processor reads. Only inline media is accepted."""
+        if isinstance(part, str):
+            return {"type": "text", "text": part}
+        if not isinstance(part, dict):
+            raise bad_request(f"{where}: a content part must be an object", where)
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise bad_request(f"{where}: text part needs a string 'text'", where)
+            return {"type": "text", "text": text}
+        if kind in ("image_url", "input_image"):
+            self.need("image", where)
+            spec = part.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            check_image_url(url, self.settings.max_image_pixels, f"{where}.image_url")
+            return {"type": "image_url", "image_url": {"url": url}}
+        if kind == "input_audio":
+            self.need("audio", where)
+            spec = part.get("input_audio")
+            if not isinstance(spec, dict) or not isinstance(spec.get("data"), str):
+                raise bad_request(f"{where}: input_audio needs {{'data': base64, 'format': 'wav'|'mp3'}}", where)
+            fmt = spec.get("format", "wav")
+            if fmt not in ("wav", "mp3", "flac"):
+                raise bad_request(f"{where}: input_audio format {fmt!r} is not wav, mp3 or flac", where)
+            data = b64decode(spec["data"], f"{where}.input_audio.data")
+            secs = audio_seconds(data, f"{where}.input_audio")
+            if secs > self.settings.max_audio_seconds:
+                raise bad_request(f"{where}: {secs:.1f} s of audio exceeds the limit of "
+                                  f"{self.settings.max_audio_seconds:g} s", where, "audio_too_long")
+            return {"type": "input_audio", "input_audio": {"data": spec["data"], "format": fmt}}
+        if kind == "video_url":
+            self.need("image", where)
+            spec = part.get("video_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if not isinstance(url, str) or not url.startswith("data:"):
+                raise bad_request(f"{where}: only data URLs (data:video/mp4;base64,...) are accepted", where)
+            from ..utils.media import parse_data_url
+
+            try:
+                _, data = parse_data_url(url)
+            except ValueError as e:
+                raise bad_request(f"{where}: {e}", where) from None
+            fd, path = tempfile.mkstemp(suffix=".video")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            tmp.append(path)
+            return {"type": "video", "path": path}
+        raise bad_request(f"{where}: unsupported content part type {kind!r} (text, image_url, input_audio, "
+                          "video_url)", where, "invalid_value")
+
+    def convert_messages(self, messages: list[Any], tmp: list[str]) -> list[dict]:
+        """OpenAI chat messages -> messages for ``generate()`` (roles mapped, media checked)."""
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("messages must be a non-empty list", "messages")
+        out = []
+        for i, m in enumerate(messages):
+            where = f"messages[{i}]"
+            if not isinstance(m, dict):
+                raise bad_request(f"{where} must be an object with 'role' and 'content'", where)
+            role = m.get("role")
+            role = "system" if role == "developer" else role
+            if role not in ("system", "user", "assistant"):
+                raise bad_request(f"{where}.role {role!r} is not supported (system, developer, user, assistant)",
+                                  f"{where}.role")
+            content = m.get("content")
+            parts: list[dict] = []
+            audio = m.get("audio")
+            if role == "assistant" and isinstance(audio, dict) and audio.get("id"):
+                known = self.audio_store.get(str(audio["id"]))
+                if known is None:
+                    raise bad_request(f"{where}.audio.id {audio['id']!r} is unknown or expired", f"{where}.audio")
+                parts.append({"type": "text", "text": known[0]})
+            if isinstance(content, str):
+                parts.append({"type": "text", "text": content})
+            elif isinstance(content, list):
+                parts += [self.convert_part(p, f"{where}.content[{j}]", tmp) for j, p in enumerate(content)]
+            elif content is not None:
+                raise bad_request(f"{where}.content must be a string or a list of parts", f"{where}.content")
+            if not parts:
+                raise bad_request(f"{where} has no content", f"{where}.content")
+            out.append({"role": role, "content": parts})
+        return out
