@@ -65,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
                              max_tokens=args.max_tokens)
     app = create_app(omni, settings)
     print(f"omniloom serve: model {settings.model_id!r} from {directory} on http://{args.host}:{args.port}/")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio")
     return 0

@@ -23,7 +23,7 @@ def serve_in_thread(app, port: int | None = None, log_level: str = "warning") ->
     import uvicorn
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, ws="websockets",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, ws="websockets-sansio",
                                            lifespan="on"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
