@@ -252,10 +252,10 @@ class RealtimeSession:
             if ev.kind == "start":
                 self.speech_start_ms = ev.ms
                 self.pending_item_id = new_id("item")
-                if self.response is not None and td.get("interrupt_response", True):
-                    await self.cancel_response("turn_detected")
                 await self.send("input_audio_buffer.speech_started", audio_start_ms=ev.ms,
                                 item_id=self.pending_item_id)
+                if self.response is not None and td.get("interrupt_response", True):
+                    await self.cancel_response("turn_detected")  # barge-in
             else:
                 await self.send("input_audio_buffer.speech_stopped", audio_end_ms=ev.ms,
                                 item_id=self.pending_item_id)
