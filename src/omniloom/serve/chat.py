@@ -114,7 +114,10 @@ async def chat_completions(body: ChatRequest, request: Request):
     voice = st.check_voice(body.audio.voice if body.audio else None, "audio.voice")
     if audio_out and voice is None:
         voice = st.voices[0]
-    sampling = st.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed,
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    if max_tokens is None and output_modality == "image":  # room for the whole image by default
+        max_tokens = max(st.settings.default_max_tokens, st.omni.vocab.image_tokens + 8)
+    sampling = st.sampling(max_tokens, body.temperature, body.top_p, body.seed,
                            "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
     tmp: list[str] = []
     try:
