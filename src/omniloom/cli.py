@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "chat": ("omniloom.infer.chat_cli", "talk to a model: text, images, speech and video in; text, speech, images out"),
     "codec": ("omniloom.train.codec_cli", "train or evaluate the image and audio codecs"),
     "world": ("omniloom.world.cli", "generate the shapes world data set and run its judges"),
+    "serve": ("omniloom.serve.cli", "serve a model over the OpenAI API, the Realtime voice API and a web page"),
 }
 
 
