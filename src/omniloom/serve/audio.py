@@ -41,13 +41,14 @@ class SpeechRequest(BaseModel):
     response_format: Literal["wav", "pcm", "flac", "mp3"] = "wav"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] = "audio"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)  # extension: reproducible speech
 
 
-def _speech_job(text: str, voice: str, max_tokens: int):
+def _speech_job(text: str, voice: str, max_tokens: int, seed: int | None):
     def fn(omni):
         yield from generate(omni, [{"role": "user", "content": TTS_PROMPT.format(text=text)}],
                             output_modality="audio", outputs=("audio",), voice=voice,
-                            sampling=SamplingParams(max_new_tokens=max_tokens, temperature=1.0))
+                            sampling=SamplingParams(max_new_tokens=max_tokens, temperature=1.0, seed=seed))
     return fn
 
 
@@ -60,7 +61,7 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     max_tokens = min(st.settings.max_tokens or st.context, st.context) - len(body.input) - 16
     if max_tokens < 8:
         raise bad_request(f"input of {len(body.input)} characters leaves no room to speak it", "input")
-    job = st.scheduler.submit(_speech_job(body.input, voice, max_tokens))
+    job = st.scheduler.submit(_speech_job(body.input, voice, max_tokens, body.seed))
     try:
         await job.ready()
     except BaseException:

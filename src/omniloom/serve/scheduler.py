@@ -145,6 +145,7 @@ class Scheduler:
     def __init__(self, omni: OmniModel, workers: int = 1, max_queue: int = 8, threads: int | None = 1):
         if workers < 1 or max_queue < 0:
             raise ValueError(f"workers must be >= 1 and max_queue >= 0, got {workers}, {max_queue}")
+        self._prev_threads = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)  # tiny matmuls: one thread per worker beats oversubscription
         self.omni = omni
@@ -161,7 +162,6 @@ class Scheduler:
             t = threading.Thread(target=self._work, args=(view,), name=f"omniloom-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        self.views_ready = True
 
     def submit(self, fn: Callable[[OmniModel], Iterator[Any]]) -> Job:
         """Queue ``fn``; raises a 429 :class:`APIError` when ``max_queue`` jobs already wait."""
@@ -177,8 +177,10 @@ class Scheduler:
         return job
 
     def close(self) -> None:
+        """Stop the workers (after their current job) and give torch its thread count back."""
         for _ in self._threads:
             self._q.put(None)
+        torch.set_num_threads(self._prev_threads)
 
     def _work(self, view: OmniModel) -> None:
         while True:
