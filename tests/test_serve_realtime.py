@@ -4,6 +4,7 @@ silero on eSpeak speech, barge-in, cancel, truncate, text + image items, beta na
 import asyncio
 import base64
 import io
+import json
 
 import numpy as np
 import openai
@@ -219,3 +220,16 @@ def test_beta_names_auth_and_bad_events(url):
 
     with pytest.raises(Exception):
         _run(bad_key())
+
+
+def test_browser_style_key_as_subprotocol(url):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws_url = url.replace("http", "ws") + "/v1/realtime?model=tiny"
+    with connect(ws_url, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as ws:
+        assert ws.subprotocol == "realtime"
+        assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
+    with pytest.raises(InvalidStatus) as e:
+        connect(ws_url, subprotocols=["realtime", "openai-insecure-api-key.wrong"])
+    assert e.value.response.status_code == 401

@@ -270,3 +270,23 @@ def test_disconnect_cancels_generation(server):
     while sched.running and time.time() - left < 20:
         time.sleep(0.01)
     assert sched.running == 0 and sched.stats["cancelled"] == before + 1
+
+
+def test_chat_video_url_part(client):
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("mpeg4", rate=4)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * i, np.uint8), format="rgb24")
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    video = {"type": "video_url", "video_url": {"url": _data_url(buf.getvalue(), "video/mp4")}}
+    r = client.chat.completions.create(model="tiny", max_tokens=3, messages=[
+        {"role": "user", "content": [video, {"type": "text", "text": "what moves?"}]}])
+    assert r.usage.prompt_tokens_details.image_tokens == 4 * 64  # 1 s at 4 fps, 64 codes a frame
