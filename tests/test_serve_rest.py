@@ -228,6 +228,9 @@ def test_errors_use_openai_envelope(server, client):
         assert r.status_code == status, (kw.get("json"), r.text)
         err = r.json()["error"]
         assert err["message"] and err["type"]
+    chunked = _status(url, "/v1/chat/completions", content=iter([b" " * 100_000] * 30),  # no Content-Length
+                      headers={**auth, "content-type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
     r = _status(url, "/v1/embeddings", json={"model": "tiny", "input": "x"})

@@ -77,27 +77,40 @@ class GuardMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.settings.max_body_bytes
+        length = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
-                    n = int(value)
+                    length = int(value)
                 except ValueError:
                     return await self._reject(send, 400, "invalid Content-Length", "invalid_request")
-                if n > limit:
-                    return await self._reject(send, 413, f"request body of {n} bytes exceeds the limit of "
-                                                         f"{limit} bytes", "request_too_large")
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        if length is not None:
+            if length > limit:
+                return await self._reject(send, 413, f"request body of {length} bytes exceeds the limit of "
+                                                     f"{limit} bytes", "request_too_large")
+            return await self.app(scope, receive, send)
+        # no Content-Length (chunked): read the body here, up to the limit, then hand it on in one piece
+        chunks, seen, more = [], 0, True
+        while more:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > limit:
-                    raise APIError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
-            return msg
+            if msg["type"] != "http.request":
+                return
+            chunks.append(msg.get("body", b""))
+            seen += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if seen > limit:
+                return await self._reject(send, 413, f"request body exceeds the limit of {limit} bytes",
+                                          "request_too_large")
+        replayed = False
 
-        await self.app(scope, counted, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(omni: OmniModel, settings: ServeSettings | None = None) -> FastAPI:

@@ -269,7 +269,7 @@ class RealtimeSession:
         if r is None:
             return False
         r["reason"] = reason
-        r["job"].cancel.set()
+        r["job"].stop()
         await r["task"]  # sends response.done (cancelled) before anything else goes out
         return True
 

@@ -108,6 +108,12 @@ class Job:
         except RuntimeError:  # the loop is closed (server shutting down)
             self.cancel.set()
 
+    def stop(self) -> None:
+        """Cancel from the event loop; a job still waiting for a worker ends its event stream at once."""
+        self.cancel.set()
+        if self.started is None:
+            self.queue.put_nowait(_END)
+
     async def ready(self) -> None:
         """Wait until the prompt is built; raises the worker's error (e.g. bad media) if that failed.
 
