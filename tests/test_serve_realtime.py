@@ -233,3 +233,19 @@ def test_browser_style_key_as_subprotocol(url):
     with pytest.raises(InvalidStatus) as e:
         connect(ws_url, subprotocols=["realtime", "openai-insecure-api-key.wrong"])
     assert e.value.response.status_code == 401
+
+
+def test_input_audio_transcription_events(url, speech):
+    async def go():
+        async with _client(url).realtime.connect(model="tiny") as conn:
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {
+                "turn_detection": None, "transcription": {"model": "tiny"}}}})
+            await _append(conn, speech)
+            await conn.input_audio_buffer.commit()
+            return await _until(conn, lambda e: e.type == "conversation.item.input_audio_transcription.completed")
+
+    evs = _run(go())
+    committed = next(e for e in evs if e.type == "input_audio_buffer.committed")
+    done = evs[-1]
+    deltas = "".join(e.delta for e in evs if e.type == "conversation.item.input_audio_transcription.delta")
+    assert done.item_id == committed.item_id and done.transcript == deltas.strip()

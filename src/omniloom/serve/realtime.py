@@ -63,6 +63,7 @@ class RealtimeSession:
         self.response: dict | None = None  # {"id", "job", "task", "reason"}
         self._lock = asyncio.Lock()
         self.vad: ServerVAD | None = None
+        self._tasks: set[asyncio.Task] = set()
         self.session = {
             "id": new_id("sess"), "object": "realtime.session", "type": "realtime", "model": st.settings.model_id,
             "output_modalities": ["audio"], "instructions": "", "max_output_tokens": "inf", "tools": [],
@@ -130,6 +131,11 @@ class RealtimeSession:
             rate = fmt.get("rate", API_RATE) if isinstance(fmt, dict) else API_RATE
             if kind not in ("audio/pcm", "pcm16") or rate != API_RATE:
                 raise ValueError(f"audio format {fmt!r} is not supported: use audio/pcm at {API_RATE} Hz")
+        if "transcription" in inp or "input_audio_transcription" in s:
+            tr = inp["transcription"] if "transcription" in inp else s["input_audio_transcription"]
+            if tr is not None and not isinstance(tr, dict):
+                raise ValueError("audio.input.transcription must be an object or null")
+            audio["input"]["transcription"] = tr
         if "speed" in out:
             audio["output"]["speed"] = float(out["speed"])
         if "turn_detection" in inp or "turn_detection" in s:
@@ -234,6 +240,37 @@ class RealtimeSession:
                 "content": [{"type": "input_audio", "transcript": None}]}
         self.extra[iid] = {"audio": [pcm]}
         await self._add_item(item, prev)
+        if self.session["audio"]["input"]["transcription"] is not None and len(pcm):
+            self._tasks.add(asyncio.create_task(self._transcribe(item, pcm)))
+
+    async def _transcribe(self, item: dict, pcm: np.ndarray) -> None:
+        """Input transcription by the same model (the world's ``transcribe the audio`` prompt)."""
+        from .audio import ASR_PROMPT
+
+        msgs = [{"role": "user", "content": [{"type": "audio", "audio": pcm, "sample_rate": API_RATE},
+                                             {"type": "text", "text": ASR_PROMPT}]}]
+        sampling = self.st.sampling(min(self.st.settings.default_max_tokens, self.st.context // 2), 0.0)
+
+        def fn(omni):
+            yield from generate(omni, msgs, outputs=("text",), sampling=sampling)
+
+        ids = {"item_id": item["id"], "content_index": 0}
+        text = []
+        try:
+            job = self.st.scheduler.submit(fn)
+            async for ev in job.events():
+                if isinstance(ev, TextDelta):
+                    text.append(ev.text)
+                    await self.send("conversation.item.input_audio_transcription.delta", **ids, delta=ev.text)
+            full = "".join(text).strip()
+            item["content"][0]["transcript"] = full
+            await self.send("conversation.item.input_audio_transcription.completed", **ids, transcript=full)
+        except (APIError, ValueError) as e:
+            await self.send("conversation.item.input_audio_transcription.failed", **ids,
+                            error={"type": "transcription_error", "code": getattr(e, "code", None),
+                                   "message": str(getattr(e, "message", e)), "param": None})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
 
     async def _append(self, b64: Any, event_id: str | None) -> None:
         if not isinstance(b64, str):
@@ -498,6 +535,8 @@ class RealtimeSession:
             if self.response is not None:
                 self.response["reason"] = "client_cancelled"
                 self.response["job"].cancel.set()
+            for t in self._tasks:
+                t.cancel()
 
 
 @router.websocket("/v1/realtime")
