@@ -249,3 +249,16 @@ def test_input_audio_transcription_events(url, speech):
     done = evs[-1]
     deltas = "".join(e.delta for e in evs if e.type == "conversation.item.input_audio_transcription.delta")
     assert done.item_id == committed.item_id and done.transcript == deltas.strip()
+
+
+def test_prefix_padding_is_kept_before_the_speech(url, speech):
+    async def audio_tokens(prefix_ms):
+        async with _client(url).realtime.connect(model="tiny") as conn:
+            await conn.session.update(session={"type": "realtime", "max_output_tokens": 1, "audio": {"input": {
+                "turn_detection": {"type": "server_vad", "prefix_padding_ms": prefix_ms}}}})
+            await _append(conn, np.concatenate([_silence(1.5), speech, _silence(1.0)]))
+            evs = await _until(conn, lambda e: e.type == "response.done")
+            return evs[-1].response.usage.input_token_details.audio_tokens
+
+    short, long_ = _run(audio_tokens(0)), _run(audio_tokens(800))
+    assert abs((long_ - short) - 20) <= 1  # 800 ms more at 25 frames a second
