@@ -33,6 +33,7 @@ class Browser:
         self.proc = subprocess.Popen([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
                                       "--remote-debugging-port=0", f"--user-data-dir={self.dir}",
                                       "--window-size=1000,700", "--autoplay-policy=no-user-gesture-required",
+                                      "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                                       "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         port_file = Path(self.dir) / "DevToolsActivePort"
         deadline = time.time() + 30
@@ -107,3 +108,23 @@ def test_page_sends_a_message_and_shows_the_answer(browser):
         if SCREENSHOT:
             png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
             Path(SCREENSHOT).write_bytes(png)
+
+
+def test_page_push_to_talk_gets_a_spoken_answer(browser):
+    """Chromium's fake microphone (a beep) held for a second: committed, answered in voice, played."""
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny"))
+    with serve_in_thread(app) as url:
+        browser.call("Page.navigate", url=url + "/?mode=audio")
+        browser.wait("document.getElementById('status').textContent.startsWith('connected')")
+        browser.js("window.__deltas = 0; const o = onEvent; onEvent = (e) => {"
+                   " if (e.type === 'response.output_audio.delta') window.__deltas++; o(e); }; true")
+        browser.js("document.getElementById('ptt').dispatchEvent(new MouseEvent('mousedown')); true")
+        browser.wait("document.getElementById('status').textContent === 'recording…'")
+        time.sleep(1.2)
+        browser.js("document.getElementById('ptt').dispatchEvent(new MouseEvent('mouseup')); true")
+        meta = browser.wait("(() => { const a = document.querySelector('.assistant[data-done]');"
+                            " return a && a.textContent; })()")
+        assert not meta.startswith("⚠"), meta
+        assert browser.js("document.querySelector('.user').textContent") == "🎤 (spoken)"
+        assert browser.js("window.__deltas") > 0
+        assert browser.js("audioCtx.state") == "running"
