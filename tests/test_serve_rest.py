@@ -221,6 +221,8 @@ def test_errors_use_openai_envelope(server, client):
         (dict(json={"model": "tiny", "messages": [{"role": "user", "content": [
             {"type": "input_audio", "input_audio": {"data": "!!!", "format": "wav"}}]}]}), 400),
         (dict(content=b"x" * 3_000_000, headers={"content-type": "application/json"}), 413),
+        (dict(json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                    "tools": [{"type": "function", "function": {"name": "f"}}]}), 400),
     ]
     for kw, status in cases:
         kw.setdefault("headers", {}).update(auth)

@@ -105,6 +105,12 @@ async def chat_completions(body: ChatRequest, request: Request):
     st.check_model(body.model)
     if body.n not in (None, 1):
         raise bad_request("n must be 1", "n")
+    extra = body.model_extra or {}
+    for unsupported in ("tools", "functions", "response_format", "logprobs"):
+        if extra.get(unsupported) and not (unsupported == "response_format"
+                                           and isinstance(extra[unsupported], dict)
+                                           and extra[unsupported].get("type") == "text"):
+            raise bad_request(f"{unsupported} is not supported by this server", unsupported, "unsupported_parameter")
     output_modality, outputs = plan_outputs(body.modalities)
     for m in outputs:
         if m != "text":
