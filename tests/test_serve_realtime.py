@@ -262,3 +262,12 @@ def test_prefix_padding_is_kept_before_the_speech(url, speech):
 
     short, long_ = _run(audio_tokens(0)), _run(audio_tokens(800))
     assert abs((long_ - short) - 20) <= 1  # 800 ms more at 25 frames a second
+
+
+def test_unknown_model_is_an_error_event(url):
+    async def go():
+        async with _client(url).realtime.connect(model="nope") as conn:
+            return await _until(conn, lambda e: e.type == "error", timeout=10)
+
+    evs = _run(go())
+    assert [e.type for e in evs] == ["error"] and evs[0].error.code == "model_not_found"

@@ -295,3 +295,18 @@ def test_chat_video_url_part(client):
     r = client.chat.completions.create(model="tiny", max_tokens=3, messages=[
         {"role": "user", "content": [video, {"type": "text", "text": "what moves?"}]}])
     assert r.usage.prompt_tokens_details.image_tokens == 4 * 64  # 1 s at 4 fps, 64 codes a frame
+
+
+def test_disconnect_cancels_a_whole_answer_too(server):
+    url, app = server
+    sched = app.state.omni.scheduler
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 500, "seed": 3,
+            "modalities": ["text", "audio"], "audio": {"voice": "nova", "format": "wav"}}
+    before = sched.stats["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer is complete
+        with httpx.Client(timeout=httpx.Timeout(60, read=0.5)) as h:
+            h.post(url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    t0 = time.time()
+    while sched.running and time.time() - t0 < 20:
+        time.sleep(0.01)
+    assert sched.running == 0 and sched.stats["cancelled"] == before + 1
