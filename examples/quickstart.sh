@@ -21,7 +21,7 @@ for c in image-world audio-world; do
     codecs+=(--codec "$c")
   fi
 done
-if [ ${#codecs[@]} -eq 2 ]; then
+if [ ${#codecs[@]} -eq 4 ]; then  # both codecs (two words each)
   tasks=caption,vqa,draw,edit,video,math,asr,tts,spoken_vqa,spoken_math,spoken_draw
   seq=512
 else

@@ -16,9 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", default=None, help="the message; without it, chat interactively")
     p.add_argument("--model", default="world", help="a bundled model name or a model/checkpoint directory")
@@ -37,22 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance for images (>1 on)")
     p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
-
-
-def resolve_model(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.is_dir():
-        if (p / "latest").is_file():  # a training run's ckpt dir
-            return p / (p / "latest").read_text().strip()
-        if (p / "ckpt" / "latest").is_file():  # a training run's out_dir
-            return p / "ckpt" / (p / "ckpt" / "latest").read_text().strip()
-        return p
-    bundled = MODELS_DIR / name_or_path
-    if bundled.is_dir():
-        return bundled
-    names = sorted(d.name for d in MODELS_DIR.iterdir()) if MODELS_DIR.is_dir() else []
-    raise ValueError(f"model {name_or_path!r} is neither a directory nor a bundled model "
-                     f"(bundled: {', '.join(names) or 'none yet'}); pass --model PATH to a trained model")
 
 
 def _user_message(text: str | None, images, audios, video) -> dict:
@@ -132,7 +113,7 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from .generate import OmniModel
 
-    omni = OmniModel.load(resolve_model(args.model))
+    omni = OmniModel.load(args.model)
     out_dir = Path(args.out_dir)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None or args.image or args.audio or args.video:

@@ -30,7 +30,7 @@ from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
 from .sampling import SamplingParams
 
-__all__ = ["OmniModel", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
+__all__ = ["OmniModel", "resolve_model_dir", "MODELS_DIR", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
 
 
 @dataclass
@@ -77,6 +77,29 @@ class _TextStream:
         return delta
 
 
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A bundled model name (``world``), a model directory, a training run's ``out_dir`` or its
+    ``ckpt`` folder (the newest checkpoint is taken) -> the model directory."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        for root in (p, p / "ckpt"):
+            if (root / "latest").is_file():
+                return root / (root / "latest").read_text().strip()
+        return p
+    bundled = MODELS_DIR / str(name_or_path)
+    if "/" not in str(name_or_path) and (bundled / "model.safetensors").is_file():
+        return bundled
+    names = sorted(d.name for d in MODELS_DIR.iterdir() if (d / "model.safetensors").is_file()) \
+        if MODELS_DIR.is_dir() else []
+    raise ValueError(f"model {str(name_or_path)!r} is neither a directory nor a bundled model (bundled: "
+                     f"{', '.join(names) or 'none yet: the reference model is not shipped'}); pass the directory "
+                     "of a trained model (a training run's out_dir works), or make a tiny random one with "
+                     "`python -m omniloom.serve.tiny DIR`")
+
+
 class OmniModel:
     """Decoder + vocab + text tokenizer + codecs, ready to answer."""
 
@@ -97,7 +120,7 @@ class OmniModel:
         from ..codecs import load_codec
         from ..codecs.text import TextTokenizer
 
-        path = Path(path)
+        path = resolve_model_dir(path)
         for name in ("model.safetensors", "config.json", "vocab.json", "tokenizer.json"):
             if not (path / name).is_file():
                 raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BUNDLED = {"world": "world"}  # bundled name -> folder under omniloom/assets/models/
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,20 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_model(name: str) -> tuple[Path, str]:
-    """A bundled name or a directory -> (directory, model id)."""
-    if name in BUNDLED:
-        from importlib.resources import files
+    """A bundled name, a model directory or a training run -> (model directory, model id)."""
+    from ..infer.generate import resolve_model_dir
 
-        d = Path(str(files("omniloom"))) / "assets" / "models" / BUNDLED[name]
-        if not (d / "model.safetensors").is_file():
-            raise ValueError(f"the reference model {name!r} is not bundled yet (no {d}); train or download a model "
-                             "and pass its directory with --model PATH (a tiny random one for trying the server: "
-                             "python -m omniloom.serve.tiny DIR)")
-        return d, name
-    d = Path(name)
-    if not d.is_dir():
-        raise ValueError(f"--model {name!r} is neither a bundled model ({', '.join(BUNDLED)}) nor a directory")
-    return d, d.resolve().name
+    d = resolve_model_dir(name)
+    return d, name if not Path(name).is_dir() else Path(name).resolve().name
 
 
 def run(args: argparse.Namespace) -> int:
