@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenize": ("omniloom.data.tokenize_cli", "turn message JSONL (+ media) into token shards"),
     "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
     "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
+    "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
     "chat": ("omniloom.infer.chat_cli", "talk to a model: text, images, speech and video in; text, speech, images out"),
     "codec": ("omniloom.train.codec_cli", "train or evaluate the image and audio codecs"),
     "world": ("omniloom.world.cli", "generate the shapes world data set and run its judges"),

@@ -1,0 +1,188 @@
+"""Judging one answer of one world task, and the chance and oracle answers that bound it.
+
+Every task has one metric: ``exact`` (share judged right, higher is better) or ``wer`` (word error
+rate, lower is better). The judges are the world's own and share nothing with the model under
+test: the caption parser and normalized exact match for text, the scene parser for images, the
+closed-set eSpeak/DTW speech judge for speech, jiwer for word error rates.
+
+``chance_answer`` draws what a guesser that knows the task's answer space (but not the input)
+would say; ``oracle_answer`` is the true answer made into the answer's modality (a fresh render
+of the true scene, eSpeak speech of the true transcript in the assistant's voice). Both go through
+the same judge as the model's answer, so every figure lies between its floor and its ceiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..world import scene as ws
+from ..world.parse_image import parse_image
+from ..world.render import render_scene
+
+__all__ = ["Answer", "TASK_METRIC", "OUTPUT_OF", "score", "chance_answer", "oracle_answer"]
+
+TASK_METRIC = {
+    "caption": "exact", "vqa": "exact", "draw": "exact", "edit": "exact", "video": "exact", "math": "exact",
+    "asr": "wer", "tts": "wer", "spoken_vqa": "exact", "spoken_math": "exact", "spoken_draw": "exact",
+}
+# what the answer is judged on
+OUTPUT_OF = {
+    "caption": "text", "vqa": "text", "video": "text", "math": "text", "asr": "text",
+    "draw": "image", "edit": "image", "spoken_draw": "image",
+    "tts": "audio", "spoken_vqa": "audio", "spoken_math": "audio",
+}
+
+
+@dataclass
+class Answer:
+    text: str = ""
+    transcript: str = ""
+    audio: np.ndarray | None = None  # (samples,) float32 at 16 kHz
+    image: np.ndarray | None = None  # (64, 64, 3) uint8
+    extra: dict = field(default_factory=dict)
+
+
+_judge = None
+
+
+def speech_judge():
+    """One closed-set speech judge per process (its eSpeak templates are cached inside)."""
+    global _judge
+    if _judge is None:
+        from ..world.speech_judge import SpeechJudge
+
+        _judge = SpeechJudge()
+    return _judge
+
+
+def _wer(ref: str, hyp: str) -> float:
+    import jiwer
+
+    ref, hyp = ws.normalize_text(ref), ws.normalize_text(hyp)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return float(jiwer.wer(ref, hyp or "<empty>"))
+
+
+def _target_scene(task: str, truth: dict) -> ws.Scene:
+    return ws.Scene.from_dict(truth["target"] if task == "edit" else truth["scene"])
+
+
+def _heard(task: str, truth: dict, audio: np.ndarray | None) -> str:
+    from ..world.speech_judge import candidates_for
+
+    if audio is None or len(audio) < 400:
+        return ""
+    picked, _ = speech_judge().pick(np.asarray(audio, dtype=np.float32), candidates_for(task, truth))
+    return picked
+
+
+def score(task: str, truth: dict, ans: Answer) -> tuple[float, str]:
+    """(value, what the judge read). ``exact``: 1.0 or 0.0; ``wer``: the word error rate."""
+    if task not in TASK_METRIC:
+        raise ValueError(f"unknown task {task!r}; tasks: {sorted(TASK_METRIC)}")
+    if task == "caption":
+        try:
+            got = ws.parse_caption(ans.text)
+        except ValueError:
+            return 0.0, f"unparseable caption {ans.text!r}"
+        return float(got == ws.Scene.from_dict(truth["scene"])), ans.text
+    if task in ("vqa", "math", "video"):
+        return float(ws.normalize_text(ans.text) == ws.normalize_text(truth["answer"])), ans.text
+    if task == "asr":
+        return _wer(truth["transcript"], ans.text), ans.text
+    if task in ("draw", "edit", "spoken_draw"):
+        if ans.image is None or ans.image.size == 0:
+            return 0.0, "no image"
+        got = parse_image(ans.image)
+        want = _target_scene(task, truth)
+        return float(got == want), (ws.caption(got) if got is not None and len(got) else "unreadable image")
+    heard = _heard(task, truth, ans.audio)
+    if task == "tts":
+        return _wer(truth["transcript"], heard), heard
+    return float(ws.normalize_text(heard) == ws.normalize_text(truth["answer"])), heard
+
+
+# ---------------------------------------------------------------------------------------------
+# floors and ceilings
+
+
+def _random_scene(rng: np.random.Generator) -> ws.Scene:
+    return ws.sample_scene(rng)
+
+
+def _answer_space(truth: dict) -> list[str]:
+    q = truth.get("qtype")
+    if q == "color":
+        return list(ws.COLOR_NAMES)
+    if q == "shape":
+        return [f"a {s}" for s in ws.SHAPES]
+    if q == "count":
+        return ["one", "two", "three"]
+    if q == "exists":
+        return ["yes", "no"]
+    if q == "where":
+        return list(ws.CELL_PHRASES)
+    if q == "describe":
+        return []
+    return list(ws.NUMBER_WORDS)
+
+
+def _say(text: str, voice: str | None, rng: np.random.Generator) -> np.ndarray:
+    from ..world import speech
+
+    name = voice if voice in speech.ASSISTANT_VOICES else next(iter(speech.ASSISTANT_VOICES))
+    return speech.synthesize(text, speech.ASSISTANT_VOICES[name], rng)
+
+
+def chance_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
+    """A guess from the task's answer space that ignores the input."""
+    if task == "caption":
+        return Answer(text=ws.caption(_random_scene(rng)))
+    if task == "vqa":
+        space = _answer_space(truth) or [ws.caption(_random_scene(rng))]
+        return Answer(text=str(rng.choice(space)))
+    if task == "math":
+        return Answer(text=str(rng.choice(ws.NUMBER_WORDS)))
+    if task == "video":
+        size, color, shape = rng.choice(ws.SIZE_NAMES), rng.choice(ws.COLOR_NAMES), rng.choice(ws.SHAPES)
+        direction = rng.choice(["left", "right", "up", "down"])
+        return Answer(text=f"a {size} {color} {shape} moves {direction}")
+    if task == "asr":
+        return Answer(text=ws.caption(_random_scene(rng)))
+    if task in ("draw", "edit", "spoken_draw"):
+        return Answer(image=render_scene(_random_scene(rng), rng))
+    from ..world.speech_judge import candidates_for
+
+    guess = str(rng.choice(candidates_for(task, truth)))
+    return Answer(transcript=guess, audio=_say(guess, truth.get("voice"), rng))
+
+
+def oracle_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
+    """The true answer in the answer's modality (fresh renders and speech, not the data set's files)."""
+    kind = OUTPUT_OF[task]
+    if kind == "text":
+        return Answer(text=truth["answer"])
+    if kind == "image":
+        return Answer(image=render_scene(_target_scene(task, truth), rng))
+    said = truth["transcript"]
+    return Answer(transcript=said, audio=_say(said, truth.get("voice"), rng))
+
+
+def summarize(task: str, values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def describe_truth(task: str, truth: dict) -> str:
+    if OUTPUT_OF[task] == "image":
+        return ws.caption(_target_scene(task, truth))
+    return str(truth.get("answer") or truth.get("transcript") or "")
+
+
+def as_answer_dict(ans: Answer) -> dict[str, Any]:
+    return {"text": ans.text, "transcript": ans.transcript,
+            "audio_seconds": None if ans.audio is None else round(len(ans.audio) / 16000, 3),
+            "image": None if ans.image is None else list(ans.image.shape)}
