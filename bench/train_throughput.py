@@ -138,10 +138,11 @@ def run_preset(name: str, args, compute: torch.dtype, peaks: list[float]) -> lis
     if args.batch:
         B = args.batch
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, T)
-    tcfg = replace(cfg.train, dtype=args.dtype, compile=args.compile, steps=10_000, warmup_steps=0)
     torch.manual_seed(0)
     models = {"omniloom": Transformer(cfg.model), "transformers": build_peer(cfg.model)}
-    steps = {k: make_step(m, tcfg) for k, m in models.items()}
+    compiled = {"omniloom": args.compile in ("ours", "both"), "transformers": args.compile == "both"}
+    steps = {k: make_step(m, replace(cfg.train, dtype=args.dtype, compile=compiled[k], steps=10_000, warmup_steps=0))
+             for k, m in models.items()}
     batch = make_batch(args.vocab_size, B, T, seed=1)
     for s in steps.values():  # warm-up (allocator, autocast caches, compile)
         timed_steps(s, batch, args.warmup)
@@ -177,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions per model")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
-    ap.add_argument("--compile", action="store_true", help="torch.compile both models (train.compile=true)")
+    ap.add_argument("--compile", default="ours", choices=["none", "ours", "both"],
+                    help="torch.compile (train.compile=true): only omniloom's model, as the trainer runs the world "
+                         "preset, against transformers in eager mode as its users run it (default); or both; or none")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", default="", help="write the results here")
     args = ap.parse_args(argv)

@@ -177,7 +177,7 @@ def _world() -> Config:
                           max_seq_len=1024, qk_norm=False),
         data=DataConfig(seq_len=1024),
         train=TrainConfig(steps=20000, batch_size=32, micro_batch_size=16, lr=2e-3, warmup_steps=500,
-                          eval_every=1000, ckpt_every=500),
+                          eval_every=1000, ckpt_every=500, compile=True),
     )
 
 

@@ -14,13 +14,12 @@ the same judge as the model's answer, so every figure lies between its floor and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from ..world import scene as ws
-from ..world.parse_image import parse_image
+from ..world import judges
 from ..world.render import render_scene
+from ..world.speech_judge import candidates_for
 
 __all__ = ["Answer", "TASK_METRIC", "OUTPUT_OF", "score", "chance_answer", "oracle_answer"]
 
@@ -45,65 +44,41 @@ class Answer:
     extra: dict = field(default_factory=dict)
 
 
-_judge = None
-
-
-def speech_judge():
-    """One closed-set speech judge per process (its eSpeak templates are cached inside)."""
-    global _judge
-    if _judge is None:
-        from ..world.speech_judge import SpeechJudge
-
-        _judge = SpeechJudge()
-    return _judge
-
-
-def _wer(ref: str, hyp: str) -> float:
-    import jiwer
-
-    ref, hyp = ws.normalize_text(ref), ws.normalize_text(hyp)
-    if not ref:
-        return 0.0 if not hyp else 1.0
-    return float(jiwer.wer(ref, hyp or "<empty>"))
-
-
 def _target_scene(task: str, truth: dict) -> ws.Scene:
     return ws.Scene.from_dict(truth["target"] if task == "edit" else truth["scene"])
 
 
 def _heard(task: str, truth: dict, audio: np.ndarray | None) -> str:
-    from ..world.speech_judge import candidates_for
-
+    """What the world's closed-set speech judge hears among the task's candidates."""
     if audio is None or len(audio) < 400:
         return ""
-    picked, _ = speech_judge().pick(np.asarray(audio, dtype=np.float32), candidates_for(task, truth))
+    picked, _ = judges._sj().pick(np.asarray(audio, dtype=np.float32), candidates_for(task, truth))
     return picked
 
 
 def score(task: str, truth: dict, ans: Answer) -> tuple[float, str]:
-    """(value, what the judge read). ``exact``: 1.0 or 0.0; ``wer``: the word error rate."""
+    """(value, what the judge read), through the world's judges (``omniloom.world.judges``).
+
+    ``exact`` tasks give 1.0 or 0.0; ``wer`` tasks (asr, tts) give the word error rate. The judge
+    of spoken_draw is the image's (the spoken reply is not scored, as in the issue's target).
+    """
     if task not in TASK_METRIC:
         raise ValueError(f"unknown task {task!r}; tasks: {sorted(TASK_METRIC)}")
-    if task == "caption":
-        try:
-            got = ws.parse_caption(ans.text)
-        except ValueError:
-            return 0.0, f"unparseable caption {ans.text!r}"
-        return float(got == ws.Scene.from_dict(truth["scene"])), ans.text
-    if task in ("vqa", "math", "video"):
-        return float(ws.normalize_text(ans.text) == ws.normalize_text(truth["answer"])), ans.text
-    if task == "asr":
-        return _wer(truth["transcript"], ans.text), ans.text
-    if task in ("draw", "edit", "spoken_draw"):
+    kind = OUTPUT_OF[task]
+    if kind == "text":
+        if task == "asr":
+            return judges.wer(truth["transcript"], ans.text), ans.text
+        return judges.judge(task, truth, ans.text)[0], ans.text
+    if kind == "image":
         if ans.image is None or ans.image.size == 0:
             return 0.0, "no image"
-        got = parse_image(ans.image)
-        want = _target_scene(task, truth)
-        return float(got == want), (ws.caption(got) if got is not None and len(got) else "unreadable image")
+        value, detail = judges.image_match(_target_scene(task, truth), ans.image)
+        got = detail.get("got")
+        return value, ws.caption(ws.Scene.from_dict(got)) if got and got["objects"] else "unreadable image"
     heard = _heard(task, truth, ans.audio)
     if task == "tts":
-        return _wer(truth["transcript"], heard), heard
-    return float(ws.normalize_text(heard) == ws.normalize_text(truth["answer"])), heard
+        return judges.wer(truth["transcript"], heard), heard
+    return float(heard == truth["transcript"]), heard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +130,6 @@ def chance_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
         return Answer(text=ws.caption(_random_scene(rng)))
     if task in ("draw", "edit", "spoken_draw"):
         return Answer(image=render_scene(_random_scene(rng), rng))
-    from ..world.speech_judge import candidates_for
-
     guess = str(rng.choice(candidates_for(task, truth)))
     return Answer(transcript=guess, audio=_say(guess, truth.get("voice"), rng))
 
@@ -172,17 +145,7 @@ def oracle_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
     return Answer(transcript=said, audio=_say(said, truth.get("voice"), rng))
 
 
-def summarize(task: str, values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
 def describe_truth(task: str, truth: dict) -> str:
     if OUTPUT_OF[task] == "image":
         return ws.caption(_target_scene(task, truth))
     return str(truth.get("answer") or truth.get("transcript") or "")
-
-
-def as_answer_dict(ans: Answer) -> dict[str, Any]:
-    return {"text": ans.text, "transcript": ans.transcript,
-            "audio_seconds": None if ans.audio is None else round(len(ans.audio) / 16000, 3),
-            "image": None if ans.image is None else list(ans.image.shape)}
