@@ -47,3 +47,15 @@ def test_cli_help_is_fast_and_lists_verbs():
     assert res.returncode == 0, res.stderr
     for verb in ("tokenizer", "tokenize", "train", "export"):
         assert verb in res.stdout
+
+
+def test_overrides_may_follow_options(tmp_path):
+    from omniloom.cli import main
+
+    # the override after --resume reaches the config: the error names the shard dir it set
+    missing = tmp_path / "nope"
+    res = subprocess.run([sys.executable, "-m", "omniloom.cli", "train", "--preset", "debug", "train.steps=1",
+                          "--resume", "never", f"data.train={missing}"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2 and str(missing) in res.stderr, res.stderr
+    with pytest.raises(SystemExit):
+        main(["train", "--preset", "debug", "--bogus"])
