@@ -87,6 +87,22 @@ def image_codec_config(name: str) -> ImageCodecConfig:
     return ImageCodecConfig.from_dict(asdict(IMAGE_CODEC_CONFIGS[name]))
 
 
+def resize_crop(img: "np.ndarray", resolution: int) -> "np.ndarray":
+    """(H, W, 3) uint8 -> (3, R, R) float32 in [0, 1]: shorter side to R (bicubic), center crop."""
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray(img, "RGB")
+    w, h = im.size
+    if (w, h) != (resolution, resolution):
+        s = resolution / min(w, h)
+        nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - resolution) // 2, (nh - resolution) // 2
+        im = im.crop((left, top, left + resolution, top + resolution))
+    return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()  # (3, R, R)
+
+
 def load_image_file(path: str | Path, resolution: int) -> "np.ndarray":
     """Read an image file, resize its shorter side to ``resolution``, center-crop -> (3, R, R) float32 in [0, 1]."""
     import numpy as np
@@ -94,18 +110,10 @@ def load_image_file(path: str | Path, resolution: int) -> "np.ndarray":
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            if (w, h) != (resolution, resolution):
-                s = resolution / min(w, h)
-                nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
-                im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-                left, top = (nw - resolution) // 2, (nh - resolution) // 2
-                im = im.crop((left, top, left + resolution, top + resolution))
-            arr = np.asarray(im, dtype=np.float32) / 255.0  # (R, R, 3)
+            arr = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
-    return arr.transpose(2, 0, 1).copy()  # (3, R, R)
+    return resize_crop(arr, resolution)
 
 
 class ResBlock(nn.Module):

@@ -14,24 +14,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .image import ImageCodec, load_image_file
+from .image import ImageCodec, load_image_file, resize_crop
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif")
-
-
-def _resize_crop(img: np.ndarray, resolution: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (3, R, R) float32 in [0, 1]: shorter side to R, center crop."""
-    from PIL import Image
-
-    im = Image.fromarray(img, "RGB")
-    w, h = im.size
-    if (w, h) != (resolution, resolution):
-        s = resolution / min(w, h)
-        nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - resolution) // 2, (nh - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
-    return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
 
 
 def read_video_frames(path: str | Path, fps: float, max_frames: int, resolution: int) -> torch.Tensor:
@@ -75,7 +60,7 @@ def read_video_frames(path: str | Path, fps: float, max_frames: int, resolution:
             if tk >= end - 1e-6:
                 break
             j = int(np.searchsorted(t_rel, tk + 1e-6, side="right")) - 1  # last frame starting at or before tk
-            out.append(_resize_crop(imgs[max(j, 0)], resolution))
+            out.append(resize_crop(imgs[max(j, 0)], resolution))
     if not out:
         raise ValueError(f"no frames could be decoded from {path}")
     return torch.from_numpy(np.stack(out))
