@@ -51,7 +51,7 @@ def time_to_first_audio(omni, sample: dict, base_dir: Path) -> tuple[float, floa
             if chunk_samples >= 0.08 * ev.sample_rate:
                 ttfa = time.perf_counter() - t0
                 events.close()
-                return ttfa, first_token
+                return ttfa, first_event
     return float("nan"), first_event if first_event is not None else float("nan")
 
 
