@@ -83,3 +83,32 @@ def test_grammar_audio_frames_and_voice(omni):
 def test_bad_output_modality(omni):
     with pytest.raises(ValueError, match="output_modality"):
         _run(omni, output_modality="smell")
+
+
+class _ScriptedEngine:
+    """Stands in for the engine: emits a fixed token script through the request's grammar."""
+
+    def __init__(self, script):
+        self.script = script
+
+    def stream(self, requests):
+        for tok in self.script:
+            requests[0].constraint.advance(tok)
+            yield 0, tok
+
+
+def test_audio_span_closed_before_any_frame(omni, monkeypatch):
+    v = omni.vocab
+    lo = v.range_of("audio")[0]
+    cases = {
+        "closed at once": [v.special("/audio"), v.end_id],
+        "one frame then stop": [lo + 5, v.special("/audio"), v.end_id],
+        "cut mid-span": [v.text_size - 1],
+    }
+    for name, script in cases.items():
+        monkeypatch.setattr(omni, "engine", _ScriptedEngine(script))
+        events = _run(omni, output_modality="audio", voice="nova")
+        done = events[-1]
+        assert isinstance(done, Done), name
+        pcm = sum(len(e.pcm) for e in events if isinstance(e, AudioChunk))
+        assert pcm == done.usage["audio_tokens"] * 640, name

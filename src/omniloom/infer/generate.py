@@ -199,7 +199,9 @@ def generate(
             parts.append(stream_dec.push(codes)[0])
             audio_pending = []
         if final:
-            parts.append(stream_dec.flush()[0])
+            tail = stream_dec.flush()  # (B, samples), or empty when no frame ever arrived
+            if tail.numel():
+                parts.append(tail[0])
         parts = [p for p in parts if p.numel()]
         if not parts:
             return None
