@@ -64,8 +64,8 @@ def plot(results, path: Path, title: str) -> None:
     import numpy as np
 
     # exact: higher is better; wer is shown as 1 - wer so that every bar reads "higher is better"
-    def up(r, v):
-        return v if r.metric == "exact" else 1.0 - v
+    def up(r, v):  # clamped: a WER above 1 (a guess longer than the truth) sits at 0
+        return v if r.metric == "exact" else max(0.0, 1.0 - v)
 
     x = np.arange(len(results))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(results) + 2), 4))
