@@ -358,18 +358,12 @@ class AudioCodec(nn.Module):
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     """Read a WAV/FLAC file as mono float32 at `sample_rate` (resampled with soxr)."""
-    import soundfile as sf
+    from ..utils.media import load_audio as decode
 
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"audio file not found: {p}")
     try:
-        x, sr = sf.read(str(p), dtype="float32", always_2d=True)  # (N, C)
-    except Exception as e:  # soundfile raises its own error types
+        return decode(p, sample_rate).numpy()
+    except ValueError as e:  # name the whole path (the media helper shortens it)
         raise ValueError(f"cannot read audio file {p}: {e}") from e
-    x = x.mean(axis=1)
-    if sr != sample_rate:
-        import soxr
-
-        x = soxr.resample(x, sr, sample_rate)
-    return np.ascontiguousarray(x, dtype=np.float32)

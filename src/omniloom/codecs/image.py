@@ -92,14 +92,9 @@ def resize_crop(img: "np.ndarray", resolution: int) -> "np.ndarray":
     import numpy as np
     from PIL import Image
 
-    im = Image.fromarray(img, "RGB")
-    w, h = im.size
-    if (w, h) != (resolution, resolution):
-        s = resolution / min(w, h)
-        nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - resolution) // 2, (nh - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
+    from ..utils.media import fit_square
+
+    im = fit_square(Image.fromarray(img, "RGB"), resolution)
     return (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()  # (3, R, R)
 
 

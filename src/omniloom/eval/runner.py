@@ -48,11 +48,9 @@ def _voice(sample: dict) -> str | None:
 
 
 def _to_16k(pcm: np.ndarray, rate: int) -> np.ndarray:
-    if rate == 16000:
-        return pcm.astype(np.float32)
-    import soxr
+    from ..utils.media import load_audio
 
-    return soxr.resample(pcm.astype(np.float32), rate, 16000).astype(np.float32)
+    return load_audio(pcm, 16000, source_rate=rate).numpy()
 
 
 class LocalBackend:

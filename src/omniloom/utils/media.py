@@ -23,6 +23,7 @@ __all__ = [
     "read_source_bytes",
     "load_image",
     "load_audio",
+    "fit_square",
     "image_to_png_bytes",
     "audio_to_wav_bytes",
 ]
@@ -67,7 +68,8 @@ def read_source_bytes(src: str | Path | bytes, base_dir: str | Path | None = Non
     return p.read_bytes()
 
 
-def _resize_crop(im: Any, resolution: int) -> Any:
+def fit_square(im: Any, resolution: int) -> Any:
+    """PIL image -> resolution x resolution: shorter side to ``resolution`` (bicubic), center crop."""
     from PIL import Image
 
     w, h = im.size
@@ -108,7 +110,7 @@ def load_image(src: Any, resolution: int | None = None, base_dir: str | Path | N
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot read image {str(src)[:60]!r}: {e}") from e
     if resolution is not None:
-        im = _resize_crop(im, resolution)
+        im = fit_square(im, resolution)
     arr = np.asarray(im, dtype=np.float32) / 255.0  # (H, W, 3)
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())  # (3, H, W)
 
