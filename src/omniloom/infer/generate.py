@@ -161,7 +161,7 @@ def generate(
     vocab, proc = omni.vocab, omni.processor
     if output_modality is not None and output_modality not in OUTPUTS:
         raise ValueError(f"output_modality {output_modality!r} is not one of {OUTPUTS}")
-    if output_modality in ("audio",) and voice is None:
+    if output_modality == "audio" and voice is None:
         named = [v for v in vocab.voices if not v.startswith("voice:")]
         voice = named[0] if named else vocab.voices[0]
     sampling = sampling or SamplingParams(temperature=0.0)
@@ -262,8 +262,6 @@ def generate(
                         if ev is not None:
                             yield ev
             continue
-    else:
-        finish = "length"
     if state == "audio":  # stopped mid-span: play what was decoded
         ev = flush_audio(final=True)
         if ev is not None:
