@@ -10,9 +10,11 @@ first audio chunk itself, since the voice tag is forced and text ids stream as t
 prompt, same number of new tokens, alternating runs).
 
     python bench/latency.py --model runs/world --n 50 --json out/latency.json
+    python bench/latency.py --model world --int8 --compile   # as `omniloom serve --int8 --compile`
     python bench/latency.py --model /tmp/tiny --n 10          # any model directory
 
-Last line: ``ttfa_p50_ms=<..> decode_ratio=<ours/transformers tokens per s>``.
+Last line: ``ttfa_p50_ms=<..> decode_ratio=<ours/transformers tokens per s>`` for the setup asked for
+(``--int8``, ``--compile``); with either, the fp32 eager engine is measured beside it.
 """
 
 from __future__ import annotations
@@ -55,32 +57,39 @@ def time_to_first_audio(omni, sample: dict, base_dir: Path) -> tuple[float, floa
     return float("nan"), first_event if first_event is not None else float("nan")
 
 
-def decode_speed(omni, n_new: int, reps: int) -> tuple[float, float]:
-    """(ours tokens/s, transformers tokens/s): greedy, same weights, same prompt, batch 1."""
+def decode_speed(engines: dict, omni, n_new: int, reps: int) -> tuple[dict[str, float], float]:
+    """({engine name: tokens/s}, transformers tokens/s): greedy, same weights, same prompt, batch 1.
+
+    The peer is the float model exported to Hugging Face Llama and loaded the way transformers loads
+    it by default (fp32, eager); runs alternate so that load on the machine hits all alike.
+    """
     from transformers import LlamaForCausalLM
 
     from omniloom.infer.engine import Request
     from omniloom.infer.sampling import SamplingParams
     from omniloom.model.hf import export_hf
 
-    model = omni.model
     prompt = [omni.vocab.bos_id] + omni.tok.encode("what is two plus three?") + [omni.vocab.special("assistant")]
     with tempfile.TemporaryDirectory() as d:
-        export_hf(model, model.cfg, d)
+        export_hf(omni.model, omni.model.cfg, d)
         peer = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
     params = SamplingParams(max_new_tokens=n_new, temperature=0.0)
     ids = torch.tensor([prompt])
-    ours_s = peer_s = 0.0
+    for eng in engines.values():  # warm-up (and compilation)
+        eng.generate([Request(prompt, params)])
+    secs = dict.fromkeys(engines, 0.0)
+    peer_s = 0.0
     for _ in range(reps):
-        t = time.perf_counter()
-        out = omni.engine.generate([Request(prompt, params)])[0]
-        ours_s += time.perf_counter() - t
-        assert len(out) == n_new
+        for name, eng in engines.items():
+            t = time.perf_counter()
+            out = eng.generate([Request(prompt, params)])[0]
+            secs[name] += time.perf_counter() - t
+            assert len(out) == n_new
         t = time.perf_counter()
         with torch.inference_mode():
             peer.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, pad_token_id=0)
         peer_s += time.perf_counter() - t
-    return n_new * reps / ours_s, n_new * reps / peer_s
+    return {k: n_new * reps / v for k, v in secs.items()}, n_new * reps / peer_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default="")
+    ap.add_argument("--int8", action="store_true", help="int8 weight-only decoder (as `omniloom serve --int8`)")
+    ap.add_argument("--compile", action="store_true", help="compiled decode step (as `omniloom serve --compile`)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     from omniloom.eval.runner import ensure_split, load_samples
     from omniloom.infer.generate import OmniModel
 
-    omni = OmniModel.load(args.model)
+    from omniloom.infer.engine import Engine
+
+    omni = OmniModel.load(args.model, int8=args.int8, compile=args.compile)
+    setup = ("int8" if args.int8 else "fp32") + (", compiled" if args.compile else ", eager")
+    ref = OmniModel.load(args.model) if (args.int8 or args.compile) else omni
     if "audio" not in omni.codecs:
         raise SystemExit(f"{args.model}: the model has no audio codec, so it cannot answer in speech")
     samples = []
@@ -115,18 +130,25 @@ def main(argv: list[str] | None = None) -> int:
         ttfa.append(a * 1000)
         ttft.append(t * 1000)
     ok = [x for x in ttfa if x == x]
-    ours, peer = decode_speed(omni, args.decode_tokens, args.reps)
+    engines = {setup: omni.engine}
+    if ref is not omni:
+        engines["fp32, eager"] = Engine(ref.model)
+    speeds, peer = decode_speed(engines, ref, args.decode_tokens, args.reps)
+    ours = speeds[setup]
     res = {"model": str(args.model), "n": len(samples), "answered_with_audio": len(ok),
            "ttfa_ms": {"p50": percentile(ok, 50), "p90": percentile(ok, 90)},
            "first_event_ms": {"p50": percentile(ttft, 50), "p90": percentile(ttft, 90)},
-           "decode_tokens_per_s": {"omniloom": ours, "transformers": peer, "ratio": ours / peer},
+           "setup": setup,
+           "decode_tokens_per_s": {"omniloom": ours, "transformers": peer, "ratio": ours / peer,
+                                   "omniloom_by_setup": speeds},
            "threads": torch.get_num_threads()}
     print(f"{'metric':<40} {'p50':>9} {'p90':>9}")
     print(f"{'first 80 ms of answer audio (ms)':<40} {res['ttfa_ms']['p50']:>9.1f} {res['ttfa_ms']['p90']:>9.1f}")
     print(f"{'first streamed event (ms)':<40} {res['first_event_ms']['p50']:>9.1f} "
           f"{res['first_event_ms']['p90']:>9.1f}")
     print(f"answered with audio: {len(ok)}/{len(samples)}")
-    print(f"decode tokens/s: omniloom {ours:.0f}, transformers generate() {peer:.0f}")
+    for name, v in speeds.items():
+        print(f"decode tokens/s: omniloom ({name}) {v:.0f} = {v / peer:.2f}x transformers generate() (fp32) {peer:.0f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

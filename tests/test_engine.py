@@ -72,3 +72,15 @@ def test_bad_requests_are_rejected(model):
         eng.generate([Request([])])
     with pytest.raises(ValueError, match="top_p"):
         eng.generate([Request([1], SamplingParams(top_p=0))])
+
+
+def test_compiled_decode_step_gives_the_eager_tokens(model):
+    # torch.compile of the one-token step (bucketed cache length) must not change greedy answers,
+    # alone or batched with ragged prompts
+    prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13]]
+    params = SamplingParams(max_new_tokens=20, temperature=0)
+    eager = Engine(model).generate([Request(p, params) for p in prompts])
+    comp = Engine(model, compile=True)
+    assert comp.generate([Request(p, params) for p in prompts]) == eager
+    assert model.cache_len % Engine.CACHE_BUCKET == 0 or model.cache_len == model.cfg.max_seq_len
+    assert comp.generate([Request(prompts[1], params)]) == eager[1:]

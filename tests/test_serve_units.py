@@ -85,3 +85,22 @@ def test_truncate_keeps_only_the_heard_transcript():
     assert sess._messages()[-1] == {"role": "assistant", "content": [{"type": "text", "text": "the star is "}]}
     with pytest.raises(ValueError, match="past the item's audio"):
         asyncio.run(sess.truncate({"item_id": "item_a", "content_index": 0, "audio_end_ms": 5000}))
+
+
+def test_worker_views_of_an_int8_model_share_its_weights_and_answer_alike():
+    import threading
+
+    from omniloom.infer.engine import Request
+    from omniloom.infer.sampling import SamplingParams
+    from omniloom.model.quant import is_quantized, quantize_int8
+    from omniloom.serve.scheduler import _worker_view
+    from omniloom.serve.tiny import build_tiny_model
+
+    omni = build_tiny_model()
+    quantize_int8(omni.model)
+    view = _worker_view(omni, threading.local(), share=True)
+    assert view.model is not omni.model and is_quantized(view.model)
+    assert view.model.lm_head.weight_int8.data_ptr() == omni.model.lm_head.weight_int8.data_ptr()
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    prompt = [omni.vocab.bos_id, 5, 6, 7]
+    assert view.engine.generate([Request(prompt, params)]) == omni.engine.generate([Request(prompt, params)])

@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failures", type=int, default=3, help="failures shown per task")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON (and OUT.png as a chart)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--int8", action="store_true", help="evaluate the local model with int8 weight-only quantization")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         from ..infer.generate import OmniModel, resolve_model_dir
 
         directory = resolve_model_dir(args.model)
-        backend = LocalBackend(OmniModel.load(directory), args.max_new_tokens)
+        backend = LocalBackend(OmniModel.load(directory, int8=args.int8), args.max_new_tokens)
         what = str(directory)
     samples = {}
     for task in tasks:

@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance for images (>1 on)")
     p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
+    p.add_argument("--int8", action="store_true", help="int8 weight-only quantization of the decoder (faster on a CPU)")
 
 
 def _user_message(text: str | None, images, audios, video) -> dict:
@@ -113,7 +114,7 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
 def run(args: argparse.Namespace) -> int:
     from .generate import OmniModel
 
-    omni = OmniModel.load(args.model)
+    omni = OmniModel.load(args.model, int8=args.int8)
     out_dir = Path(args.out_dir)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None or args.image or args.audio or args.video:

@@ -45,13 +45,25 @@ class Request:
 class Engine:
     """Batched generation over ids with a model from :mod:`omniloom.model`."""
 
-    def __init__(self, model: torch.nn.Module, max_seq_len: int | None = None, device=None, dtype=None):
+    #: with ``compile=True`` the cache length is rounded up to a multiple of this, so that prompts of
+    #: different lengths reuse one compiled decode step
+    CACHE_BUCKET = 256
+
+    def __init__(self, model: torch.nn.Module, max_seq_len: int | None = None, device=None, dtype=None,
+                 compile: bool = False):
         self.model = model.eval()
         self.max_seq_len = max_seq_len or model.cfg.max_seq_len
         self.device = device or next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
         self.vocab_size = model.cfg.vocab_size
         self._cache_batch = 0
+        self.compiled = compile
+        # the one-token decode step, compiled for fixed shapes (batch, cache length) when asked:
+        # the prefill stays eager (its length varies with every prompt)
+        self._decode = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
+
+    def _decode_step(self, tok: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, kv_mask: torch.Tensor):
+        return self.model(tok, positions=pos, input_pos=slot, kv_mask=kv_mask)[:, -1]
 
     def _ensure_cache(self, batch: int, length: int) -> None:
         if self._cache_batch != batch or self.model.cache_len != length:
@@ -83,6 +95,8 @@ class Engine:
         L = max(len(p) for p in rows)
         budget = max(r.params.max_new_tokens for r in requests)
         S = min(self.max_seq_len, L + budget)
+        if self.compiled:
+            S = min(self.max_seq_len, -(-(L + budget) // self.CACHE_BUCKET) * self.CACHE_BUCKET)
         if L >= S:
             raise ValueError(f"prompt of {L} tokens leaves no room in a context of {self.max_seq_len}")
         B = len(rows)
@@ -142,8 +156,7 @@ class Engine:
                 return
             kv_mask[:, slot] = True
             pos = (slot - pads)[:, None]  # (B, 1)
-            logits = self.model(next_tok[:, None], positions=pos, input_pos=torch.tensor([slot], device=dev),
-                                kv_mask=kv_mask)[:, -1]
+            logits = self._decode(next_tok[:, None], pos, torch.tensor([slot], device=dev), kv_mask)
 
     def generate(self, requests: list[Request]) -> list[list[int]]:
         """All new tokens per request (convenience over :meth:`stream`)."""

@@ -103,7 +103,8 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 class OmniModel:
     """Decoder + vocab + text tokenizer + codecs, ready to answer."""
 
-    def __init__(self, model: Transformer, vocab: Vocab, text_tokenizer: Any, codecs: dict[str, Any] | None = None):
+    def __init__(self, model: Transformer, vocab: Vocab, text_tokenizer: Any, codecs: dict[str, Any] | None = None,
+                 compile: bool = False):
         if model.cfg.vocab_size < vocab.size:
             raise ValueError(f"model vocabulary ({model.cfg.vocab_size}) is smaller than vocab.json ({vocab.size})")
         self.model = model.eval()
@@ -111,10 +112,16 @@ class OmniModel:
         self.tok = text_tokenizer
         self.codecs = dict(codecs or {})
         self.processor = Processor(vocab, text_tokenizer, self.codecs)
-        self.engine = Engine(model)
+        self.engine = Engine(model, compile=compile)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "OmniModel":
+    def load(cls, path: str | Path, device: str = "cpu", int8: bool = False, compile: bool = False) -> "OmniModel":
+        """Load a model directory (or bundled name, or training run).
+
+        ``int8``: int8 weight-only quantization of the decoder's linear layers (CPU; about 4x fewer
+        bytes read per token than fp32). ``compile``: ``torch.compile`` the one-token decode step
+        (the first answer of each batch size pays the compilation, tens of seconds on a CPU).
+        """
         from safetensors.torch import load_file
 
         from ..codecs import load_codec
@@ -138,7 +145,12 @@ class OmniModel:
                 codecs[kind] = load_codec(ref)
         vocab = Vocab.load(path / "vocab.json")
         tok = TextTokenizer.load(path / "tokenizer.json")
-        return cls(model.to(device), vocab, tok, codecs)
+        model = model.to(device)
+        if int8:
+            from ..model.quant import quantize_int8
+
+            quantize_int8(model)
+        return cls(model, vocab, tok, codecs, compile=compile)
 
 
 def generate(

@@ -235,5 +235,6 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if return_hidden:
             return x
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(x, w)  # (B, T, V)
+        if self.lm_head is None:
+            return F.linear(x, self.embed_tokens.weight)  # (B, T, V)
+        return self.lm_head(x)

@@ -29,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest input image (400 above)")
     p.add_argument("--max-tokens", type=int, default=None, help="cap on max_tokens (default: the context)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 weight-only quantization of the decoder (CPU): faster decoding, slightly different answers")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step (each worker's first answer waits for the compilation)")
 
 
 def resolve_model(name: str) -> tuple[Path, str]:
@@ -47,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from .state import ServeSettings
 
     directory, mid = resolve_model(args.model)
-    omni = OmniModel.load(directory, device=args.device)
+    omni = OmniModel.load(directory, device=args.device, int8=args.int8, compile=args.compile)
     settings = ServeSettings(model_id=args.model_id or mid, api_key=args.api_key, workers=args.workers,
                              max_queue=args.max_queue, threads=args.threads or None,
                              max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import torch
 
 from ..infer.engine import Engine
+from ..model.quant import is_quantized, quantize_int8
 from ..infer.generate import OmniModel
 from ..model import Transformer
 from .errors import APIError
@@ -78,13 +79,15 @@ def _worker_view(omni: OmniModel, local: threading.local, share: bool) -> OmniMo
     if share:
         with torch.device("meta"):
             clone = Transformer(copy.deepcopy(model.cfg))
+            if is_quantized(model):
+                quantize_int8(clone)
         clone.load_state_dict(model.state_dict(), assign=True)
         dev = next(model.parameters()).device
         clone.init_rope(dev)
         model = clone.eval()
     view = copy.copy(omni)
     view.model = model
-    view.engine = _CancellableEngine(Engine(model), local)
+    view.engine = _CancellableEngine(Engine(model, compile=omni.engine.compiled), local)
     view.processor = _RecordingProcessor(omni.processor, local)
     return view
 
