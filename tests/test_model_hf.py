@@ -214,3 +214,35 @@ def test_cli_errors(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing half-written
     with pytest.raises(SystemExit):
         main(["export", "--out", str(tmp_path / "o")])  # needs --checkpoint or --from-hf
+
+
+def test_cli_export_model_directory_for_bundling(tmp_path, capsys):
+    # --format omniloom: a checkpoint -> an inference model dir (bf16 weights, vocab, tokenizer,
+    # codecs that live inside the checkpoint travel along) that OmniModel.load answers from
+    from safetensors.torch import load_file
+
+    from omniloom.infer.engine import Request
+    from omniloom.infer.generate import OmniModel
+    from omniloom.infer.sampling import SamplingParams
+    from omniloom.serve.tiny import build_tiny_model, save_model
+
+    src = save_model(build_tiny_model(), tmp_path / "ckpt")
+    (src / "optimizer.pt").write_bytes(b"not for inference")
+    out = tmp_path / "bundled"
+    assert main(["export", "--checkpoint", str(src), "--format", "omniloom", "--dtype", "bfloat16",
+                 "--out", str(out)]) == 0
+    assert "omniloom model directory" in capsys.readouterr().out
+    assert not (out / "optimizer.pt").exists()
+    assert all(v.dtype == torch.bfloat16 for v in load_file(str(out / "model.safetensors")).values())
+    a, b = OmniModel.load(src), OmniModel.load(out)
+    assert set(b.codecs) == set(a.codecs) == {"image", "audio"}
+    assert b.vocab.size == a.vocab.size
+    a.model.to(torch.bfloat16).float()  # the same rounding as the export
+    prompt = [a.vocab.bos_id, 5, 6, 7]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    assert b.engine.generate([Request(prompt, params)]) == a.engine.generate([Request(prompt, params)])
+
+    _write_checkpoint(tmp_path / "bare", tiny())
+    assert main(["export", "--checkpoint", str(tmp_path / "bare"), "--format", "omniloom", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "vocab.json is missing" in capsys.readouterr().err

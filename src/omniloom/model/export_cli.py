@@ -26,7 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="omniloom checkpoint directory (model.safetensors + config.json) to export")
     src.add_argument("--from-hf", metavar="DIR", dest="from_hf",
                      help="Hugging Face Llama/Qwen3 directory (config.json + model.safetensors) to import")
-    p.add_argument("--format", choices=["hf"], default="hf", help="export format (default: hf)")
+    p.add_argument("--format", choices=["hf", "omniloom"], default="hf",
+                   help="hf: transformers' layout (default); omniloom: an inference model directory (weights, "
+                        "config, vocab, tokenizer, codecs; no optimizer state), e.g. to bundle a model")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (written atomically)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="cast the weights on export (default: keep the checkpoint's dtype)")
@@ -51,6 +53,44 @@ def _read_checkpoint(d: Path):
     return cfg, load_file(str(w_path))
 
 
+#: what a model directory carries besides its weights (see ``infer.generate.OmniModel.load``)
+MODEL_DIR_FILES = ("vocab.json", "tokenizer.json", "codecs.json")
+
+
+def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
+    """A checkpoint -> an inference model directory (no optimizer, RNG or trainer state)."""
+    from safetensors.torch import save_file
+
+    from ..config import config_to_dict
+    from .hf import _atomic_dir_write
+
+    for name in MODEL_DIR_FILES[:2]:
+        if not (src / name).is_file():
+            raise ValueError(f"{src / name} is missing: only a checkpoint of `omniloom train` on tokenized "
+                             "shards carries its vocabulary and tokenizer")
+    if dtype is not None:
+        model.to(dtype)
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    files = {
+        "model.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
+        "config.json": lambda p: p.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n"),
+    }
+    for name in MODEL_DIR_FILES:
+        if (src / name).is_file():
+            files[name] = lambda p, f=src / name: p.write_bytes(f.read_bytes())
+    if (src / "codecs.json").is_file():  # codecs kept inside the checkpoint travel with it
+        import shutil
+
+        for ref in json.loads((src / "codecs.json").read_text()).values():
+            if (src / ref).is_dir():
+                files[ref] = lambda p, d=src / ref: shutil.copytree(d, p)
+    _atomic_dir_write(out, files)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    print(f"exported {src} -> {out} (omniloom model directory, {cfg.model.num_params():,} parameters, "
+          f"{size / 1e6:.1f} MB of weights)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -65,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         model = Transformer(cfg.model)
         load_state_dict_checked(model, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}, source=str(src))
         dtype = getattr(torch, args.dtype) if args.dtype else None
+        if args.format == "omniloom":
+            return _export_model_dir(src, out, model, cfg, dtype)
         export_hf(model, cfg.model, out, dtype=dtype)
         print(f"exported {src} -> {out} ({'Qwen3' if cfg.model.qk_norm else 'Llama'}ForCausalLM, "
               f"{cfg.model.num_params():,} parameters)")
