@@ -79,3 +79,31 @@ def test_codec_verb_rejects_unknown_codec(tmp_path):
     args = p.parse_args(["eval", "image", "--codec", str(tmp_path / "missing"), "--n", "2"])
     with pytest.raises(ValueError, match="unknown codec"):
         codec_cli.run(args)
+
+
+@pytest.mark.slow
+def test_decoder_only_finetune_keeps_every_code(tmp_path):
+    # --init + --decoder-only: the decoder learns, the encoder (so every code) stays bit-identical,
+    # which is what keeps token shards and models trained on the codes valid
+    data = _make_folder(tmp_path / "imgs")
+    base = tmp_path / "base"
+    codec_image.train(_args("--data", str(data), "--out", str(base), "--config", "tiny", "--steps", "10",
+                            "--batch", "8", "--lr", "3e-3", "--warmup", "2", "--no-progress"))
+    before = load_codec(base)
+    out = tmp_path / "dec"
+    args = _args("--data", str(data), "--out", str(out), "--init", str(base), "--decoder-only", "--steps", "12",
+                 "--batch", "8", "--lr", "3e-3", "--warmup", "2", "--ckpt-every", "6", "--no-progress")
+    codec_image.train(args)
+    after = load_codec(out)
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(after.encode(x), before.encode(x))
+    for k, v in before.encoder.state_dict().items():
+        assert torch.equal(after.encoder.state_dict()[k], v), k
+    assert any(not torch.equal(after.decoder.state_dict()[k], v) for k, v in before.decoder.state_dict().items())
+    # resuming the decoder-only run without the flag is refused instead of silently unfreezing
+    with pytest.raises(ValueError, match="decoder-only"):
+        codec_image.train(_args("--data", str(data), "--out", str(out), "--init", str(base), "--steps", "14",
+                                "--no-progress"))
+    with pytest.raises(ValueError, match="--init"):
+        codec_image.train(_args("--data", str(data), "--out", str(tmp_path / "new"), "--decoder-only",
+                                "--no-progress"))

@@ -146,6 +146,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 loss")
     p.add_argument("--fg-weight", type=float, default=0.0, help="extra loss weight of lit pixels (world: 4)")
+    p.add_argument("--init", default=None, metavar="CODEC",
+                   help="start from this codec (a shipped name such as image-world, or a codec directory)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="freeze the encoder (and so every code): improve reconstructions without invalidating "
+                        "token shards or models trained on the codes; needs --init")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
     p.add_argument("--seed", type=int, default=0)
@@ -196,13 +201,32 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(args.seed)
-    codec = ImageCodec(cfg).to(args.device)
-    opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    decoder_only = bool(getattr(args, "decoder_only", False))
+    init = getattr(args, "init", None)
+    if decoder_only and not init and not ckpt_path.exists():
+        raise ValueError("--decoder-only keeps an existing encoder: give --init CODEC (e.g. image-world)")
+    if init:
+        from ..codecs.base import load_codec
+
+        codec = load_codec(init)
+        if not isinstance(codec, ImageCodec):
+            raise ValueError(f"--init {init} is not an image codec")
+        codec = codec.float().to(args.device)
+        cfg = codec.cfg
+    else:
+        codec = ImageCodec(cfg).to(args.device)
+    if decoder_only:
+        codec.encoder.requires_grad_(False)
+    trained = [p for p in codec.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     step, losses = 0, []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=args.device, weights_only=True)
         if state["config"] != codec.config_dict():
             raise ValueError(f"{ckpt_path} was written for another codec config; use a new --out")
+        if bool(state.get("decoder_only", False)) != decoder_only:
+            raise ValueError(f"{ckpt_path} was trained {'with' if not decoder_only else 'without'} --decoder-only; "
+                             "resume it the same way or use a new --out")
         codec.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, losses = int(state["step"]), list(state["losses"])
@@ -217,6 +241,8 @@ def train(args: argparse.Namespace) -> dict:
     data = batches(args.data, cfg.resolution, args.batch, seed=args.seed * 1000 + step)
     val = next(batches(args.data, cfg.resolution, 64, seed=10**6 + args.seed)).to(args.device)
     codec.train()
+    if decoder_only:
+        codec.encoder.eval()  # frozen: no normalisation statistics move either
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="codec", dynamic_ncols=True)
     t0 = time.time()
     while step < args.steps:
@@ -227,7 +253,7 @@ def train(args: argparse.Namespace) -> dict:
         loss = recon_loss(recon, x, args.grad_weight, args.fg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         step += 1
         losses.append(loss.item())
@@ -235,17 +261,18 @@ def train(args: argparse.Namespace) -> dict:
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if step % args.ckpt_every == 0 or step == args.steps:
             m = evaluate_batch(codec, val)
-            codec.train()
             bar.write(
                 f"step {step} loss {np.mean(losses[-50:]):.5f} val psnr {m['psnr']:.2f} dB "
                 f"codes used {m['codes_used']:.3f} ({time.time() - t0:.0f}s)"
             )
             _save_ckpt(ckpt_path, {"model": codec.state_dict(), "opt": opt.state_dict(), "step": step,
-                                   "losses": losses, "config": codec.config_dict()})
+                                   "losses": losses, "config": codec.config_dict(), "decoder_only": decoder_only})
             _plot(losses, out / "loss.png")
             codec.eval()
             codec.save(out)
             codec.train()
+            if decoder_only:
+                codec.encoder.eval()
     bar.close()
     codec.eval()
     metrics = evaluate_batch(codec, val)
