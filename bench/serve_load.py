@@ -6,6 +6,7 @@ real-time factor (generation time / audio duration; < 1 is faster than real time
 measure time to first token and token throughput.
 
   python bench/serve_load.py --chat 4 --realtime 4              # in-process server, tiny random model
+  python bench/serve_load.py --model-dir world --int8 --compile --chat 0 --realtime 4   # reference model
   python bench/serve_load.py --url http://127.0.0.1:8000 --model world --realtime 4
 """
 
@@ -124,6 +125,9 @@ def main() -> None:
     p.add_argument("--voice-tokens", type=int, default=100, help="tokens per spoken answer (25 = 1 s of audio)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-pace", action="store_true", help="send input audio as fast as possible")
+    p.add_argument("--int8", action="store_true", help="in-process: int8 weight-only decoder (serve --int8)")
+    p.add_argument("--compile", action="store_true", help="in-process: compiled decode step (serve --compile)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the report to OUT")
     args = p.parse_args()
     if args.url:
         print(json.dumps(asyncio.run(main_async(args, args.url)), indent=2))
@@ -133,13 +137,20 @@ def main() -> None:
     from omniloom.serve.testing import serve_in_thread
     from omniloom.serve.tiny import build_tiny_model
 
-    omni = OmniModel.load(args.model_dir) if args.model_dir else build_tiny_model()
+    omni = (OmniModel.load(args.model_dir, int8=args.int8, compile=args.compile) if args.model_dir
+            else build_tiny_model())
     app = create_app(omni, ServeSettings(model_id=args.model, workers=args.workers,
                                          max_queue=args.chat + args.realtime + 4))
     with serve_in_thread(app) as url:
         report = asyncio.run(main_async(args, url))
     report["workers"] = args.workers
+    report["setup"] = {"model": args.model_dir or "tiny", "int8": args.int8, "compile": args.compile}
     print(json.dumps(report, indent=2))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
