@@ -3,7 +3,7 @@
 # then evaluate it. Resumable: rerun the same command after an interruption; every stage that is
 # already complete is skipped and training resumes from its newest checkpoint.
 #
-#   bash examples/train_reference.sh                     # what trained the shipped model (72 min, 2-core CPU)
+#   bash examples/train_reference.sh    # the shipped model: STEPS=850, then rerun with STEPS=1100 (99 min, 2-core CPU)
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # a longer run
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
 #
@@ -13,7 +13,7 @@ set -euo pipefail
 DATA=${DATA:-data/world}
 RUN=${RUN:-runs/world}
 N=${N:-40000}
-STEPS=${STEPS:-850}
+STEPS=${STEPS:-1100}
 BATCH=${BATCH:-16}
 WARMUP=${WARMUP:-40}
 WORKERS=${WORKERS:-$(nproc)}
