@@ -94,9 +94,10 @@ class Engine:
                 owner.append((i, True))
         L = max(len(p) for p in rows)
         budget = max(r.params.max_new_tokens for r in requests)
-        S = min(self.max_seq_len, L + budget)
-        if self.compiled:
-            S = min(self.max_seq_len, -(-(L + budget) // self.CACHE_BUCKET) * self.CACHE_BUCKET)
+        need = L + budget
+        if self.compiled:  # round up to the bucket so that one compiled step serves many prompt lengths
+            need = -(-need // self.CACHE_BUCKET) * self.CACHE_BUCKET
+        S = min(self.max_seq_len, need)
         if L >= S:
             raise ValueError(f"prompt of {L} tokens leaves no room in a context of {self.max_seq_len}")
         B = len(rows)

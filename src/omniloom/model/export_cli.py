@@ -53,8 +53,10 @@ def _read_checkpoint(d: Path):
     return cfg, load_file(str(w_path))
 
 
-#: what a model directory carries besides its weights (see ``infer.generate.OmniModel.load``)
-MODEL_DIR_FILES = ("vocab.json", "tokenizer.json", "codecs.json")
+#: what a model directory carries besides its weights (see ``infer.generate.OmniModel.load``):
+#: the vocabulary and tokenizer always, the codec references when the model has codecs
+MODEL_DIR_REQUIRED = ("vocab.json", "tokenizer.json")
+MODEL_DIR_OPTIONAL = ("codecs.json",)
 
 
 def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
@@ -64,7 +66,7 @@ def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
     from ..config import config_to_dict
     from .hf import _atomic_dir_write
 
-    for name in MODEL_DIR_FILES[:2]:
+    for name in MODEL_DIR_REQUIRED:
         if not (src / name).is_file():
             raise ValueError(f"{src / name} is missing: only a checkpoint of `omniloom train` on tokenized "
                              "shards carries its vocabulary and tokenizer")
@@ -75,7 +77,7 @@ def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
         "model.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"}),
         "config.json": lambda p: p.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n"),
     }
-    for name in MODEL_DIR_FILES:
+    for name in MODEL_DIR_REQUIRED + MODEL_DIR_OPTIONAL:
         if (src / name).is_file():
             files[name] = lambda p, f=src / name: p.write_bytes(f.read_bytes())
     if (src / "codecs.json").is_file():  # codecs kept inside the checkpoint travel with it

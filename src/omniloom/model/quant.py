@@ -43,17 +43,14 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def _replace_linears(module: nn.Module) -> int:
-    n = 0
+def _replace_linears(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
             if child.bias is not None:
                 raise ValueError(f"{name}: int8 quantization supports bias-free linear layers only")
             setattr(module, name, Int8Linear(child.weight))
-            n += 1
         else:
-            n += _replace_linears(child)
-    return n
+            _replace_linears(child)
 
 
 def is_quantized(model: nn.Module) -> bool:

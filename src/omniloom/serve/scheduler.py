@@ -21,9 +21,9 @@ from typing import Any, AsyncIterator, Callable, Iterator
 import torch
 
 from ..infer.engine import Engine
-from ..model.quant import is_quantized, quantize_int8
 from ..infer.generate import OmniModel
 from ..model import Transformer
+from ..model.quant import is_quantized, quantize_int8
 from .errors import APIError
 
 __all__ = ["Job", "Scheduler"]

@@ -201,8 +201,7 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(args.seed)
-    decoder_only = bool(getattr(args, "decoder_only", False))
-    init = getattr(args, "init", None)
+    decoder_only, init = args.decoder_only, args.init
     if decoder_only and not init and not ckpt_path.exists():
         raise ValueError("--decoder-only keeps an existing encoder: give --init CODEC (e.g. image-world)")
     if init:
@@ -240,9 +239,12 @@ def train(args: argparse.Namespace) -> dict:
 
     data = batches(args.data, cfg.resolution, args.batch, seed=args.seed * 1000 + step)
     val = next(batches(args.data, cfg.resolution, 64, seed=10**6 + args.seed)).to(args.device)
-    codec.train()
-    if decoder_only:
-        codec.encoder.eval()  # frozen: no normalisation statistics move either
+    def train_mode() -> None:
+        codec.train()
+        if decoder_only:
+            codec.encoder.eval()  # frozen: no normalisation statistics move either
+
+    train_mode()
     bar = tqdm(total=args.steps, initial=step, disable=args.no_progress, desc="codec", dynamic_ncols=True)
     t0 = time.time()
     while step < args.steps:
@@ -270,9 +272,7 @@ def train(args: argparse.Namespace) -> dict:
             _plot(losses, out / "loss.png")
             codec.eval()
             codec.save(out)
-            codec.train()
-            if decoder_only:
-                codec.encoder.eval()
+            train_mode()
     bar.close()
     codec.eval()
     metrics = evaluate_batch(codec, val)
