@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     from omniloom.eval.runner import ensure_split, load_samples
     from omniloom.infer.generate import OmniModel
 
-    from omniloom.infer.engine import Engine
-
     omni = OmniModel.load(args.model, int8=args.int8, compile=args.compile)
     setup = ("int8" if args.int8 else "fp32") + (", compiled" if args.compile else ", eager")
     ref = OmniModel.load(args.model) if (args.int8 or args.compile) else omni
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = [x for x in ttfa if x == x]
     engines = {setup: omni.engine}
     if ref is not omni:
-        engines["fp32, eager"] = Engine(ref.model)
+        engines["fp32, eager"] = ref.engine
     speeds, peer = decode_speed(engines, ref, args.decode_tokens, args.reps)
     ours = speeds[setup]
     res = {"model": str(args.model), "n": len(samples), "answered_with_audio": len(ok),
