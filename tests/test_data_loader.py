@@ -130,3 +130,32 @@ def test_corrupt_or_missing_shard_names_the_file(tmp_path):
     (path / "manifest.json").unlink()
     with pytest.raises(ValueError, match="manifest.json"):
         ShardSet.open(path)
+
+
+def test_several_shard_directories_read_as_one_set(tmp_path):
+    a, docs_a = _write(tmp_path / "a", n_docs=30, seed=1)
+    b, docs_b = _write(tmp_path / "b", n_docs=20, seed=2)
+    s = ShardSet.open(f"{a},{b}")
+    docs = docs_a + docs_b
+    assert s.num_docs == len(docs)
+    assert s.num_tokens == sum(len(d[0]) for d in docs)
+    for d, (ids, mask) in enumerate(docs):
+        got_ids, got_mask = s.doc(d)
+        np.testing.assert_array_equal(got_ids, ids)
+        np.testing.assert_array_equal(got_mask, mask)
+    assert s.manifest["directories"] == [str(a), str(b)]
+    # the loader packs the documents of both directories, in shuffled order
+    loader = PackedLoader(s, seq_len=16, batch_size=2)
+    assert loader.rows_per_epoch == s.num_tokens // 17
+    perm, _ = loader._order(0)
+    assert sorted(perm.tolist()) == list(range(len(docs)))
+    assert ShardSet.open([a, b]).num_docs == len(docs)
+
+
+def test_shard_directories_with_different_vocabularies_are_refused(tmp_path):
+    a, _ = _write(tmp_path / "a")
+    vocab = Vocab.build(text_size=120)
+    with ShardWriter(tmp_path / "c", vocab) as w:
+        w.add([1, 2, 3], [1, 1, 1])
+    with pytest.raises(ValueError, match="different vocabularies"):
+        ShardSet.open(f"{a},{tmp_path / 'c'}")

@@ -74,3 +74,32 @@ def test_missing_codec_for_media_names_the_line(setup, capsys):
                "--no-progress"])
     assert rc == 2
     assert f"{jsonl}:2:" in capsys.readouterr().err
+
+
+def test_cfg_drop_replaces_the_condition_of_a_share_of_image_answers(tmp_path, capsys):
+    from omniloom.tokens import null_condition
+
+    chats = []
+    for i in range(40):
+        chats.append({"messages": [{"role": "user", "content": f"draw shape {i}"},
+                                   {"role": "assistant", "content": [{"type": "image_codes", "codes": [i % 7] * 64}]}]})
+    chats += CHATS  # text answers are never dropped
+    tok = TextTokenizer.train([c["messages"][0]["content"] for c in chats] * 5, vocab_size=300, min_frequency=1)
+    tok_path = tok.save(tmp_path / "tok")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps(c) for c in chats) + "\n")
+    out = tmp_path / "sh"
+    rc = main(["tokenize", "--input", str(jsonl), "--tokenizer", str(tok_path), "--out", str(out),
+               "--codec", "image-world", "--cfg-drop", "0.5", "--no-progress"])
+    assert rc == 0
+    s = ShardSet.open(out / "train")
+    vocab = Vocab.load(out / "train" / "vocab.json")
+    head = null_condition(vocab)
+    starts = [tuple(s.doc(d)[0][:4].tolist()) for d in range(s.num_docs)]
+    dropped = sum(1 for x in starts if list(x) == head)
+    assert 8 <= dropped <= 32  # about half of the 40 image answers, none of the 30 text answers
+    assert s.manifest["cfg_drop"] == 0.5
+    rc = main(["tokenize", "--input", str(jsonl), "--tokenizer", str(tok_path), "--out", str(tmp_path / "x"),
+               "--codec", "image-world", "--cfg-drop", "2", "--no-progress"])
+    assert rc != 0 and "--cfg-drop must be in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "train" / "manifest.json").exists()

@@ -15,7 +15,9 @@ from omniloom.tokens import (
     Vocab,
     build_prompt,
     decode_ids,
+    drop_condition,
     encode_conversation,
+    null_condition,
     segments_to_messages,
 )
 
@@ -363,3 +365,24 @@ def test_encode_errors_name_the_part():
         encode_conversation([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], v, tok)
     with pytest.raises(ValueError, match="mode"):
         encode_conversation([], v, tok, mode="rl")
+
+
+def test_drop_condition_keeps_the_image_answer_after_a_null_condition():
+    v, tok = get_vocab(), tokenizer()
+    img = {"type": "image_codes", "codes": list(range(8))}
+    msgs = [{"role": "system", "content": "draw"},
+            {"role": "user", "content": "a big red circle"},
+            {"role": "assistant", "content": [img]}]
+    for mode in ("sft", "pretrain"):
+        enc = encode_conversation(msgs, v, tok, mode=mode)
+        out = drop_condition(enc, v)
+        answer = encode_conversation(msgs[2:], v, tok, mode=mode, add_bos=False)
+        assert out.ids == null_condition(v) + answer.ids
+        full = 1 if mode == "pretrain" else 0
+        assert out.loss_mask == [full] * 4 + answer.loss_mask
+        # the unconditional prompt generation uses is a prefix of it
+        assert out.ids[:5] == null_condition(v) + [v.special("assistant")]
+    # no image in an assistant turn: nothing to drop (an image from the user does not count)
+    text_answer = [{"role": "user", "content": [img, {"type": "text", "text": "what color?"}]},
+                   {"role": "assistant", "content": "red"}]
+    assert drop_condition(encode_conversation(text_answer, v, tok), v) is None

@@ -85,7 +85,7 @@ class ModelConfig:
 class DataConfig:
     """Where token shards live and how they become batches."""
 
-    train: str = "data/train"  # directory of shards written by `omniloom tokenize`
+    train: str = "data/train"  # shard directory from `omniloom tokenize`; several: comma-separated, one vocab
     val: str = ""  # optional directory of validation shards
     seq_len: int = 512
     mode: str = "sft"  # 'sft': loss on assistant turns only; 'pretrain': loss on everything

@@ -214,9 +214,19 @@ class ShardSet:
         return np.concatenate([s["loss_mask"] for s in self.shards])
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "ShardSet":
-        """Check every shard; a missing, corrupt or misshapen shard raises naming the file."""
-        root = resolve_shard_dir(path)
+    def open(cls, path: str | Path | list, verify: bool = True) -> "ShardSet":
+        """Check every shard; a missing, corrupt or misshapen shard raises naming the file.
+
+        ``path`` may name several shard directories, comma-separated (``a/train,b/train``) or as a
+        list: they are read as one set, in order, and must share one vocabulary (``vocab.json``
+        byte for byte), since their ids index the same embedding.
+        """
+        parts = [str(x).strip() for x in path] if isinstance(path, (list, tuple)) else \
+            [x.strip() for x in str(path).split(",")] if "," in str(path) else [path]
+        parts = [x for x in parts if x]
+        if len(parts) > 1:
+            return cls.concat([cls.open(x, verify) for x in parts])
+        root = resolve_shard_dir(parts[0])
         mpath = root / MANIFEST
         try:
             manifest = json.loads(mpath.read_text())
@@ -250,6 +260,35 @@ class ShardSet:
             raise ValueError(f"{root} holds no shards")
         return cls(root, shards, np.concatenate(offsets), np.asarray(starts, dtype=np.int64),
                    np.concatenate(owner), manifest)
+
+    @classmethod
+    def concat(cls, sets: list["ShardSet"]) -> "ShardSet":
+        """One set reading ``sets`` in order; their vocabularies and codecs must be identical."""
+        first = sets[0]
+        vocab = first.vocab_path().read_bytes() if first.vocab_path().is_file() else None
+        for s in sets[1:]:
+            other = s.vocab_path().read_bytes() if s.vocab_path().is_file() else None
+            if other != vocab:
+                raise ValueError(f"shard directories {first.path} and {s.path} have different vocabularies "
+                                 f"(vocab.json differs): tokenize with `--vocab {first.vocab_path()}` to share one")
+            if s.manifest.get("codecs") != first.manifest.get("codecs"):
+                raise ValueError(f"shard directories {first.path} and {s.path} were tokenized with different "
+                                 f"codecs ({first.manifest.get('codecs')} vs {s.manifest.get('codecs')})")
+        shards, offsets, starts, owner = [], [np.zeros(1, dtype=np.int64)], [0], []
+        base, k0 = 0, 0
+        for s in sets:
+            shards += s.shards
+            offsets.append(s.doc_offsets[1:] + base)
+            starts += [int(x) + base for x in s.shard_start[1:]]
+            owner.append(s.doc_shard + k0)
+            base += s.num_tokens
+            k0 += len(s.shards)
+        manifest = dict(first.manifest, shards=[e for s in sets for e in s.manifest["shards"]],
+                        total_tokens=base, total_docs=int(sum(s.num_docs for s in sets)),
+                        sources=[src for s in sets for src in s.manifest.get("sources", [])],
+                        directories=[str(s.path) for s in sets])
+        return cls(first.path, shards, np.concatenate(offsets), np.asarray(starts, dtype=np.int64),
+                   np.concatenate(owner).astype(np.int32), manifest)
 
     def vocab_path(self) -> Path:
         return self.path / "vocab.json"

@@ -75,18 +75,24 @@ def tokenize_files(
     progress: bool = True,
     codec_names: dict[str, str] | None = None,
     voices: list[str] | None = None,
+    cfg_drop: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary.
 
     ``codec_names`` (modality -> shipped name or path) is recorded in the manifests so that a model
     trained on these shards knows its codecs. ``voices``: assistant voice names for a new vocab
-    (default: the named voices found in the data).
+    (default: the named voices found in the data). ``cfg_drop``: the share of training documents
+    with an image answer whose condition (the turns before it) is replaced by ``<|null|>``, so that
+    ``--cfg-scale`` can guide image generation (``tokens.drop_condition``).
     """
     from ..codecs.text import TextTokenizer
     from ..processor import Processor
+    from ..tokens import drop_condition
 
     if mode not in ("sft", "pretrain"):
         raise ValueError(f"--mode must be 'sft' or 'pretrain', got {mode!r}")
+    if not 0.0 <= cfg_drop <= 1.0:
+        raise ValueError(f"--cfg-drop must be in [0, 1], got {cfg_drop}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if not inputs:
@@ -100,12 +106,13 @@ def tokenize_files(
         vocab = build_vocab(tok, codecs, voices if voices is not None else discover_voices(inputs))
     processor = Processor(vocab, tok, codecs)
     out = Path(out_dir)
-    meta = {"mode": mode, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {})}
+    meta = {"mode": mode, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {}), "cfg_drop": cfg_drop}
     writers = {"train": ShardWriter(out / "train", vocab, tokenizer_path, shard_tokens, meta)}
     if val_fraction > 0:
         writers["val"] = ShardWriter(out / "val", vocab, tokenizer_path, shard_tokens, meta)
     rng = random.Random(seed)
-    counts = {"train": 0, "val": 0}
+    drop_rng = random.Random(f"cfg-drop:{seed}")  # its own stream: the split does not depend on cfg_drop
+    counts = {"train": 0, "val": 0, "dropped": 0}
     from tqdm import tqdm
 
     total_lines = sum(_count_lines(p) for p in inputs) if progress else None
@@ -118,6 +125,11 @@ def tokenize_files(
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: {e}") from e
             split = "val" if "val" in writers and rng.random() < val_fraction else "train"
+            if split == "train" and cfg_drop > 0:
+                dropped = drop_condition(enc, vocab)
+                if dropped is not None and drop_rng.random() < cfg_drop:
+                    enc = dropped
+                    counts["dropped"] += 1
             writers[split].add(enc.ids, enc.loss_mask)
             counts[split] += 1
             bar.update(lineno - bar.n + done)
@@ -129,4 +141,5 @@ def tokenize_files(
         raise ValueError(f"--val-fraction {val_fraction} left the validation split empty; use more data or 0")
     manifests = {k: w.close() for k, w in writers.items()}
     return {k: {"docs": m["total_docs"], "tokens": m["total_tokens"], "shards": len(m["shards"]),
-                "dir": str(out / k)} for k, m in manifests.items()} | {"vocab_size": vocab.size}
+                "dir": str(out / k)} for k, m in manifests.items()} | {"vocab_size": vocab.size,
+                                                                     "condition_dropped": counts["dropped"]}

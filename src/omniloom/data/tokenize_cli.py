@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reuse this vocabulary instead of building one from tokenizer + codecs")
     p.add_argument("--voices", default=None, metavar="A,B",
                    help="assistant voice names for a new vocab (default: the named voices found in the data)")
+    p.add_argument("--cfg-drop", type=float, default=0.1, metavar="P",
+                   help="share of training documents with an image answer whose condition is replaced by "
+                        "<|null|>, for classifier-free guidance at generation (--cfg-scale); default 0.1, 0 off")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     summary = tokenize_files(args.input, args.tokenizer, args.out, mode=args.mode, shard_tokens=args.shard_tokens,
                              val_fraction=args.val_fraction, seed=args.seed, codecs=codecs, vocab=vocab,
                              progress=not args.no_progress, codec_names=names,
-                             voices=[v for v in args.voices.split(",") if v] if args.voices else None)
+                             voices=[v for v in args.voices.split(",") if v] if args.voices else None,
+                             cfg_drop=args.cfg_drop)
     print(json.dumps(summary, indent=1))
     return 0

@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--failures", type=int, default=3, help="failures shown per task")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON (and OUT.png as a chart)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance for image answers of a local model (1 off; try 2-3 with a model "
+                        "trained with `omniloom tokenize --cfg-drop`)")
     p.add_argument("--int8", action="store_true", help="evaluate the local model with int8 weight-only quantization")
 
 
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         from ..infer.generate import OmniModel, resolve_model_dir
 
         directory = resolve_model_dir(args.model)
-        backend = LocalBackend(OmniModel.load(directory, int8=args.int8), args.max_new_tokens)
+        backend = LocalBackend(OmniModel.load(directory, int8=args.int8), args.max_new_tokens, args.cfg_scale)
         what = str(directory)
     samples = {}
     for task in tasks:
@@ -123,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"model": what, "split": args.split, "seed": args.seed, "n": args.n, "seconds": time.time() - t0}
+        meta = {"model": what, "split": args.split, "seed": args.seed, "n": args.n, "seconds": time.time() - t0,
+                "cfg_scale": args.cfg_scale, "int8": bool(args.int8)}
         tmp = out.with_suffix(".tmp")
         tmp.write_text(results_json(results, meta))
         tmp.replace(out)

@@ -56,9 +56,10 @@ def _to_16k(pcm: np.ndarray, rate: int) -> np.ndarray:
 class LocalBackend:
     """Answers through ``generate()`` in this process."""
 
-    def __init__(self, omni, max_new_tokens: int = 256):
+    def __init__(self, omni, max_new_tokens: int = 256, cfg_scale: float = 1.0):
         self.omni = omni
         self.max_new_tokens = max_new_tokens
+        self.cfg_scale = cfg_scale  # classifier-free guidance for image answers
 
     def answer(self, sample: dict, base_dir: Path) -> Answer:
         from ..infer.generate import AudioChunk, ImageOut, TextDelta, TranscriptDelta, generate
@@ -69,7 +70,7 @@ class LocalBackend:
                           outputs=(kind,) if kind != "image" else ("image", "audio", "text"),
                           voice=_voice(sample) if kind == "audio" else None,
                           sampling=SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0),
-                          base_dir=base_dir)
+                          cfg_scale=self.cfg_scale if kind == "image" else 1.0, base_dir=base_dir)
         ans = Answer()
         pcm: list[np.ndarray] = []
         rate = 16000

@@ -8,9 +8,11 @@ from .template import (
     Segment,
     build_prompt,
     decode_ids,
+    drop_condition,
     encode_conversation,
     encode_part,
     normalize_content,
+    null_condition,
     segments_to_messages,
 )
 from .vocab import NAMED_SPECIALS, Vocab
@@ -26,4 +28,6 @@ __all__ = [
     "decode_ids",
     "segments_to_messages",
     "normalize_content",
+    "null_condition",
+    "drop_condition",
 ]

@@ -39,6 +39,8 @@ __all__ = [
     "build_prompt",
     "decode_ids",
     "segments_to_messages",
+    "null_condition",
+    "drop_condition",
 ]
 
 ROLES = ("system", "user", "assistant")
@@ -235,6 +237,33 @@ def encode_conversation(
         ids.append(vocab.eos_id)
         mask.append(full)
     return Encoded(ids=ids, loss_mask=mask)
+
+
+def null_condition(vocab: Vocab) -> list[int]:
+    """The conversation prefix that stands for "no condition" in classifier-free guidance:
+    ``<|bos|> <|user|> <|null|> <|end|>``. Training replaces the turns before an image answer with
+    it (:func:`drop_condition`); generation uses it as the unconditional prompt."""
+    return [vocab.bos_id, vocab.special("user"), vocab.null_id, vocab.end_id]
+
+
+def drop_condition(enc: Encoded, vocab: Vocab) -> Encoded | None:
+    """``enc`` with everything before its last image-answering assistant turn replaced by
+    :func:`null_condition` (mask 0 there, or 1 when ``enc`` is a pre-training document), so the
+    model also learns images without their condition. ``None`` when no assistant turn holds an image."""
+    ids = list(enc.ids)
+    a_id, img_id = vocab.special("assistant"), vocab.special("image")
+    roles = {vocab.special(r) for r in ROLES}
+    start = cur = None
+    for i, t in enumerate(ids):
+        if t in roles:
+            cur = i if t == a_id else None
+        elif t == img_id and cur is not None:
+            start = cur
+    if start is None:
+        return None
+    head = null_condition(vocab)
+    full = 1 if enc.loss_mask and all(enc.loss_mask) else 0
+    return Encoded(ids=head + ids[start:], loss_mask=[full] * len(head) + list(enc.loss_mask[start:]))
 
 
 def build_prompt(
