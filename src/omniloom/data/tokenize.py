@@ -76,6 +76,7 @@ def tokenize_files(
     codec_names: dict[str, str] | None = None,
     voices: list[str] | None = None,
     cfg_drop: float = 0.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary.
 
@@ -83,7 +84,9 @@ def tokenize_files(
     trained on these shards knows its codecs. ``voices``: assistant voice names for a new vocab
     (default: the named voices found in the data). ``cfg_drop``: the share of training documents
     with an image answer whose condition (the turns before it) is replaced by ``<|null|>``, so that
-    ``--cfg-scale`` can guide image generation (``tokens.drop_condition``).
+    ``--cfg-scale`` can guide image generation (``tokens.drop_condition``). ``workers`` > 1 encodes
+    lines in that many processes (one torch thread each; the codecs are loaded again in each from
+    ``codec_names``); the shards are identical whatever the count.
     """
     from ..codecs.text import TextTokenizer
     from ..processor import Processor
@@ -91,6 +94,8 @@ def tokenize_files(
 
     if mode not in ("sft", "pretrain"):
         raise ValueError(f"--mode must be 'sft' or 'pretrain', got {mode!r}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     if not 0.0 <= cfg_drop <= 1.0:
         raise ValueError(f"--cfg-drop must be in [0, 1], got {cfg_drop}")
     if not 0.0 <= val_fraction < 1.0:
@@ -117,23 +122,19 @@ def tokenize_files(
 
     total_lines = sum(_count_lines(p) for p in inputs) if progress else None
     bar = tqdm(total=total_lines, desc="tokenize", unit="line", disable=not progress)
-    done = 0
-    for path in inputs:
-        for lineno, messages in read_jsonl(path):
-            try:
-                enc = processor.encode_messages(messages, mode=mode, base_dir=Path(path).parent)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from e
-            split = "val" if "val" in writers and rng.random() < val_fraction else "train"
-            if split == "train" and cfg_drop > 0:
-                dropped = drop_condition(enc, vocab)
-                if dropped is not None and drop_rng.random() < cfg_drop:
-                    enc = dropped
-                    counts["dropped"] += 1
-            writers[split].add(enc.ids, enc.loss_mask)
-            counts[split] += 1
-            bar.update(lineno - bar.n + done)
-        done = bar.n
+    done, current = 0, None
+    for path, lineno, enc in _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_names):
+        if path != current:  # lines of the next file count on from the previous files' total
+            done, current = bar.n, path
+        split = "val" if "val" in writers and rng.random() < val_fraction else "train"
+        if split == "train" and cfg_drop > 0:
+            dropped = drop_condition(enc, vocab)
+            if dropped is not None and drop_rng.random() < cfg_drop:
+                enc = dropped
+                counts["dropped"] += 1
+        writers[split].add(enc.ids, enc.loss_mask)
+        counts[split] += 1
+        bar.update(lineno - bar.n + done)
     bar.close()
     if counts["train"] == 0:
         raise ValueError(f"no documents for the training split in {', '.join(map(str, inputs))}")
@@ -143,3 +144,61 @@ def tokenize_files(
     return {k: {"docs": m["total_docs"], "tokens": m["total_tokens"], "shards": len(m["shards"]),
                 "dir": str(out / k)} for k, m in manifests.items()} | {"vocab_size": vocab.size,
                                                                      "condition_dropped": counts["dropped"]}
+
+
+# -- encoding, in this process or in a pool -------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(vocab: Any, tokenizer_path: str, codec_refs: dict[str, str], mode: str) -> None:
+    import torch
+
+    from ..codecs import load_codec
+    from ..codecs.text import TextTokenizer
+    from ..processor import Processor
+
+    torch.set_num_threads(1)
+    codecs = {m: load_codec(ref) for m, ref in codec_refs.items()}
+    _WORKER.update(proc=Processor(vocab, TextTokenizer.load(tokenizer_path), codecs), mode=mode)
+
+
+def _encode_job(job: tuple[str, int, list]) -> tuple[str, int, list[int], list[int], str | None]:
+    path, lineno, messages = job
+    try:
+        enc = _WORKER["proc"].encode_messages(messages, mode=_WORKER["mode"], base_dir=Path(path).parent)
+    except ValueError as e:
+        return path, lineno, [], [], f"{path}:{lineno}: {e}"
+    return path, lineno, enc.ids, enc.loss_mask, None
+
+
+def _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_names) -> Iterator[tuple[str, int, Any]]:
+    """``(path, lineno, Encoded)`` for every line of ``inputs``, in order."""
+    import torch
+
+    from ..tokens import Encoded
+
+    jobs = ((str(path), lineno, messages) for path in inputs for lineno, messages in read_jsonl(path))
+    refs = dict(codec_names or {})
+    if workers > 1 and set(refs) != set(processor.codecs):
+        workers = 1  # codec objects without names cannot be re-created in worker processes
+    if workers == 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # small convolutions: one thread is faster than two (measured)
+        try:
+            for path, lineno, messages in jobs:
+                try:
+                    enc = processor.encode_messages(messages, mode=mode, base_dir=Path(path).parent)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{lineno}: {e}") from e
+                yield path, lineno, enc
+        finally:
+            torch.set_num_threads(threads)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold torch's thread pools
+    with ctx.Pool(workers, _worker_init, (vocab, str(tokenizer_path), refs, mode)) as pool:
+        for path, lineno, ids, mask, err in pool.imap(_encode_job, jobs, chunksize=32):
+            if err is not None:
+                raise ValueError(err)
+            yield path, lineno, Encoded(ids=ids, loss_mask=mask)

@@ -10,6 +10,7 @@ vocab.json and a copy of tokenizer.json. Train with ``data.train=DIR/train data.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 import json
 
@@ -33,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-drop", type=float, default=0.1, metavar="P",
                    help="share of training documents with an image answer whose condition is replaced by "
                         "<|null|>, for classifier-free guidance at generation (--cfg-scale); default 0.1, 0 off")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes encoding lines (default: all cores; the shards are the same for any count)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -56,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
                              val_fraction=args.val_fraction, seed=args.seed, codecs=codecs, vocab=vocab,
                              progress=not args.no_progress, codec_names=names,
                              voices=[v for v in args.voices.split(",") if v] if args.voices else None,
-                             cfg_drop=args.cfg_drop)
+                             cfg_drop=args.cfg_drop, workers=args.workers or os.cpu_count() or 1)
     print(json.dumps(summary, indent=1))
     return 0
