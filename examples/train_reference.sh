@@ -3,17 +3,20 @@
 # then evaluate it. Resumable: rerun the same command after an interruption; every stage that is
 # already complete is skipped and training resumes from its newest checkpoint.
 #
-#   bash examples/train_reference.sh    # the shipped model: STEPS=850, then rerun with STEPS=1100 (99 min, 2-core CPU)
-#   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # a longer run
+# The shipped model came from three sittings on a 2-core CPU:
+#   STEPS=850 bash examples/train_reference.sh      # phase 1: 40k samples, steps 0-850
+#   bash examples/train_reference.sh                # phase 1 on to 1,100 steps (cosine re-planned)
+#   PHASE=2 bash examples/train_reference.sh        # phase 2: + 80k drawing-heavy samples, on to 2,150
+# Longer runs:
+#   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
 #
 # Ship a run: omniloom export --checkpoint RUN/ckpt/step_N --format omniloom --dtype bfloat16 \
 #                 --out src/omniloom/assets/models/world
 set -euo pipefail
+PHASE=${PHASE:-1}
 DATA=${DATA:-data/world}
-RUN=${RUN:-runs/world}
 N=${N:-40000}
-STEPS=${STEPS:-1100}
 BATCH=${BATCH:-16}
 WARMUP=${WARMUP:-40}
 WORKERS=${WORKERS:-$(nproc)}
@@ -21,10 +24,41 @@ NPROC=${NPROC:-1}
 
 [ -f "$DATA/train.jsonl" ] || omniloom world generate --out "$DATA" --split train --n "$N" --seed 1 --workers "$WORKERS"
 [ -f "$DATA/tok/tokenizer.json" ] || omniloom tokenizer train --corpus "$DATA/train.jsonl" --vocab-size 512 --out "$DATA/tok"
-[ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" \
-  --tokenizer "$DATA/tok/tokenizer.json" --codec image-world --codec audio-world --out "$DATA/shards" --val-fraction 0.01
-args=(--preset world data.train="$DATA/shards/train" data.val="$DATA/shards/val" train.out_dir="$RUN" train.steps="$STEPS"
-      train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every=200 train.ckpt_every=50 train.eval_batches=4)
+# phase 1 was tokenized before --cfg-drop existed: 0 keeps these shards as they were
+[ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" --cfg-drop 0 \
+  --tokenizer "$DATA/tok/tokenizer.json" --codec image-world --codec audio-world --out "$DATA/shards" --val-fraction 0.01 \
+  --workers "$WORKERS"
+
+if [ "$PHASE" = 1 ]; then
+  RUN=${RUN:-runs/world}
+  STEPS=${STEPS:-1100}
+  LR=${LR:-2e-3}
+  TRAIN="$DATA/shards/train"
+else
+  # phase 2: more data, weighted towards the tasks phase 1 had not learned (drawing, editing,
+  # spoken questions), with 10% of the image answers' conditions dropped for guidance
+  DATA2=${DATA2:-data/world2}
+  N2=${N2:-80000}
+  MIX2=${MIX2:-caption=1,vqa=1.5,draw=2,edit=2,video=0.25,math=0.5,asr=1.5,tts=0.5,spoken_vqa=1.5,spoken_math=1.5,spoken_draw=1.5}
+  RUN=${RUN:-runs/world-big}
+  FROM=${FROM:-runs/world}
+  STEPS=${STEPS:-2150}
+  LR=${LR:-1.5e-3}
+  [ -f "$DATA2/train.jsonl" ] || omniloom world generate --out "$DATA2" --split train --n "$N2" --seed 2 \
+    --mixture "$MIX2" --workers "$WORKERS"
+  [ -f "$DATA2/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA2/train.jsonl" --cfg-drop 0.1 \
+    --tokenizer "$DATA/tok/tokenizer.json" --vocab "$DATA/shards/train/vocab.json" --codec image-world \
+    --codec audio-world --out "$DATA2/shards" --workers "$WORKERS"
+  if [ ! -d "$RUN/ckpt" ]; then  # start from phase 1's last checkpoint (optimizer and data position too)
+    last=$(cat "$FROM/ckpt/latest")
+    mkdir -p "$RUN/ckpt" && cp -r "$FROM/ckpt/$last" "$RUN/ckpt/" && printf %s "$last" > "$RUN/ckpt/latest"
+    cp "$FROM/metrics.jsonl" "$RUN/"
+  fi
+  TRAIN="$DATA/shards/train,$DATA2/shards/train"
+fi
+args=(--preset world data.train="$TRAIN" data.val="$DATA/shards/val" train.out_dir="$RUN" train.steps="$STEPS"
+      train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every=350 train.ckpt_every=50
+      train.eval_batches=4)
 if [ "$NPROC" -gt 1 ]; then
   torchrun --standalone --nproc-per-node "$NPROC" -m omniloom.cli train "${args[@]}"
 else
