@@ -112,3 +112,25 @@ def test_audio_span_closed_before_any_frame(omni, monkeypatch):
         assert isinstance(done, Done), name
         pcm = sum(len(e.pcm) for e in events if isinstance(e, AudioChunk))
         assert pcm == done.usage["audio_tokens"] * 640, name
+
+
+def test_guidance_mixes_conditional_and_unconditional_logits(omni):
+    """cfg_scale s: the first image code is argmax of uncond + s * (cond - uncond) over image codes."""
+    from omniloom.tokens import null_condition
+
+    v = omni.vocab
+    msgs = [{"role": "user", "content": "draw a small blue square"}]
+    prompt = omni.processor.prompt_ids(msgs, "image")
+    uncond = null_condition(v) + [v.special("assistant"), v.special("image")]
+    with torch.no_grad():
+        lc = omni.model(torch.tensor([prompt]))[0, -1].float()
+        lu = omni.model(torch.tensor([uncond]))[0, -1].float()
+    lo, hi = v.range_of("image")
+    expected, got = {}, {}
+    for s in (1.0, 6.0):
+        expected[s] = int(torch.argmax((lu + s * (lc - lu))[lo:hi]))
+        events = _run(omni, output_modality="image", outputs=("image",), cfg_scale=s,
+                      sampling=SamplingParams(max_new_tokens=80, temperature=0.0))
+        got[s] = [e for e in events if isinstance(e, ImageOut)][0].codes[0]
+    assert got == expected
+    assert expected[1.0] != expected[6.0]  # the scale changes the choice on this model

@@ -180,6 +180,20 @@ def test_images_generation_and_edit(client):
         client.images.generate(model="tiny", prompt="x", size="1024x1024")
 
 
+def test_images_with_guidance(client):
+    """guidance_scale runs the conditional and the unconditional prompt side by side."""
+    r = client.images.generate(model="tiny", prompt="a red circle", extra_body={"guidance_scale": 3.0})
+    assert Image.open(io.BytesIO(base64.b64decode(r.data[0].b64_json))).size == (64, 64)
+    # the unconditional row's prompt is also read: more prompt work is not reported as usage, but
+    # the image must still be one whole image of 64 codes
+    assert r.usage.output_tokens >= 64
+    e = client.images.edit(model="tiny", image=("in.png", _png(), "image/png"), prompt="make it blue",
+                           extra_body={"guidance_scale": 2.0})
+    assert len(e.data) == 1
+    with pytest.raises(openai.BadRequestError, match="guidance_scale"):
+        client.images.generate(model="tiny", prompt="x", extra_body={"guidance_scale": 0.5})
+
+
 def test_embeddings_pooling(client, server):
     r = client.embeddings.create(model="tiny", input=["a red circle", "a red circle", "three"])
     v = np.array([d.embedding for d in r.data])

@@ -2,6 +2,8 @@
 
 Generation forces an image answer to the prompt; an edit sends the image and the instruction (the
 world's ``edit`` task). ``size`` must be the image codec's own (``"auto"`` picks it).
+``guidance_scale`` (an omniloom extension, default 1 = off; pass it with the client's ``extra_body``)
+applies classifier-free guidance while the image codes are sampled.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ImageRequest(BaseModel):
     size: str | None = "auto"
     response_format: Literal["b64_json"] | None = "b64_json"
     output_format: Literal["png"] | None = "png"
+    guidance_scale: float = Field(1.0, ge=1.0, le=10.0)  # extension: classifier-free guidance (1 = off)
 
 
 def _check(st, size: str | None, response_format: str | None) -> None:
@@ -44,16 +47,17 @@ def _check(st, size: str | None, response_format: str | None) -> None:
         raise bad_request("response_format must be 'b64_json' (this server keeps no image URLs)", "response_format")
 
 
-def _images_job(messages: list[dict], n: int, image_tokens: int):
+def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float):
     def fn(omni):
         for i in range(n):
             yield from generate(omni, messages, output_modality="image", outputs=("image",),
-                                sampling=SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0))
+                                sampling=SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0),
+                                cfg_scale=guidance)
     return fn
 
 
-async def _run(st, request: Request, messages: list[dict], n: int) -> dict:
-    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens))
+async def _run(st, request: Request, messages: list[dict], n: int, guidance: float = 1.0) -> dict:
+    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance))
     watcher = asyncio.create_task(watch_disconnect(request, job))
     data, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
     try:
@@ -81,7 +85,7 @@ async def generations(body: ImageRequest, request: Request) -> dict:
     st = request.app.state.omni
     st.check_model(body.model)
     _check(st, body.size, body.response_format)
-    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n)
+    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n, body.guidance_scale)
 
 
 @router.post("/v1/images/edits")
@@ -93,6 +97,7 @@ async def edits(
     n: int = Form(1, ge=1, le=4),
     size: str | None = Form("auto"),
     response_format: str | None = Form("b64_json"),
+    guidance_scale: float = Form(1.0, ge=1.0, le=10.0),
 ) -> dict:
     st = request.app.state.omni
     st.check_model(model)
@@ -102,4 +107,4 @@ async def edits(
     url = "data:image/png;base64," + base64.b64encode(data).decode()
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                          {"type": "text", "text": prompt}]}]
-    return await _run(st, request, msgs, n)
+    return await _run(st, request, msgs, n, guidance_scale)
