@@ -25,7 +25,7 @@ import torch
 from ..config import config_from_dict
 from ..model import Transformer
 from ..processor import Processor
-from ..tokens import Vocab, null_condition
+from ..tokens import Vocab, build_prompt, null_condition
 from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
 from .sampling import SamplingParams
@@ -182,8 +182,8 @@ def generate(
     prompt = proc.prompt_ids(messages, output_modality, voice, base_dir=base_dir)
     uncond = None
     if cfg_scale != 1.0:
-        uncond = null_condition(vocab) + [vocab.special("assistant")]
-        uncond += prompt[len(proc.prompt_ids(messages, None, None, base_dir=base_dir)):]
+        # the null condition, then the same assistant header and opened span (no media to encode again)
+        uncond = null_condition(vocab) + build_prompt([], vocab, omni.tok, output_modality, voice, add_bos=False)
     grammar = SpanGrammar(vocab, omni.model.cfg.vocab_size, outputs=outputs, prefix=prompt)
     req = Request(prompt, sampling, grammar, uncond_prompt=uncond, cfg_scale=cfg_scale)
 
