@@ -221,9 +221,8 @@ class ShardSet:
         list: they are read as one set, in order, and must share one vocabulary (``vocab.json``
         byte for byte), since their ids index the same embedding.
         """
-        parts = [str(x).strip() for x in path] if isinstance(path, (list, tuple)) else \
-            [x.strip() for x in str(path).split(",")] if "," in str(path) else [path]
-        parts = [x for x in parts if x]
+        items = path if isinstance(path, (list, tuple)) else str(path).split(",")
+        parts = [str(x).strip() for x in items if str(x).strip()]
         if len(parts) > 1:
             return cls.concat([cls.open(x, verify) for x in parts])
         root = resolve_shard_dir(parts[0])

@@ -162,20 +162,22 @@ def _worker_init(vocab: Any, tokenizer_path: str, codec_refs: dict[str, str], mo
     _WORKER.update(proc=Processor(vocab, TextTokenizer.load(tokenizer_path), codecs), mode=mode)
 
 
-def _encode_job(job: tuple[str, int, list]) -> tuple[str, int, list[int], list[int], str | None]:
-    path, lineno, messages = job
+def _encode_line(processor: Any, mode: str, path: str, lineno: int, messages: list) -> Any:
+    """One line's :class:`Encoded`; a bad line raises ValueError naming file and line."""
     try:
-        enc = _WORKER["proc"].encode_messages(messages, mode=_WORKER["mode"], base_dir=Path(path).parent)
+        return processor.encode_messages(messages, mode=mode, base_dir=Path(path).parent)
     except ValueError as e:
-        return path, lineno, [], [], f"{path}:{lineno}: {e}"
-    return path, lineno, enc.ids, enc.loss_mask, None
+        raise ValueError(f"{path}:{lineno}: {e}") from e
+
+
+def _encode_job(job: tuple[str, int, list]) -> tuple[str, int, Any]:
+    path, lineno, messages = job
+    return path, lineno, _encode_line(_WORKER["proc"], _WORKER["mode"], path, lineno, messages)
 
 
 def _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_names) -> Iterator[tuple[str, int, Any]]:
     """``(path, lineno, Encoded)`` for every line of ``inputs``, in order."""
     import torch
-
-    from ..tokens import Encoded
 
     jobs = ((str(path), lineno, messages) for path in inputs for lineno, messages in read_jsonl(path))
     refs = dict(codec_names or {})
@@ -186,11 +188,7 @@ def _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_name
         torch.set_num_threads(1)  # small convolutions: one thread is faster than two (measured)
         try:
             for path, lineno, messages in jobs:
-                try:
-                    enc = processor.encode_messages(messages, mode=mode, base_dir=Path(path).parent)
-                except ValueError as e:
-                    raise ValueError(f"{path}:{lineno}: {e}") from e
-                yield path, lineno, enc
+                yield path, lineno, _encode_line(processor, mode, path, lineno, messages)
         finally:
             torch.set_num_threads(threads)
         return
@@ -198,7 +196,4 @@ def _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_name
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold torch's thread pools
     with ctx.Pool(workers, _worker_init, (vocab, str(tokenizer_path), refs, mode)) as pool:
-        for path, lineno, ids, mask, err in pool.imap(_encode_job, jobs, chunksize=32):
-            if err is not None:
-                raise ValueError(err)
-            yield path, lineno, Encoded(ids=ids, loss_mask=mask)
+        yield from pool.imap(_encode_job, jobs, chunksize=32)  # a worker's ValueError is re-raised here
