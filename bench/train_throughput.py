@@ -72,10 +72,14 @@ class HFWrapper(nn.Module):
         super().__init__()
         self.hf = hf
 
-    def forward(self, ids, positions=None, doc_ids=None):
+    def forward(self, ids, positions=None, doc_ids=None, logits_index=None):
         if doc_ids is not None:
             raise ValueError("the transformers peer runs one document per row (no doc_ids)")
-        return self.hf(input_ids=ids, position_ids=positions, use_cache=False).logits
+        if logits_index is None:
+            return self.hf(input_ids=ids, position_ids=positions, use_cache=False).logits
+        # the same restriction of the output projection to the loss positions as ours
+        h = self.hf.model(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        return self.hf.lm_head(h.flatten(0, 1).index_select(0, logits_index))
 
 
 def build_peer(cfg_model) -> nn.Module:

@@ -7,6 +7,7 @@
 #   STEPS=850 bash examples/train_reference.sh      # phase 1: 40k samples, steps 0-850
 #   bash examples/train_reference.sh                # phase 1 on to 1,100 steps (cosine re-planned)
 #   PHASE=2 bash examples/train_reference.sh        # phase 2: + 80k drawing-heavy samples, on to 2,000 (this run: planned for 2,150, re-planned to 2,000 at step 1,300)
+#   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 3,200
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -29,6 +30,7 @@ NPROC=${NPROC:-1}
   --tokenizer "$DATA/tok/tokenizer.json" --codec image-world --codec audio-world --out "$DATA/shards" --val-fraction 0.01 \
   --workers "$WORKERS"
 
+DATA2=${DATA2:-data/world2}
 if [ "$PHASE" = 1 ]; then
   RUN=${RUN:-runs/world}
   STEPS=${STEPS:-1100}
@@ -37,7 +39,6 @@ if [ "$PHASE" = 1 ]; then
 else
   # phase 2: more data, weighted towards the tasks phase 1 had not learned (drawing, editing,
   # spoken questions), with 10% of the image answers' conditions dropped for guidance
-  DATA2=${DATA2:-data/world2}
   N2=${N2:-80000}
   MIX2=${MIX2:-caption=1,vqa=1.5,draw=2,edit=2,video=0.25,math=0.5,asr=1.5,tts=0.5,spoken_vqa=1.5,spoken_math=1.5,spoken_draw=1.5}
   RUN=${RUN:-runs/world-big}
@@ -55,6 +56,29 @@ else
     cp "$FROM/metrics.jsonl" "$RUN/"
   fi
   TRAIN="$DATA/shards/train,$DATA2/shards/train"
+fi
+if [ "$PHASE" = 3 ]; then
+  # phase 3: fresh samples weighted towards what phase 2 left short or lost (vqa, captions, speech
+  # in and out, spoken arithmetic), trained with phase 2's drawing-heavy set; phase 1's 40k samples,
+  # seen about four times already, are left out
+  DATA3=${DATA3:-data/world3}
+  N3=${N3:-80000}
+  MIX3=${MIX3:-caption=1.5,vqa=2.5,draw=0.75,edit=0.75,video=0.25,math=0.25,asr=2,tts=1.5,spoken_vqa=1.5,spoken_math=3,spoken_draw=0.5}
+  RUN=runs/world-p3
+  FROM=runs/world-big
+  STEPS=${STEPS3:-3200}
+  LR=${LR3:-1.5e-3}
+  [ -f "$DATA3/train.jsonl" ] || omniloom world generate --out "$DATA3" --split train --n "$N3" --seed 3 \
+    --mixture "$MIX3" --workers "$WORKERS"
+  [ -f "$DATA3/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA3/train.jsonl" --cfg-drop 0.1 \
+    --tokenizer "$DATA/tok/tokenizer.json" --vocab "$DATA/shards/train/vocab.json" --codec image-world \
+    --codec audio-world --out "$DATA3/shards" --workers "$WORKERS"
+  if [ ! -d "$RUN/ckpt" ]; then
+    last=$(cat "$FROM/ckpt/latest")
+    mkdir -p "$RUN/ckpt" && cp -r "$FROM/ckpt/$last" "$RUN/ckpt/" && printf %s "$last" > "$RUN/ckpt/latest"
+    cp "$FROM/metrics.jsonl" "$RUN/"
+  fi
+  TRAIN="$DATA2/shards/train,$DATA3/shards/train"
 fi
 args=(--preset world data.train="$TRAIN" data.val="$DATA/shards/val" train.out_dir="$RUN" train.steps="$STEPS"
       train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every=350 train.ckpt_every=50

@@ -108,3 +108,56 @@ def test_per_modality_losses_weighted_mean_equals_total():
         if n:
             total += out[f"loss/{name}"] * n
     assert total / int(b["loss_mask"].sum()) == pytest.approx(out["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_at_loss_positions_only_match_full_logits(tied):
+    """Projecting only the loss positions gives the full-logits loss and gradients exactly."""
+    from omniloom.train.step import loss_index, masked_loss
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(vocab_size=96, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=64,
+                      tie_embeddings=tied)
+    m_full = Transformer(cfg)
+    m_sel = copy.deepcopy(m_full)
+    b = _batch(3, 16, 7)
+    idx = loss_index(b["loss_mask"])
+    assert idx.numel() == int(b["loss_mask"].sum()) < b["loss_mask"].numel()
+    sel = m_sel(b["ids"], positions=b["positions"], doc_ids=b["doc_ids"], logits_index=idx)
+    assert sel.shape == (idx.numel(), 96)
+    s_full, ce_full, t_full = masked_loss(m_full(b["ids"], positions=b["positions"], doc_ids=b["doc_ids"]),
+                                          b["targets"], b["loss_mask"])
+    s_sel, ce_sel, t_sel = masked_loss(sel, b["targets"], b["loss_mask"])
+    torch.testing.assert_close(ce_sel, ce_full, atol=1e-6, rtol=1e-6)
+    assert torch.equal(t_sel, t_full)
+    s_full.backward()
+    s_sel.backward()
+    for (name, p1), p2 in zip(m_full.named_parameters(), m_sel.parameters()):
+        torch.testing.assert_close(p2.grad, p1.grad, atol=1e-5, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="logit rows"):
+        masked_loss(sel[:-1], b["targets"], b["loss_mask"])
+
+
+def test_optimizer_is_fused_on_cpu_and_a_foreach_checkpoint_resumes_into_it(tmp_path):
+    """A checkpoint written by a foreach AdamW loads into the (fused) one build_optimizer makes: the
+    moments come back exactly and the optimizer keeps its own implementation flags."""
+    from omniloom.config import preset
+    from omniloom.train.checkpoint import load_checkpoint, save_checkpoint
+    from omniloom.train.step import build_optimizer
+
+    cfg = preset("debug")
+    cfg.model = ModelConfig(vocab_size=96, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=64)
+    m_old = _model()
+    old = torch.optim.AdamW(m_old.parameters(), lr=1e-2, foreach=True)
+    TrainStep(m_old, _cfg(), optimizer=old)([_batch(2, 16, 0)])
+    save_checkpoint(tmp_path / "ckpt", 1, m_old, old, cfg, {"epoch": 0, "batch": 1})
+
+    m_new = _model(seed=5)
+    new = build_optimizer(m_new, _cfg(), "cpu")
+    assert new.param_groups[0]["fused"] is True
+    load_checkpoint(next((tmp_path / "ckpt").glob("step_*")), m_new, new)
+    assert new.param_groups[0]["fused"] is True and not new.param_groups[0]["foreach"]
+    for p_old, p_new in zip(m_old.parameters(), m_new.parameters()):
+        assert torch.equal(p_old, p_new)
+        assert torch.equal(old.state[p_old]["exp_avg_sq"], new.state[p_new]["exp_avg_sq"])
+    TrainStep(m_new, _cfg(), optimizer=new)([_batch(2, 16, 1)])  # and it steps

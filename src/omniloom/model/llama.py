@@ -200,8 +200,15 @@ class Transformer(nn.Module):
         input_pos: torch.Tensor | None = None,
         kv_mask: torch.Tensor | None = None,
         return_hidden: bool = False,
+        logits_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids (B, T) -> logits (B, T, V) (or final hidden states (B, T, dim))."""
+        """ids (B, T) -> logits (B, T, V) (or final hidden states (B, T, dim)).
+
+        ``logits_index`` (N,) int64, flat indices into the B*T positions: project only those rows
+        and return (N, V) logits. Training passes the loss positions, so the output projection (its
+        forward, and a backward that would otherwise run on a mostly-zero (B, T, V) gradient) skips
+        every position that does not count.
+        """
         B, T = ids.shape
         mask = None
         if input_pos is not None:
@@ -235,6 +242,8 @@ class Transformer(nn.Module):
         x = self.norm(x)
         if return_hidden:
             return x
+        if logits_index is not None:
+            x = x.flatten(0, 1).index_select(0, logits_index)  # (N, dim)
         if self.lm_head is None:
             return F.linear(x, self.embed_tokens.weight)  # (B, T, V)
         return self.lm_head(x)
