@@ -7,7 +7,7 @@
 #   STEPS=850 bash examples/train_reference.sh      # phase 1: 40k samples, steps 0-850
 #   bash examples/train_reference.sh                # phase 1 on to 1,100 steps (cosine re-planned)
 #   PHASE=2 bash examples/train_reference.sh        # phase 2: + 80k drawing-heavy samples, on to 2,000 (this run: planned for 2,150, re-planned to 2,000 at step 1,300)
-#   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 3,200
+#   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -66,7 +66,7 @@ if [ "$PHASE" = 3 ]; then
   MIX3=${MIX3:-caption=1.5,vqa=2.5,draw=0.75,edit=0.75,video=0.25,math=0.25,asr=2,tts=1.5,spoken_vqa=1.5,spoken_math=3,spoken_draw=0.5}
   RUN=runs/world-p3
   FROM=runs/world-big
-  STEPS=${STEPS3:-3200}
+  STEPS=${STEPS3:-2800}
   LR=${LR3:-1.5e-3}
   [ -f "$DATA3/train.jsonl" ] || omniloom world generate --out "$DATA3" --split train --n "$N3" --seed 3 \
     --mixture "$MIX3" --workers "$WORKERS"

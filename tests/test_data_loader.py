@@ -159,3 +159,14 @@ def test_shard_directories_with_different_vocabularies_are_refused(tmp_path):
         w.add([1, 2, 3], [1, 1, 1])
     with pytest.raises(ValueError, match="different vocabularies"):
         ShardSet.open(f"{a},{tmp_path / 'c'}")
+
+
+def test_shard_directories_with_different_text_tokenizers_are_refused(tmp_path):
+    a, _ = _write(tmp_path / "a", seed=1)
+    b, _ = _write(tmp_path / "b", seed=2)
+    (a / "tokenizer.json").write_text('{"model": {"vocab": {"x": 0}}}')
+    (b / "tokenizer.json").write_text('{"model": {"vocab": {"x": 0}}}')
+    assert ShardSet.open(f"{a},{b}").num_docs == 80  # the same tokenizer: fine
+    (b / "tokenizer.json").write_text('{"model": {"vocab": {"y": 0}}}')
+    with pytest.raises(ValueError, match="different text tokenizers"):
+        ShardSet.open(f"{a},{b}")

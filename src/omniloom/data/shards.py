@@ -262,7 +262,7 @@ class ShardSet:
 
     @classmethod
     def concat(cls, sets: list["ShardSet"]) -> "ShardSet":
-        """One set reading ``sets`` in order; their vocabularies and codecs must be identical."""
+        """One set reading ``sets`` in order; their vocabularies, text tokenizers and codecs must be identical."""
         first = sets[0]
         vocab = first.vocab_path().read_bytes() if first.vocab_path().is_file() else None
         for s in sets[1:]:
@@ -270,6 +270,10 @@ class ShardSet:
             if other != vocab:
                 raise ValueError(f"shard directories {first.path} and {s.path} have different vocabularies "
                                  f"(vocab.json differs): tokenize with `--vocab {first.vocab_path()}` to share one")
+            tok_a, tok_b = first.path / "tokenizer.json", s.path / "tokenizer.json"
+            if tok_a.is_file() and tok_b.is_file() and tok_a.read_bytes() != tok_b.read_bytes():
+                raise ValueError(f"shard directories {first.path} and {s.path} were tokenized with different text "
+                                 f"tokenizers (tokenizer.json differs): training decodes text with the first one")
             if s.manifest.get("codecs") != first.manifest.get("codecs"):
                 raise ValueError(f"shard directories {first.path} and {s.path} were tokenized with different "
                                  f"codecs ({first.manifest.get('codecs')} vs {s.manifest.get('codecs')})")

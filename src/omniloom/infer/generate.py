@@ -24,6 +24,7 @@ import torch
 
 from ..config import config_from_dict
 from ..model import Transformer
+from ..model.export_cli import MODEL_DIR_REQUIRED
 from ..processor import Processor
 from ..tokens import Vocab, build_prompt, null_condition
 from .engine import Engine, Request
@@ -129,7 +130,7 @@ class OmniModel:
         from ..codecs.text import TextTokenizer
 
         path = resolve_model_dir(path)
-        for name in ("model.safetensors", "config.json", "vocab.json", "tokenizer.json"):
+        for name in ("model.safetensors", "config.json") + MODEL_DIR_REQUIRED:
             if not (path / name).is_file():
                 raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")
         cfg = config_from_dict(json.loads((path / "config.json").read_text()))

@@ -56,7 +56,7 @@ def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float
     return fn
 
 
-async def _run(st, request: Request, messages: list[dict], n: int, guidance: float = 1.0) -> dict:
+async def _run(st, request: Request, messages: list[dict], n: int, guidance: float) -> dict:
     job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance))
     watcher = asyncio.create_task(watch_disconnect(request, job))
     data, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
