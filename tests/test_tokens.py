@@ -148,7 +148,7 @@ def test_vocab_load_rejects_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match="size"):
         Vocab.load(tmp_path / "bad.json")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="vocab file .* is missing"):
         Vocab.load(tmp_path / "missing.json")
     assert Vocab.load(tmp_path) == v  # a directory holding vocab.json
 

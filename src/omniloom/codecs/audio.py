@@ -12,7 +12,6 @@ of 8*8*8*6*5 = 15360 entries (13.9 bits -> 348 bits/s).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..utils.fileio import atomic_path, atomic_write_json, read_json
 
 AUDIO_EXTS = (".wav", ".flac")
 
@@ -334,10 +335,9 @@ class AudioCodec(nn.Module):
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
-        save_file(sd, str(p / "model.safetensors.tmp"))
-        os.replace(p / "model.safetensors.tmp", p / "model.safetensors")
-        (p / "config.json.tmp").write_text(json.dumps({"type": "audio", **asdict(self.cfg)}, indent=2) + "\n")
-        os.replace(p / "config.json.tmp", p / "config.json")
+        with atomic_path(p / "model.safetensors") as tmp:
+            save_file(sd, str(tmp))
+        atomic_write_json(p / "config.json", {"type": "audio", **asdict(self.cfg)})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "AudioCodec":
@@ -347,7 +347,7 @@ class AudioCodec(nn.Module):
         for f in ("config.json", "model.safetensors"):
             if not (p / f).is_file():
                 raise ValueError(f"audio codec folder {p} has no {f}")
-        cfg = json.loads((p / "config.json").read_text())
+        cfg = read_json(p / "config.json", "audio codec config")
         if cfg.get("type", "audio") != "audio":
             raise ValueError(f"{p / 'config.json'} is a {cfg.get('type')!r} codec, not audio")
         m = cls(AudioCodecConfig.from_dict(cfg))

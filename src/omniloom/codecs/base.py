@@ -13,9 +13,10 @@ Shipped codecs live in ``omniloom/assets/codecs/<name>/`` as ``config.json`` (wi
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from ..utils.fileio import read_json
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "codecs"
 
@@ -59,10 +60,7 @@ def read_codec_config(directory: str | Path) -> dict:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise ValueError(f"codec directory {directory} has no config.json")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
+    cfg = read_json(cfg_path, "codec config")
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ValueError(f"{cfg_path}: missing the 'type' key (one of {sorted(CODEC_CLASSES)})")
     if cfg["type"] not in CODEC_CLASSES:

@@ -10,15 +10,15 @@ bundled shapes world, ``photo-256`` (256x256, 16x down -> 256 codes of 15360) fo
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..utils.fileio import atomic_path, atomic_write_json
 
 
 @dataclass
@@ -242,12 +242,9 @@ class ImageCodec(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "codec": "image"})
-        os.replace(tmp, directory / "model.safetensors")
-        tmp = directory / "config.json.tmp"
-        tmp.write_text(json.dumps(self.config_dict(), indent=2) + "\n")
-        os.replace(tmp, directory / "config.json")
+        with atomic_path(directory / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "codec": "image"})
+        atomic_write_json(directory / "config.json", self.config_dict())
         return directory
 
     @classmethod

@@ -8,10 +8,10 @@ any unicode string exactly (``decode(encode(s)) == s``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from ..utils.fileio import atomic_write_text
 
 __all__ = ["TextTokenizer", "MIN_VOCAB_SIZE"]
 
@@ -89,16 +89,7 @@ class TextTokenizer:
         path = Path(path)
         if path.suffix != ".json":
             path = path / "tokenizer.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.tok.to_str())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, self.tok.to_str())
         return path
 
     # ------------------------------------------------------------------ use

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any, Iterable
 
 import numpy as np
 from safetensors.numpy import save_file
+
+from ..utils.fileio import atomic_path, atomic_write_text, read_json
 
 __all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "atomic_write_text", "resolve_shard_dir"]
 
@@ -39,17 +40,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -76,9 +66,8 @@ class ShardWriter:
         self._n = 0
         vocab.save(self.out_dir / "vocab.json")
         if tokenizer_path is not None:
-            tmp = self.out_dir / f".tokenizer.json.tmp-{os.getpid()}"
-            shutil.copyfile(tokenizer_path, tmp)
-            os.replace(tmp, self.out_dir / "tokenizer.json")
+            with atomic_path(self.out_dir / "tokenizer.json") as tmp:
+                shutil.copyfile(tokenizer_path, tmp)
 
     def add(self, ids: Iterable[int], loss_mask: Iterable[int]) -> None:
         ids_a = np.asarray(list(ids), dtype=np.int64)
@@ -102,10 +91,9 @@ class ShardWriter:
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (D+1,)
         name = f"shard_{len(self.shards):05d}.safetensors"
         path = self.out_dir / name
-        tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
-        save_file({"ids": np.concatenate(self._ids), "loss_mask": np.concatenate(self._mask),
-                   "doc_offsets": offsets}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"ids": np.concatenate(self._ids), "loss_mask": np.concatenate(self._mask),
+                       "doc_offsets": offsets}, str(tmp))
         self.shards.append({"file": name, "tokens": int(offsets[-1]), "docs": int(lengths.size),
                             "loss_tokens": int(sum(int(m.sum()) for m in self._mask)),
                             "sha256": sha256_file(path)})
@@ -227,10 +215,7 @@ class ShardSet:
             return cls.concat([cls.open(x, verify) for x in parts])
         root = resolve_shard_dir(parts[0])
         mpath = root / MANIFEST
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{mpath} is not valid JSON: {e}") from e
+        manifest = read_json(mpath, "shard manifest")
         if manifest.get("format") != FORMAT:
             raise ValueError(f"{mpath} is not an omniloom shard manifest")
         shards, offsets, starts, owner = [], [np.zeros(1, dtype=np.int64)], [0], []

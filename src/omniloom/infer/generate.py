@@ -14,7 +14,6 @@ audio span is the answer's transcript and arrives as :class:`TranscriptDelta`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -30,6 +29,7 @@ from ..tokens import Vocab, build_prompt, null_condition
 from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
 from .sampling import SamplingParams
+from ..utils.fileio import read_json
 
 __all__ = ["OmniModel", "resolve_model_dir", "MODELS_DIR", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
 
@@ -133,7 +133,7 @@ class OmniModel:
         for name in ("model.safetensors", "config.json") + MODEL_DIR_REQUIRED:
             if not (path / name).is_file():
                 raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")
-        cfg = config_from_dict(json.loads((path / "config.json").read_text()))
+        cfg = config_from_dict(read_json(path / "config.json", "model config"))
         model = Transformer(cfg.model)
         state = load_file(str(path / "model.safetensors"), device=device)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -142,7 +142,7 @@ class OmniModel:
                              f"unexpected {unexpected[:3]}")
         codecs: dict[str, Any] = {}
         if (path / "codecs.json").is_file():
-            for kind, name in json.loads((path / "codecs.json").read_text()).items():
+            for kind, name in read_json(path / "codecs.json").items():
                 ref = path / name if (path / name).is_dir() else name
                 codecs[kind] = load_codec(ref)
         vocab = Vocab.load(path / "vocab.json")

@@ -19,6 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..utils.fileio import read_json
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
@@ -47,7 +49,7 @@ def _read_checkpoint(d: Path):
         if not f.is_file():
             raise ValueError(f"{f} is missing (a checkpoint directory holds model.safetensors + config.json)")
     try:
-        cfg = config_from_dict(json.loads(cfg_path.read_text()))
+        cfg = config_from_dict(read_json(cfg_path, "checkpoint config"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
     return cfg, load_file(str(w_path))
@@ -83,7 +85,7 @@ def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
     if (src / "codecs.json").is_file():  # codecs kept inside the checkpoint travel with it
         import shutil
 
-        for ref in json.loads((src / "codecs.json").read_text()).values():
+        for ref in read_json(src / "codecs.json").values():
             if (src / ref).is_dir():
                 files[ref] = lambda p, d=src / ref: shutil.copytree(d, p)
     _atomic_dir_write(out, files)

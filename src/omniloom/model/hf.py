@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .llama import Transformer
+from ..utils.fileio import read_json
 
 __all__ = ["to_hf", "from_hf", "export_hf", "import_hf", "hf_config", "model_config_from_hf", "load_state_dict_checked"]
 
@@ -158,13 +159,7 @@ def from_hf(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tenso
     if not d.is_dir():
         raise ValueError(f"Hugging Face model directory {d} does not exist")
     cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{cfg_path} is missing")
-    try:
-        hf = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    cfg = model_config_from_hf(hf, str(cfg_path))
+    cfg = model_config_from_hf(read_json(cfg_path), str(cfg_path))
     files = [d / "model.safetensors"] if (d / "model.safetensors").is_file() else sorted(d.glob("model-*.safetensors"))
     if not files:
         raise ValueError(f"{d} holds no model.safetensors")

@@ -358,7 +358,6 @@ class RealtimeSession:
 
     async def _run(self, resp: dict, job, audio_out: bool) -> None:
         rid, iid = resp["id"], new_id("item")
-        kind = "output_audio" if audio_out else "output_text"
         item = {"id": iid, "object": "realtime.item", "type": "message", "status": "in_progress", "role": "assistant",
                 "content": []}
         ids = {"response_id": rid, "item_id": iid, "output_index": 0}

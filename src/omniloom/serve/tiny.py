@@ -6,8 +6,6 @@ runs by hand before the reference model exists. The layout is the one :meth:`Omn
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 
 from ..config import config_to_dict, preset
 from ..infer.generate import OmniModel
+from ..utils.fileio import atomic_path, atomic_write_json
 
 __all__ = ["build_tiny_model", "save_model"]
 
@@ -51,21 +50,18 @@ def save_model(omni: OmniModel, directory: str | Path) -> Path:
     cfg = getattr(omni, "full_config", None) or preset("debug")
     cfg.model = omni.model.cfg
 
-    def _atomic_text(name: str, text: str) -> None:
-        (d / f"{name}.tmp").write_text(text)
-        os.replace(d / f"{name}.tmp", d / name)
 
     state = {k: v.detach().contiguous() for k, v in omni.model.state_dict().items()}
-    save_file(state, str(d / "model.safetensors.tmp"))
-    os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
-    _atomic_text("config.json", json.dumps(config_to_dict(cfg), indent=2) + "\n")
+    with atomic_path(d / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    atomic_write_json(d / "config.json", config_to_dict(cfg))
     omni.vocab.save(d / "vocab.json")
     omni.tok.save(d / "tokenizer.json")
     names = {}
     for kind, codec in omni.codecs.items():
         codec.save(d / f"codec-{kind}")
         names[kind] = f"codec-{kind}"
-    _atomic_text("codecs.json", json.dumps(names, indent=2) + "\n")
+    atomic_write_json(d / "codecs.json", names)
     return d
 
 

@@ -21,7 +21,7 @@ together). ``sft``: the content and ``<|end|>`` of assistant turns; ``pretrain``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np

@@ -15,13 +15,13 @@ either given per codebook (``codebook=k``) or "flat" (``k * audio_codebook_size 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..utils.fileio import atomic_write_text, read_json
 
 __all__ = ["Vocab", "VOCAB_FORMAT", "VOCAB_VERSION", "NAMED_SPECIALS"]
 
@@ -391,31 +391,16 @@ class Vocab:
         return v
 
     def save(self, path: str | Path) -> None:
-        """Write JSON atomically (temp file + ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write JSON atomically (temp file + ``os.replace``); the bytes are those of every earlier
+        release (``json.dumps(indent=1)``, no final newline), since shard sets compare them."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocab":
         path = Path(path)
         if path.is_dir():
             path = path / "vocab.json"
-        if not path.is_file():
-            raise ValueError(f"vocab file {path} does not exist")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"vocab file {path}: invalid JSON ({e})") from e
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json(path, "vocab file"), source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.to_dict() == other.to_dict()

@@ -40,7 +40,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..config import Config, config_to_dict
-from ..data.shards import atomic_write_text, sha256_file
+from ..data.shards import sha256_file
+from ..utils.fileio import atomic_write_text, read_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_checkpoint", "verify_checkpoint", "CKPT_FILES"]
 
@@ -201,7 +202,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if optimizer is not None:
         osd = torch.load(p / "optimizer.pt", weights_only=True, map_location="cpu")
         set_optimizer_state_dict(model, optimizer, osd, options=opts)
-    trainer = json.loads((p / "trainer.json").read_text())
+    trainer = read_json(p / "trainer.json")
     rngs = torch.load(p / "rng.pt", weights_only=True, map_location="cpu")
     r = _rank()
     if rngs:

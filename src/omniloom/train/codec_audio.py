@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from omniloom.codecs.audio import AUDIO_EXTS, AudioCodec, AudioCodecConfig, load_audio, mel_filterbank
+from ..utils.fileio import atomic_path, atomic_write_text
 
 # ----------------------------------------------------------------------------- data
 
@@ -89,10 +89,9 @@ def world_cache(directory: str | os.PathLike, n: int, seed: int = 0) -> Path:
         if wav_path.exists():
             continue
         wav = speech.synthesize(text, voice, rng=sub)
-        tmp = d / f"w{i:06d}.tmp.wav"
-        speech.write_wav(str(tmp), wav)
         (d / f"w{i:06d}.txt").write_text(text + "\n")
-        os.replace(tmp, wav_path)
+        with atomic_path(wav_path) as tmp:  # the .wav last: its presence marks the pair complete
+            speech.write_wav(str(tmp), wav)
     return d
 
 
@@ -168,9 +167,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _atomic_torch_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -188,9 +186,9 @@ def _plot(history: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title("audio codec training")
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".tmp.png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(path.with_suffix(".tmp.png"), path)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -395,7 +393,5 @@ def run_eval(args: argparse.Namespace) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     if args.json:
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, text + "\n")
     return 0

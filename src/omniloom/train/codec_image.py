@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from omniloom.codecs.image import ImageCodec, ImageCodecConfig, image_codec_config
 from omniloom.codecs.image import load_image_file as load_image
+from ..utils.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -159,9 +160,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _save_ckpt(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _plot(losses: list[float], path: Path) -> None:
@@ -180,10 +180,9 @@ def _plot(losses: list[float], path: Path) -> None:
     ax.set_ylabel("reconstruction loss")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def train(args: argparse.Namespace) -> dict:

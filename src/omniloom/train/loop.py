@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from ..config import Config, config_to_dict
 from ..data.loader import PackedLoader
-from ..data.shards import ShardSet, atomic_write_text
+from ..data.shards import ShardSet
+from ..utils.fileio import atomic_write_text
 from ..model.llama import Transformer
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .plot import plot_metrics

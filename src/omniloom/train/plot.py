@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from ..utils.fileio import atomic_path
 
 __all__ = ["read_metrics", "plot_metrics"]
 
@@ -50,7 +51,6 @@ def plot_metrics(metrics_path: str | Path, png_path: str | Path) -> None:
         ax.legend()
     fig.tight_layout()
     png = Path(png_path)
-    tmp = png.with_name(f".{png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, png)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
 
 from .generate import generate
+from ..utils.fileio import atomic_write_json
 
 GROUPS: dict[str, list[str]] = {
     "image-only (caption,vqa,draw,edit,video)": ["caption", "vqa", "draw", "edit", "video"],
@@ -30,7 +30,5 @@ def main_bench(n: int, workers: int, json_out: str | None) -> int:
     for r in rows:
         print(f"{r['group']:55s} {r['n']:5d} {r['workers']:7d} {r['samples_per_s']:10.1f}")
     if json_out:
-        with open(json_out + ".tmp", "w") as f:
-            json.dump(rows, f, indent=2)
-        os.replace(json_out + ".tmp", json_out)
+        atomic_write_json(json_out, rows)
     return 0

@@ -3,7 +3,6 @@ it was not built on (the assistant presets and sampled user voices), per voice a
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from . import speech
 from .scene import NUMBER_WORDS, caption, sample_scene
 from .speech_judge import JUDGE_VOICES, SHORT_ANSWERS, SpeechJudge, substitutions
+from ..utils.fileio import atomic_write_json
 
 
 def floor_voices(rng: np.random.Generator, n_user: int = 2) -> list[speech.VoiceSpec]:
@@ -68,10 +68,5 @@ def main_floor(n: int, seed: int, json_out: str | None) -> int:
         print(f"{name:28s} {r['espeak']:20s} {r['short_wer']:10.3f} {r['sentence_wer']:13.3f}")
     print(f"mean short-answer WER {res['mean_short_wer']:.3f}; assistant voices {res['assistant_short_wer']:.3f}")
     if json_out:
-        import os
-
-        tmp = f"{json_out}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=2)
-        os.replace(tmp, json_out)
+        atomic_write_json(json_out, res)
     return 0

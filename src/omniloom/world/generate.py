@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .tasks import SCENE_TASKS, TASK_FNS, TASKS, Sample, TaskContext
+from ..utils.fileio import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
 DEFAULT_MIXTURE: dict[str, float] = {
@@ -93,10 +94,8 @@ def _work(args: tuple[_Job, int]) -> str:
     for rel, data in files.items():
         path = os.path.join(job.out, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
     return json.dumps(sample.to_json(), separators=(",", ":"))
 
 
