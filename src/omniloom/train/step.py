@@ -111,6 +111,24 @@ def loss_index(loss_mask: torch.Tensor) -> torch.Tensor:
     return loss_mask.reshape(-1).nonzero().squeeze(1)
 
 
+class TokenLosses(nn.Module):
+    """``model`` plus its cross-entropy as one module, so that ``torch.compile`` fuses the loss.
+
+    ``forward(ids, positions, doc_ids, index, targets)`` runs the decoder, projects only the flat
+    loss positions ``index`` (N,) through the output head and returns the per-token cross-entropy
+    (N,) in fp32 against ``targets`` (N,). Compiled, the log-softmax, its gather and its backward
+    become a few fused loops instead of (N, V) fp32 tensors written and read back.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, positions, doc_ids, index, targets):
+        logits = self.model(ids, positions=positions, doc_ids=doc_ids, logits_index=index)  # (N, V)
+        return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
 def _is_fsdp(model: nn.Module) -> bool:
     try:
         from torch.distributed.fsdp import FSDPModule
@@ -144,7 +162,8 @@ class TrainStep:
         self.vocab = vocab
         self.optimizer = optimizer or build_optimizer(model, train_cfg, self.device)
         self.amp_dtype = resolve_dtype(train_cfg.dtype, self.device)
-        self.forward = torch.compile(model) if train_cfg.compile else model
+        losses = TokenLosses(model)
+        self.losses = torch.compile(losses) if train_cfg.compile else losses
         self.step = 0  # optimizer steps done so far
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.world_size = dist.get_world_size() if self.distributed else 1
@@ -188,6 +207,17 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def _token_losses(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token losses (N,) and targets (N,) at the micro-batch's loss positions (row-major)."""
+        index = loss_index(mb["loss_mask"])
+        targets = mb["targets"].reshape(-1).index_select(0, index)
+        if self.cfg.compile:  # N changes every batch: compile for any N at once, not once per N first
+            torch._dynamo.maybe_mark_dynamic(index, 0)
+            torch._dynamo.maybe_mark_dynamic(targets, 0)
+        with self._autocast():
+            ce = self.losses(mb["ids"], mb.get("positions"), mb.get("doc_ids"), index, targets)
+        return ce, targets
+
     # -- the step -----------------------------------------------------------------------------
     def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         if not micro_batches:
@@ -218,11 +248,10 @@ class TrainStep:
             mb = self._to_device(mb)
             if self.fsdp:  # reduce-scatter only after the last micro-batch
                 self.model.set_requires_gradient_sync(i == len(micro_batches) - 1)
-            with self._autocast():  # logits only at the loss positions: (N, V)
-                logits = self.forward(mb["ids"], positions=mb.get("positions"), doc_ids=mb.get("doc_ids"),
-                                      logits_index=loss_index(mb["loss_mask"]))
-            s, ce, tgt = masked_loss(logits, mb["targets"], mb["loss_mask"])
+            ce, tgt = self._token_losses(mb)
+            s = ce.sum()
             (s * (scale / denom)).backward()
+            ce = ce.detach()
             loss_sum += s.detach().double()
             if self._mod_table is not None and tgt.numel():
                 mod = self._mod_table[tgt.clamp(0, self._mod_table.numel() - 1)]  # (N,) modality index
@@ -262,11 +291,8 @@ class TrainStep:
         tot = torch.zeros(2, dtype=torch.float64, device=self.device)
         for mb in batches:
             mb = self._to_device(mb)
-            with self._autocast():
-                logits = self.forward(mb["ids"], positions=mb.get("positions"), doc_ids=mb.get("doc_ids"),
-                                      logits_index=loss_index(mb["loss_mask"]))
-            s, ce, _ = masked_loss(logits, mb["targets"], mb["loss_mask"])
-            tot[0] += s.double()
+            ce, _ = self._token_losses(mb)
+            tot[0] += ce.sum().double()
             tot[1] += ce.numel()
         tot = self._all_reduce(tot).cpu()
         self.model.train()
