@@ -30,55 +30,55 @@ NPROC=${NPROC:-1}
   --tokenizer "$DATA/tok/tokenizer.json" --codec image-world --codec audio-world --out "$DATA/shards" --val-fraction 0.01 \
   --workers "$WORKERS"
 
+# more_data DIR N SEED MIXTURE: a further world sample set, tokenized with phase 1's vocabulary and
+# tokenizer, 10% of its image answers' conditions dropped for guidance
+more_data() {
+  [ -f "$1/train.jsonl" ] || omniloom world generate --out "$1" --split train --n "$2" --seed "$3" \
+    --mixture "$4" --workers "$WORKERS"
+  [ -f "$1/shards/train/manifest.json" ] || omniloom tokenize --input "$1/train.jsonl" --cfg-drop 0.1 \
+    --tokenizer "$DATA/tok/tokenizer.json" --vocab "$DATA/shards/train/vocab.json" --codec image-world \
+    --codec audio-world --out "$1/shards" --workers "$WORKERS"
+}
+# start_from FROM RUN: RUN begins at FROM's last checkpoint (weights, optimizer and data position)
+start_from() {
+  [ -d "$2/ckpt" ] && return 0
+  [ -f "$1/ckpt/latest" ] || { echo "$1/ckpt/latest is missing: train the previous phase first" >&2; exit 1; }
+  local last
+  last=$(cat "$1/ckpt/latest")
+  mkdir -p "$2/ckpt" && cp -r "$1/ckpt/$last" "$2/ckpt/" && printf %s "$last" > "$2/ckpt/latest"
+  cp "$1/metrics.jsonl" "$2/"
+}
+
 DATA2=${DATA2:-data/world2}
+DATA3=${DATA3:-data/world3}
 if [ "$PHASE" = 1 ]; then
   RUN=${RUN:-runs/world}
   STEPS=${STEPS:-1100}
   LR=${LR:-2e-3}
   TRAIN="$DATA/shards/train"
 else
-  # phase 2: more data, weighted towards the tasks phase 1 had not learned (drawing, editing,
-  # spoken questions), with 10% of the image answers' conditions dropped for guidance
-  N2=${N2:-80000}
-  MIX2=${MIX2:-caption=1,vqa=1.5,draw=2,edit=2,video=0.25,math=0.5,asr=1.5,tts=0.5,spoken_vqa=1.5,spoken_math=1.5,spoken_draw=1.5}
-  RUN=${RUN:-runs/world-big}
-  FROM=${FROM:-runs/world}
-  STEPS=${STEPS:-2000}
-  LR=${LR:-1.5e-3}
-  [ -f "$DATA2/train.jsonl" ] || omniloom world generate --out "$DATA2" --split train --n "$N2" --seed 2 \
-    --mixture "$MIX2" --workers "$WORKERS"
-  [ -f "$DATA2/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA2/train.jsonl" --cfg-drop 0.1 \
-    --tokenizer "$DATA/tok/tokenizer.json" --vocab "$DATA/shards/train/vocab.json" --codec image-world \
-    --codec audio-world --out "$DATA2/shards" --workers "$WORKERS"
-  if [ ! -d "$RUN/ckpt" ]; then  # start from phase 1's last checkpoint (optimizer and data position too)
-    last=$(cat "$FROM/ckpt/latest")
-    mkdir -p "$RUN/ckpt" && cp -r "$FROM/ckpt/$last" "$RUN/ckpt/" && printf %s "$last" > "$RUN/ckpt/latest"
-    cp "$FROM/metrics.jsonl" "$RUN/"
+  # phase 2's data (phase 3 trains on it too): weighted towards the tasks phase 1 had not learned
+  # (drawing, editing, spoken questions)
+  more_data "$DATA2" "${N2:-80000}" 2 \
+    "${MIX2:-caption=1,vqa=1.5,draw=2,edit=2,video=0.25,math=0.5,asr=1.5,tts=0.5,spoken_vqa=1.5,spoken_math=1.5,spoken_draw=1.5}"
+  if [ "$PHASE" = 2 ]; then
+    RUN=${RUN:-runs/world-big}
+    STEPS=${STEPS:-2000}
+    LR=${LR:-1.5e-3}
+    start_from "${FROM:-runs/world}" "$RUN"
+    TRAIN="$DATA/shards/train,$DATA2/shards/train"
+  else
+    # phase 3: fresh samples weighted towards what phase 2 left short or lost (vqa, captions, speech
+    # in and out, spoken arithmetic), trained with phase 2's drawing-heavy set; phase 1's 40k
+    # samples, seen about four times already, are left out
+    more_data "$DATA3" "${N3:-80000}" 3 \
+      "${MIX3:-caption=1.5,vqa=2.5,draw=0.75,edit=0.75,video=0.25,math=0.25,asr=2,tts=1.5,spoken_vqa=1.5,spoken_math=3,spoken_draw=0.5}"
+    RUN=${RUN:-runs/world-p3}
+    STEPS=${STEPS:-2800}
+    LR=${LR:-1.5e-3}
+    start_from "${FROM:-runs/world-big}" "$RUN"
+    TRAIN="$DATA2/shards/train,$DATA3/shards/train"
   fi
-  TRAIN="$DATA/shards/train,$DATA2/shards/train"
-fi
-if [ "$PHASE" = 3 ]; then
-  # phase 3: fresh samples weighted towards what phase 2 left short or lost (vqa, captions, speech
-  # in and out, spoken arithmetic), trained with phase 2's drawing-heavy set; phase 1's 40k samples,
-  # seen about four times already, are left out
-  DATA3=${DATA3:-data/world3}
-  N3=${N3:-80000}
-  MIX3=${MIX3:-caption=1.5,vqa=2.5,draw=0.75,edit=0.75,video=0.25,math=0.25,asr=2,tts=1.5,spoken_vqa=1.5,spoken_math=3,spoken_draw=0.5}
-  RUN=runs/world-p3
-  FROM=runs/world-big
-  STEPS=${STEPS3:-2800}
-  LR=${LR3:-1.5e-3}
-  [ -f "$DATA3/train.jsonl" ] || omniloom world generate --out "$DATA3" --split train --n "$N3" --seed 3 \
-    --mixture "$MIX3" --workers "$WORKERS"
-  [ -f "$DATA3/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA3/train.jsonl" --cfg-drop 0.1 \
-    --tokenizer "$DATA/tok/tokenizer.json" --vocab "$DATA/shards/train/vocab.json" --codec image-world \
-    --codec audio-world --out "$DATA3/shards" --workers "$WORKERS"
-  if [ ! -d "$RUN/ckpt" ]; then
-    last=$(cat "$FROM/ckpt/latest")
-    mkdir -p "$RUN/ckpt" && cp -r "$FROM/ckpt/$last" "$RUN/ckpt/" && printf %s "$last" > "$RUN/ckpt/latest"
-    cp "$FROM/metrics.jsonl" "$RUN/"
-  fi
-  TRAIN="$DATA2/shards/train,$DATA3/shards/train"
 fi
 args=(--preset world data.train="$TRAIN" data.val="$DATA/shards/val" train.out_dir="$RUN" train.steps="$STEPS"
       train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every=350 train.ckpt_every=50
