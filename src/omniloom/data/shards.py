@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 
 from ..utils.fileio import atomic_path, atomic_write_text, read_json
 
-__all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "atomic_write_text", "resolve_shard_dir"]
+__all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "resolve_shard_dir"]
 
 MANIFEST = "manifest.json"
 FORMAT = "omniloom-shards"

@@ -26,10 +26,10 @@ from ..model import Transformer
 from ..model.export_cli import MODEL_DIR_REQUIRED
 from ..processor import Processor
 from ..tokens import Vocab, build_prompt, null_condition
+from ..utils.fileio import read_json
 from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
 from .sampling import SamplingParams
-from ..utils.fileio import read_json
 
 __all__ = ["OmniModel", "resolve_model_dir", "MODELS_DIR", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
 

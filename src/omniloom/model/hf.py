@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .llama import Transformer
 from ..utils.fileio import read_json
+from .llama import Transformer
 
 __all__ = ["to_hf", "from_hf", "export_hf", "import_hf", "hf_config", "model_config_from_hf", "load_state_dict_checked"]
 

@@ -49,8 +49,6 @@ def save_model(omni: OmniModel, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     cfg = getattr(omni, "full_config", None) or preset("debug")
     cfg.model = omni.model.cfg
-
-
     state = {k: v.detach().contiguous() for k, v in omni.model.state_dict().items()}
     with atomic_path(d / "model.safetensors") as tmp:
         save_file(state, str(tmp))
