@@ -8,6 +8,7 @@
 #   bash examples/train_reference.sh                # phase 1 on to 1,100 steps (cosine re-planned)
 #   PHASE=2 bash examples/train_reference.sh        # phase 2: + 80k drawing-heavy samples, on to 2,000 (this run: planned for 2,150, re-planned to 2,000 at step 1,300)
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
+#   PHASE=4 bash examples/train_reference.sh        # phase 4: + 80k samples weighted to drawing, editing and speech, phase 3's data, on to 3,800
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -51,6 +52,7 @@ start_from() {
 
 DATA2=${DATA2:-data/world2}
 DATA3=${DATA3:-data/world3}
+DATA4=${DATA4:-data/world4}
 if [ "$PHASE" = 1 ]; then
   RUN=${RUN:-runs/world}
   STEPS=${STEPS:-1100}
@@ -59,7 +61,7 @@ if [ "$PHASE" = 1 ]; then
 else
   # phase 2's data (phase 3 trains on it too): weighted towards the tasks phase 1 had not learned
   # (drawing, editing, spoken questions)
-  more_data "$DATA2" "${N2:-80000}" 2 \
+  [ "$PHASE" -ge 4 ] || more_data "$DATA2" "${N2:-80000}" 2 \
     "${MIX2:-caption=1,vqa=1.5,draw=2,edit=2,video=0.25,math=0.5,asr=1.5,tts=0.5,spoken_vqa=1.5,spoken_math=1.5,spoken_draw=1.5}"
   if [ "$PHASE" = 2 ]; then
     RUN=${RUN:-runs/world-big}
@@ -67,7 +69,7 @@ else
     LR=${LR:-1.5e-3}
     start_from "${FROM:-runs/world}" "$RUN"
     TRAIN="$DATA/shards/train,$DATA2/shards/train"
-  else
+  elif [ "$PHASE" = 3 ]; then
     # phase 3: fresh samples weighted towards what phase 2 left short or lost (vqa, captions, speech
     # in and out, spoken arithmetic), trained with phase 2's drawing-heavy set; phase 1's 40k
     # samples, seen about four times already, are left out
@@ -78,6 +80,17 @@ else
     LR=${LR:-1.5e-3}
     start_from "${FROM:-runs/world-big}" "$RUN"
     TRAIN="$DATA2/shards/train,$DATA3/shards/train"
+  else
+    # phase 4: fresh samples weighted towards what phase 3 left short (drawing, editing, speech
+    # recognition, spoken questions), trained with phase 3's set
+    [ -f "$DATA3/shards/train/manifest.json" ] || { echo "$DATA3 has no shards: run phase 3 first" >&2; exit 1; }
+    more_data "$DATA4" "${N4:-80000}" 4 \
+      "${MIX4:-caption=0.5,vqa=2,draw=1.5,edit=1.5,video=0.25,math=0.25,asr=2,tts=1,spoken_vqa=1.5,spoken_math=2.5,spoken_draw=1}"
+    RUN=${RUN:-runs/world-p4}
+    STEPS=${STEPS:-3800}
+    LR=${LR:-1.5e-3}
+    start_from "${FROM:-runs/world-p3}" "$RUN"
+    TRAIN="$DATA3/shards/train,$DATA4/shards/train"
   fi
 fi
 args=(--preset world data.train="$TRAIN" data.val="$DATA/shards/val" train.out_dir="$RUN" train.steps="$STEPS"

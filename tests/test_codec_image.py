@@ -110,3 +110,34 @@ def test_foreground_weight_counts_lit_pixel_errors_more():
     on_dark[..., 7, 7] += 0.1
     assert torch.isclose(recon_loss(on_lit, x, 0.0), recon_loss(on_dark, x, 0.0))
     assert recon_loss(on_lit, x, 0.0, fg_weight=4.0) > 4 * recon_loss(on_dark, x, 0.0, fg_weight=4.0)
+
+
+def test_grown_decoder_decodes_exactly_as_before_and_keeps_codes(tiny, tmp_path):
+    # tiny: res_blocks [0, 0, 1]; grow to [2, 1, 2]: every old layer is kept, each added block is the identity
+    with torch.no_grad():  # give the existing blocks' zero-initialised convolutions real weights first
+        for p in tiny.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    grown = tiny.with_decoder_res_blocks([2, 1, 2])
+    assert grown.cfg.dec_res_blocks == [2, 1, 2] and grown.cfg.res_blocks == [0, 0, 1]
+    n_res = lambda c: sum(type(m).__name__ == "ResBlock" for m in c.decoder.blocks)
+    assert (n_res(tiny), n_res(grown)) == (1, 5)
+    x = torch.rand(4, 3, 32, 32)
+    codes = tiny.encode(x)
+    assert torch.equal(grown.encode(x), codes)
+    assert torch.allclose(grown.decode(codes), tiny.decode(codes), atol=1e-6)
+    # the config round-trips through save/load with the grown decoder
+    grown.save(tmp_path / "g")
+    back = ImageCodec.from_pretrained(tmp_path / "g")
+    assert back.cfg.decoder_res_blocks == [2, 1, 2]
+    assert torch.equal(back.decode(codes), grown.decode(codes))
+    # a codec without decoder_res_blocks writes the config as before (no new key)
+    assert "decoder_res_blocks" not in tiny.config_dict()
+
+
+def test_decoder_can_only_grow(tiny):
+    with pytest.raises(ValueError, match="only grow"):
+        tiny.with_decoder_res_blocks([0, 0, 0])
+    with pytest.raises(ValueError, match="only grow"):
+        tiny.with_decoder_res_blocks([1, 1])
+    with pytest.raises(ValueError, match="decoder_res_blocks"):
+        ImageCodecConfig(decoder_res_blocks=[1, 1])

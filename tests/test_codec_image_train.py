@@ -107,3 +107,24 @@ def test_decoder_only_finetune_keeps_every_code(tmp_path):
     with pytest.raises(ValueError, match="--init"):
         codec_image.train(_args("--data", str(data), "--out", str(tmp_path / "new"), "--decoder-only",
                                 "--no-progress"))
+
+
+@pytest.mark.slow
+def test_decoder_only_finetune_can_grow_the_decoder(tmp_path):
+    data = _make_folder(tmp_path / "imgs")
+    base = tmp_path / "base"
+    codec_image.train(_args("--data", str(data), "--out", str(base), "--config", "tiny", "--steps", "6",
+                            "--batch", "8", "--lr", "3e-3", "--warmup", "2", "--no-progress"))
+    before = load_codec(base)
+    out = tmp_path / "grown"
+    grow = ("--data", str(data), "--out", str(out), "--init", str(base), "--decoder-only", "--decoder-res-blocks",
+            "1,1,2", "--batch", "8", "--lr", "3e-3", "--warmup", "2", "--ckpt-every", "4", "--no-progress")
+    codec_image.train(_args(*grow, "--steps", "4"))
+    codec_image.train(_args(*grow, "--steps", "8"))  # resumes: the checkpoint's config is the grown one
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 8
+    after = load_codec(out)
+    assert after.cfg.dec_res_blocks == [1, 1, 2] and after.cfg.res_blocks == before.cfg.res_blocks
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(after.encode(x), before.encode(x))
+    with pytest.raises(ValueError, match="--decoder-res-blocks"):
+        codec_image.train(_args(*[("1,x,2" if a == "1,1,2" else a) for a in grow], "--steps", "8"))

@@ -30,6 +30,9 @@ class ImageCodecConfig:
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     channels: list[int] = field(default_factory=lambda: [24, 48, 96, 128])
     res_blocks: list[int] = field(default_factory=lambda: [0, 0, 1, 2])  # per resolution, encoder and decoder
+    # per resolution, the decoder's residual blocks when it differs from the encoder's (None: ``res_blocks``);
+    # a decoder may grow after training without changing a code (``ImageCodec.with_decoder_res_blocks``)
+    decoder_res_blocks: list[int] | None = None
 
     def __post_init__(self) -> None:
         n_down = int(round(math.log2(self.downsample))) if self.downsample > 0 else -1
@@ -42,8 +45,27 @@ class ImageCodecConfig:
                 f"image codec: channels and res_blocks need {n_down + 1} entries for downsample {self.downsample}, "
                 f"got {len(self.channels)} and {len(self.res_blocks)}"
             )
+        if self.decoder_res_blocks is not None and (
+            len(self.decoder_res_blocks) != n_down + 1 or any(int(n) < 0 for n in self.decoder_res_blocks)
+        ):
+            raise ValueError(
+                f"image codec: decoder_res_blocks needs {n_down + 1} counts >= 0 for downsample {self.downsample}, "
+                f"got {self.decoder_res_blocks}"
+            )
         if not self.levels or any(int(l) < 3 for l in self.levels):
             raise ValueError(f"image codec: FSQ levels must all be >= 3, got {self.levels}")
+
+    @property
+    def dec_res_blocks(self) -> list[int]:
+        """Residual blocks per resolution in the decoder."""
+        return list(self.res_blocks if self.decoder_res_blocks is None else self.decoder_res_blocks)
+
+    def to_dict(self) -> dict:
+        """The config as JSON-ready values; ``decoder_res_blocks`` only when set (older configs stay byte-identical)."""
+        d = asdict(self)
+        if d["decoder_res_blocks"] is None:
+            del d["decoder_res_blocks"]
+        return d
 
     @property
     def codebook_size(self) -> int:
@@ -143,7 +165,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: ImageCodecConfig) -> None:
         super().__init__()
-        ch, nres = cfg.channels, cfg.res_blocks
+        ch, nres = cfg.channels, cfg.dec_res_blocks
         self.conv_in = nn.Conv2d(len(cfg.levels), ch[-1], 3, padding=1)
         blocks: list[nn.Module] = []
         for i in reversed(range(len(ch))):
@@ -230,7 +252,44 @@ class ImageCodec(nn.Module):
     # ---- persistence -------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
-        return {"type": "image", **asdict(self.cfg)}
+        return {"type": "image", **self.cfg.to_dict()}
+
+    def with_decoder_res_blocks(self, res_blocks: list[int]) -> "ImageCodec":
+        """A copy of this codec whose decoder has ``res_blocks[i]`` residual blocks at resolution level ``i``.
+
+        Counts may only grow. The encoder, the quantizer and every existing decoder layer are copied;
+        each added block sits after the existing ones at its level and starts as the identity (its
+        last convolution is zero), so the copy decodes exactly as this codec does until it is trained.
+        """
+        old_n, new_n = self.cfg.dec_res_blocks, [int(n) for n in res_blocks]
+        if len(new_n) != len(old_n) or any(n < o for n, o in zip(new_n, old_n)):
+            raise ValueError(
+                f"image codec: the decoder's residual blocks can only grow, level by level: have {old_n}, asked {new_n}"
+            )
+        cfg = ImageCodecConfig.from_dict({**asdict(self.cfg), "decoder_res_blocks": new_n})
+        grown = ImageCodec(cfg).to(self.device)
+
+        def layout(counts: list[int]) -> list[tuple]:  # one tag per entry of Decoder.blocks, in order
+            tags: list[tuple] = []
+            for i in reversed(range(len(counts))):
+                tags += [("res", i, k) for k in range(counts[i])]
+                if i > 0:
+                    tags += [("up", i), ("conv", i)]
+            return tags
+
+        where = {tag: j for j, tag in enumerate(layout(new_n))}
+        index = {j: where[tag] for j, tag in enumerate(layout(old_n))}
+        state = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("decoder.blocks."):
+                j, rest = key[len("decoder.blocks."):].split(".", 1)
+                key = f"decoder.blocks.{index[int(j)]}.{rest}"
+            state[key] = value
+        missing, unexpected = grown.load_state_dict(state, strict=False)
+        added = {f"decoder.blocks.{where[t]}." for t in layout(new_n) if t[0] == "res" and t[2] >= old_n[t[1]]}
+        if unexpected or any(not any(m.startswith(a) for a in added) for m in missing):
+            raise RuntimeError(f"image codec: growing the decoder lost weights (missing {missing}, unexpected {unexpected})")
+        return grown.train(self.training)
 
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically).

@@ -152,11 +152,26 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-only", action="store_true",
                    help="freeze the encoder (and so every code): improve reconstructions without invalidating "
                         "token shards or models trained on the codes; needs --init")
+    p.add_argument("--decoder-res-blocks", default=None, metavar="N,N,...",
+                   help="residual blocks per resolution level in the decoder (highest resolution first, one "
+                        "count per level of the config), when it should differ from the encoder's; with --init "
+                        "the decoder grows from the given codec's, each added block starting as the identity")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+
+
+def parse_counts(text: str, flag: str) -> list[int]:
+    """'1,1,1,2' -> [1, 1, 1, 2]; ValueError naming ``flag`` on anything else."""
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated counts such as 1,1,1,2, got {text!r}") from None
+    if any(c < 0 for c in counts):
+        raise ValueError(f"{flag}: counts must be >= 0, got {text!r}")
+    return counts
 
 
 def _save_ckpt(path: Path, state: dict) -> None:
@@ -201,6 +216,7 @@ def train(args: argparse.Namespace) -> dict:
     ckpt_path = out / "ckpt.pt"
     torch.manual_seed(args.seed)
     decoder_only, init = args.decoder_only, args.init
+    dec_blocks = parse_counts(args.decoder_res_blocks, "--decoder-res-blocks") if args.decoder_res_blocks else None
     if decoder_only and not init and not ckpt_path.exists():
         raise ValueError("--decoder-only keeps an existing encoder: give --init CODEC (e.g. image-world)")
     if init:
@@ -210,8 +226,12 @@ def train(args: argparse.Namespace) -> dict:
         if not isinstance(codec, ImageCodec):
             raise ValueError(f"--init {init} is not an image codec")
         codec = codec.float().to(args.device)
+        if dec_blocks is not None and dec_blocks != codec.cfg.dec_res_blocks:
+            codec = codec.with_decoder_res_blocks(dec_blocks)
         cfg = codec.cfg
     else:
+        if dec_blocks is not None:
+            cfg = ImageCodecConfig.from_dict({**cfg.to_dict(), "decoder_res_blocks": dec_blocks})
         codec = ImageCodec(cfg).to(args.device)
     if decoder_only:
         codec.encoder.requires_grad_(False)
