@@ -8,7 +8,7 @@
 #   bash examples/train_reference.sh                # phase 1 on to 1,100 steps (cosine re-planned)
 #   PHASE=2 bash examples/train_reference.sh        # phase 2: + 80k drawing-heavy samples, on to 2,000 (this run: planned for 2,150, re-planned to 2,000 at step 1,300)
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
-#   PHASE=4 bash examples/train_reference.sh        # phase 4: + 80k samples weighted to drawing, editing and speech, phase 3's data, on to 3,800
+#   PHASE=4 bash examples/train_reference.sh        # phase 4: from the shipped phase-3 model, 1,000 steps on 120k fresh samples weighted to drawing, editing and speech
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -23,22 +23,26 @@ BATCH=${BATCH:-16}
 WARMUP=${WARMUP:-40}
 WORKERS=${WORKERS:-$(nproc)}
 NPROC=${NPROC:-1}
+INIT=()
 
-[ -f "$DATA/train.jsonl" ] || omniloom world generate --out "$DATA" --split train --n "$N" --seed 1 --workers "$WORKERS"
-[ -f "$DATA/tok/tokenizer.json" ] || omniloom tokenizer train --corpus "$DATA/train.jsonl" --vocab-size 512 --out "$DATA/tok"
-# phase 1 was tokenized before --cfg-drop existed: 0 keeps these shards as they were
-[ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" --cfg-drop 0 \
-  --tokenizer "$DATA/tok/tokenizer.json" --codec image-world --codec audio-world --out "$DATA/shards" --val-fraction 0.01 \
-  --workers "$WORKERS"
+if [ "$PHASE" -lt 4 ]; then  # phase 4 starts from the shipped model and needs none of phase 1's data
+  [ -f "$DATA/train.jsonl" ] || omniloom world generate --out "$DATA" --split train --n "$N" --seed 1 --workers "$WORKERS"
+  [ -f "$DATA/tok/tokenizer.json" ] || omniloom tokenizer train --corpus "$DATA/train.jsonl" --vocab-size 512 --out "$DATA/tok"
+  # phase 1 was tokenized before --cfg-drop existed: 0 keeps these shards as they were
+  [ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" --cfg-drop 0 \
+    --tokenizer "$DATA/tok/tokenizer.json" --codec image-world --codec audio-world --out "$DATA/shards" \
+    --val-fraction 0.01 --workers "$WORKERS"
+fi
 
-# more_data DIR N SEED MIXTURE: a further world sample set, tokenized with phase 1's vocabulary and
-# tokenizer, 10% of its image answers' conditions dropped for guidance
+# more_data DIR N SEED MIXTURE [VAL_FRACTION]: a further world sample set, tokenized with phase 1's
+# vocabulary and tokenizer (or TOKENIZER and VOCAB), 10% of its image answers' conditions dropped for
+# guidance
 more_data() {
   [ -f "$1/train.jsonl" ] || omniloom world generate --out "$1" --split train --n "$2" --seed "$3" \
     --mixture "$4" --workers "$WORKERS"
   [ -f "$1/shards/train/manifest.json" ] || omniloom tokenize --input "$1/train.jsonl" --cfg-drop 0.1 \
-    --tokenizer "$DATA/tok/tokenizer.json" --vocab "$DATA/shards/train/vocab.json" --codec image-world \
-    --codec audio-world --out "$1/shards" --workers "$WORKERS"
+    --tokenizer "${TOKENIZER:-$DATA/tok/tokenizer.json}" --vocab "${VOCAB:-$DATA/shards/train/vocab.json}" \
+    --codec image-world --codec audio-world --out "$1/shards" --val-fraction "${5:-0}" --workers "$WORKERS"
 }
 # start_from FROM RUN: RUN begins at FROM's last checkpoint (weights, optimizer and data position)
 start_from() {
@@ -81,21 +85,24 @@ else
     start_from "${FROM:-runs/world-big}" "$RUN"
     TRAIN="$DATA2/shards/train,$DATA3/shards/train"
   else
-    # phase 4: fresh samples weighted towards what phase 3 left short (drawing, editing, speech
-    # recognition, spoken questions), trained with phase 3's set
-    [ -f "$DATA3/shards/train/manifest.json" ] || { echo "$DATA3 has no shards: run phase 3 first" >&2; exit 1; }
-    more_data "$DATA4" "${N4:-80000}" 4 \
-      "${MIX4:-caption=0.5,vqa=2,draw=1.5,edit=1.5,video=0.25,math=0.25,asr=2,tts=1,spoken_vqa=1.5,spoken_math=2.5,spoken_draw=1}"
+    # phase 4 starts from the shipped phase-3 model's weights (train.init_from, a new optimizer), so
+    # it needs neither an earlier run nor earlier data: 120k fresh samples weighted towards what
+    # phase 3 left short (drawing, editing, speech recognition, spoken questions), tokenized with the
+    # model's own tokenizer and vocabulary, 1% held out for validation
+    MODEL=${FROM:-src/omniloom/assets/models/world}
+    TOKENIZER="$MODEL/tokenizer.json" VOCAB="$MODEL/vocab.json" more_data "$DATA4" "${N4:-120000}" 4 \
+      "${MIX4:-caption=0.5,vqa=2,draw=1.5,edit=1.5,video=0.25,math=0.25,asr=2,tts=1,spoken_vqa=1.5,spoken_math=2.5,spoken_draw=1}" 0.01
     RUN=${RUN:-runs/world-p4}
-    STEPS=${STEPS:-3800}
+    STEPS=${STEPS:-1000}
     LR=${LR:-1.5e-3}
-    start_from "${FROM:-runs/world-p3}" "$RUN"
-    TRAIN="$DATA3/shards/train,$DATA4/shards/train"
+    TRAIN="$DATA4/shards/train"
+    VAL="$DATA4/shards/val"
+    INIT=(train.init_from="$MODEL")
   fi
 fi
-args=(--preset world data.train="$TRAIN" data.val="$DATA/shards/val" train.out_dir="$RUN" train.steps="$STEPS"
+args=(--preset world data.train="$TRAIN" data.val="${VAL:-$DATA/shards/val}" train.out_dir="$RUN" train.steps="$STEPS"
       train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every=350 train.ckpt_every=50
-      train.eval_batches=4)
+      train.eval_batches=4 "${INIT[@]}")
 if [ "$NPROC" -gt 1 ]; then
   torchrun --standalone --nproc-per-node "$NPROC" -m omniloom.cli train "${args[@]}"
 else

@@ -108,3 +108,44 @@ def test_corrupt_shard_stops_training_and_keeps_outputs(tmp_path):
     with pytest.raises(ValueError, match="shard_00000.safetensors is missing"):
         train(cfg_for(tmp_path, data, "train.steps=4", "train.ckpt_every=2", "train.eval_every=100"))
     assert _digest(tmp_path / "run") == before
+
+
+@pytest.mark.slow
+def test_init_from_starts_a_fresh_run_at_the_source_weights(tmp_path):
+    data = make_shards(tmp_path / "data")
+    train(cfg_for(tmp_path, data, "train.steps=6", "train.eval_every=6", "train.eval_batches=2"))
+    src = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    src_eval = src[-1]
+    assert src_eval["step"] == 6 and "eval_loss" in src_eval
+    # a new run from the source's checkpoint: its step-0 eval is the source's last eval, and it
+    # trains from there with a new optimizer and schedule
+    cfg = cfg_for(tmp_path, data, "train.steps=2", "train.eval_every=100", "train.eval_batches=2",
+                  f"train.out_dir={tmp_path}/ft", f"train.init_from={tmp_path}/run")
+    train(cfg)
+    recs = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    step0 = [r for r in recs if r.get("step") == 0 and "eval_loss" in r]
+    assert len(step0) == 1 and step0[0]["eval_loss"] == pytest.approx(src_eval["eval_loss"], abs=1e-5)
+    first = next(r for r in recs if "loss" in r)
+    src_first = next(r for r in src if "loss" in r)
+    assert first["step"] == 1 and first["loss"] < src_first["loss"] - 0.2  # not a random model's loss
+    # resuming the fine-tune keeps its own weights rather than going back to the source's
+    train(cfg_for(tmp_path, data, "train.steps=3", "train.eval_every=100", "train.eval_batches=2",
+                  f"train.out_dir={tmp_path}/ft", f"train.init_from={tmp_path}/run"))
+    recs = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r.get("event") == "resume"] == [2]
+    assert len([r for r in recs if r.get("step") == 0 and "eval_loss" in r]) == 1
+
+
+def test_init_from_a_different_shape_or_vocabulary_is_a_clear_error(tmp_path):
+    data = make_shards(tmp_path / "data", n_train=20, n_val=4)
+    train(cfg_for(tmp_path, data, "train.steps=1", "train.eval_every=100"))
+    with pytest.raises(ValueError, match=r"model.n_layers=3 \(theirs 2\)"):
+        train(cfg_for(tmp_path, data, "train.steps=1", "model.n_layers=3", f"train.out_dir={tmp_path}/a",
+                      f"train.init_from={tmp_path}/run"))
+    other = make_shards(tmp_path / "other", n_train=20, n_val=4, text_size=90)
+    with pytest.raises(ValueError, match="vocabulary .* is not the one"):
+        train(cfg_for(tmp_path, other, "train.steps=1", f"train.out_dir={tmp_path}/b",
+                      f"train.init_from={tmp_path}/run"))
+    with pytest.raises(ValueError, match="train.init_from: model 'nosuch'"):
+        train(cfg_for(tmp_path, data, "train.steps=1", f"train.out_dir={tmp_path}/c", "train.init_from=nosuch"))
+    assert not (tmp_path / "a" / "ckpt").exists() and not (tmp_path / "c" / "ckpt").exists()

@@ -122,6 +122,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     compile: bool = False
     progress: bool = True
+    # a fresh run (no checkpoint in out_dir yet) starts from these weights with a new optimizer: a
+    # bundled model name ('world'), a model directory, a checkpoint or a run's out_dir ('' = random init)
+    init_from: str = ""
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "ckpt_every"):

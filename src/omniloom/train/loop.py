@@ -29,7 +29,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .plot import plot_metrics
 from .step import TrainStep
 
-__all__ = ["train", "setup_distributed", "resolve_vocab_size"]
+__all__ = ["train", "setup_distributed", "resolve_vocab_size", "init_weights"]
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -105,6 +105,9 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
 
     torch.manual_seed(tc.seed)
     model = Transformer(cfg.model).to(device)
+    init_dir = None
+    if resume_from is None and tc.init_from:  # a resumed run keeps its own weights
+        init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
     if world > 1 and parallel == "fsdp":
         model = _shard_model(model, device)
     step = TrainStep(model, tc, vocab=vocab, device=device)
@@ -114,6 +117,8 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         loader.load_state_dict(trainer["loader"])
         if main:
             say(f"resumed from {resume_from} at step {step.step}")
+    elif init_dir is not None and main:
+        say(f"starting from the weights of {init_dir}")
 
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -143,6 +148,12 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         if main:
             plot_metrics(metrics_path, out / "loss.png")
 
+    if init_dir is not None and val_set is not None:  # where a fine-tune starts from, to compare with
+        ev = evaluate()
+        if main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps({"step": 0, "eval_loss": ev}) + "\n")
+            say(f"step 0 ({tc.init_from}): eval loss {ev:.4f}")
     last_target = tc.steps if stop_after is None else min(tc.steps, stop_after)
     bar = None
     if main and tc.progress:
@@ -193,6 +204,42 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     if dist.is_initialized():
         dist.barrier()
     return record
+
+
+def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: Path) -> Path:
+    """Load the weights of ``source`` (bundled model name, model directory, checkpoint or run) into
+    ``model``, which must have the same shape, after checking that the data was tokenized with the
+    source's vocabulary. Returns the directory the weights came from."""
+    from safetensors.torch import load_file
+
+    from ..config import config_from_dict
+    from ..infer.generate import resolve_model_dir
+    from ..utils.fileio import read_json
+
+    try:
+        d = resolve_model_dir(source)
+    except ValueError as e:
+        raise ValueError(f"train.init_from: {e}") from None
+    for name in ("model.safetensors", "config.json"):
+        if not (d / name).is_file():
+            raise ValueError(f"train.init_from={source}: {d / name} is missing (a model directory or checkpoint "
+                             "holds model.safetensors + config.json)")
+    theirs = config_to_dict(config_from_dict(read_json(d / "config.json", "model config")).model)
+    ours = config_to_dict(cfg.model)
+    diff = [f"model.{k}={ours[k]!r} (theirs {theirs.get(k)!r})" for k in ours if ours[k] != theirs.get(k)]
+    if diff:
+        raise ValueError(f"train.init_from={source}: the model differs from {d}: {', '.join(diff)}")
+    if (d / "vocab.json").is_file() and \
+            read_json(d / "vocab.json", "vocabulary") != read_json(data_vocab, "vocabulary"):
+        raise ValueError(f"train.init_from={source}: the training data's vocabulary {data_vocab} is not the one "
+                         f"{d} was trained with; tokenize the data with --vocab {d / 'vocab.json'} "
+                         f"--tokenizer {d / 'tokenizer.json'}")
+    state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"train.init_from={source}: {d / 'model.safetensors'} does not fit the model "
+                         f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
+    return d
 
 
 def _val_batch(val_set: ShardSet, cfg: Config, world: int) -> tuple[int, int]:
