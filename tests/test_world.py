@@ -71,6 +71,30 @@ def test_speech_16k_deterministic_and_voices_differ():
         speech.synthesize("hi", speech.VoiceSpec("x", language="xx-none"))
 
 
+def test_speech_server_matches_speaking_in_a_fork_of_this_process():
+    """The server's fresh speakers and a fork of this process give the same samples; its errors
+    come back as the in-process ones would, and a dead server is a clear error."""
+    eng = speech._get_engine()
+    assert eng.client is not None  # this machine has os.fork: the server path is the one in use
+    rng = np.random.default_rng(5)
+    for text in ("a red circle above a blue square", "seven"):
+        v = speech.sample_user_voice(rng)
+        params = eng._params(v)
+        via_server = eng.client.speak(v.espeak_name(), params, text)
+        status, via_fork = eng.local.speak_forked(v.espeak_name(), params, text)
+        assert status == 0 and len(via_server) > 8000 and via_server == via_fork
+    with pytest.raises(ValueError, match="no voice 'xx-none'"):
+        eng.client.speak("xx-none", [], "hi")
+    from omniloom.world.espeak_server import Client
+
+    c = Client(eng.library, eng.data)
+    assert c.rate == eng.rate and len(c.speak("en-us", [], "two")) > 0
+    c.proc.kill()
+    c.proc.wait()
+    with pytest.raises(RuntimeError, match="eSpeak server process stopped.*'two'"):
+        c.speak("en-us", [], "two")
+
+
 def test_generate_deterministic_and_worker_independent(tmp_path):
     generate(tmp_path / "a", "train", 24, seed=7, workers=1)
     generate(tmp_path / "b", "train", 24, seed=7, workers=2)

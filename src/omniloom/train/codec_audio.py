@@ -56,7 +56,7 @@ def world_sentence(rng: np.random.Generator) -> str:
     if k == 0:
         return W.caption(sc)
     if k == 1:
-        return f"describe the image" if rng.random() < 0.3 else f"draw {W.caption(sc)}"
+        return "describe the image" if rng.random() < 0.3 else f"draw {W.caption(sc)}"
     if k == 2:
         return f"what color is the {obj.shape}"
     if k == 3:

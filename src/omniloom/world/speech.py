@@ -2,7 +2,8 @@
 
 `synthesize(text, voice, rng=None)` returns float32 mono audio at 16 kHz. The library is loaded
 lazily once per process (the process id is checked, so forked or spawned workers each initialise
-their own copy); nothing else is cached.
+their own copy); nothing else is cached. Each utterance is spoken by a fresh eSpeak, forked from a
+small server process (`espeak_server.py`), so the same text and voice always give the same samples.
 
 User voices vary English variant, voice variant, pitch, range and rate (`sample_user_voice`);
 the assistant speaks with named presets (`ASSISTANT_VOICES`).
@@ -10,21 +11,17 @@ the assistant speaks with named presets (`ASSISTANT_VOICES`).
 
 from __future__ import annotations
 
-import ctypes
 import os
-import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .espeak_server import Client, Espeak
+
 SAMPLE_RATE = 16000
 
-# espeak_AUDIO_OUTPUT / espeak_PARAMETER / espeak_POSITION_TYPE values from speak_lib.h
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
+# espeak_PARAMETER values from speak_lib.h
 _RATE, _VOLUME, _PITCH, _RANGE, _WORDGAP = 1, 2, 3, 4, 7
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
 @dataclass(frozen=True)
@@ -81,34 +78,27 @@ def assistant_voice(name: str) -> VoiceSpec:
 
 
 class _Engine:
-    """The per-process eSpeak state (library handle, native rate, callback buffer)."""
+    """The per-process speech engine: eSpeak NG loaded here, and a small server process
+    (`espeak_server.py`) that forks a fresh speaker per utterance far more cheaply than this
+    process could fork itself."""
 
     def __init__(self) -> None:
         import espeakng_loader
 
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        self.lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-            ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]
-        data = os.path.dirname(espeakng_loader.get_data_path())  # eSpeak wants the parent of espeak-ng-data
-        self.rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data.encode(), 0)
-        if self.rate <= 0:
-            raise RuntimeError(f"eSpeak NG failed to initialise with data at {data}")
-        self.chunks: list[np.ndarray] = []
-        self._cb = _CALLBACK(self._collect)  # keep a reference: ctypes callbacks must outlive their use
-        self.lib.espeak_SetSynthCallback(self._cb)
-        self.lock = threading.Lock()
-        self.has_seed = hasattr(self.lib, "espeak_ng_SetRandSeed")
+        self.library = espeakng_loader.get_library_path()
+        self.data = os.path.dirname(espeakng_loader.get_data_path())  # eSpeak wants the parent of espeak-ng-data
+        self.local = Espeak(self.library, self.data)
+        self.rate = self.local.rate
+        self.client: Client | None = None
+        if hasattr(os, "fork"):
+            try:
+                self.client = Client(self.library, self.data)
+            except (OSError, EOFError):  # no server: fork this process per utterance instead
+                self.client = None
 
-    def _collect(self, wav, n, events) -> int:  # noqa: ANN001 - ctypes callback
-        if n > 0 and wav:
-            self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
+    @staticmethod
+    def _params(voice: VoiceSpec) -> list[tuple[int, int]]:
+        return [(_RATE, voice.rate), (_PITCH, voice.pitch), (_RANGE, voice.range), (_VOLUME, 100)]
 
     def synth(self, text: str, voice: VoiceSpec) -> np.ndarray:
         """Synthesize in this process: (samples,) float32 at `self.rate`.
@@ -116,56 +106,21 @@ class _Engine:
         eSpeak keeps hidden state between utterances (pitch smoothing, glottal phase), so
         repeated calls differ slightly; `synth_isolated` avoids that.
         """
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.espeak_name().encode()) != 0:
-                raise ValueError(f"eSpeak has no voice {voice.espeak_name()!r}")
-            for param, value in ((_RATE, voice.rate), (_PITCH, voice.pitch), (_RANGE, voice.range), (_VOLUME, 100)):
-                self.lib.espeak_SetParameter(param, int(value), 0)
-            self.chunks = []
-            if self.has_seed:
-                self.lib.espeak_ng_SetRandSeed(ctypes.c_long(0))
-            buf = ctypes.create_string_buffer(text.encode("utf-8"))
-            err = self.lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            self.lib.espeak_Synchronize()
-            if err != 0:
-                raise RuntimeError(f"eSpeak synthesis failed (error {err}) for {text!r}")
-            pcm = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
-            self.chunks = []
-        return pcm.astype(np.float32) / 32768.0
+        pcm = self.local.speak(voice.espeak_name(), self._params(voice), text)
+        return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
     def synth_isolated(self, text: str, voice: VoiceSpec) -> np.ndarray:
-        """Deterministic synthesis: a forked child (whose eSpeak has never spoken) does the work.
-
-        Falls back to in-process synthesis where `os.fork` does not exist.
-        """
-        if not hasattr(os, "fork"):
+        """Deterministic synthesis: a speaker whose eSpeak has never spoken does the work (a child
+        of the server, else a child of this process, else, without `os.fork`, this process)."""
+        if self.client is not None:
+            pcm = self.client.speak(voice.espeak_name(), self._params(voice), text)
+        elif hasattr(os, "fork"):
+            status, pcm = self.local.speak_forked(voice.espeak_name(), self._params(voice), text)
+            if status != 0:
+                raise (ValueError if status == 1 else RuntimeError)(pcm.decode(errors="replace"))
+        else:
             return self.synth(text, voice)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: speak once, send status + samples, exit without cleanup
-            code = 0
-            try:
-                os.close(r)
-                try:
-                    payload = b"\x00" + self.synth(text, voice).tobytes()
-                except Exception as e:  # noqa: BLE001 - sent to the parent
-                    payload = b"\x01" + f"{type(e).__name__}: {e}".encode()
-                with os.fdopen(w, "wb") as f:
-                    f.write(payload)
-            except BaseException:  # noqa: BLE001
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        os.waitpid(pid, 0)
-        if not data:
-            raise RuntimeError(f"eSpeak child process died synthesizing {text!r}")
-        if data[:1] != b"\x00":
-            msg = data[1:].decode(errors="replace")
-            raise (ValueError if msg.startswith("ValueError") else RuntimeError)(msg)
-        return np.frombuffer(data[1:], dtype=np.float32).copy()
+        return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
 
 
 _engine: _Engine | None = None
