@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     clips, texts = eval_clips(a.data, a.n, a.seed)
     res = evaluate(codec, clips, texts)
     rows = [(k, v) for k, v in res.items() if isinstance(v, (int, float))]
-    print(f"| metric | value | target |\n|---|---|---|")
+    print("| metric | value | target |\n|---|---|---|")
     tgt = {k: f"{c} {v:g}" for k, c, v in TARGETS}
     for k, v in rows:
         print(f"| {k} | {v:.4g} | {tgt.get(k, '')} |")

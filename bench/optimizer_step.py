@@ -15,7 +15,6 @@ Last line: ``fused_speedup=<foreach s / fused s>``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
