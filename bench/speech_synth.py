@@ -16,7 +16,6 @@ Last line: ``speedup=<fork ms per utterance / server ms per utterance>``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from omniloom.codecs import load_codec
+    from omniloom.utils.fileio import atomic_write_json
     from omniloom.world import speech
 
     torch.set_num_threads(1)
@@ -81,11 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:8s} {res[f'{name}_ms_per_utterance_median']:32.2f}  {res[f'{name}_ms_per_utterance_rounds']}")
     print(f"same samples on both paths: {same}; process RSS {res['process_max_rss_mb']} MB")
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, a.json)
+        atomic_write_json(a.json, res)
     print(f"speedup={res['speedup']}")
     return 0 if same else 1
 

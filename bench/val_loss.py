@@ -14,8 +14,6 @@ decimal).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 
@@ -33,14 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.batches < 1:
         raise SystemExit("--batches must be positive")
     from omniloom.config import config_from_dict
-    from omniloom.data.loader import PackedLoader
     from omniloom.data.shards import ShardSet
     from omniloom.infer.generate import resolve_model_dir
     from omniloom.model.llama import Transformer
     from omniloom.tokens.vocab import Vocab
-    from omniloom.train.loop import _flat, _val_batch, init_weights
+    from omniloom.train.loop import _val_batch, init_weights, validation_loss
     from omniloom.train.step import TrainStep
-    from omniloom.utils.fileio import read_json
+    from omniloom.utils.fileio import atomic_write_json, read_json
 
     torch.set_num_threads(a.threads)
     val = ShardSet.open(a.data)
@@ -53,20 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         model = Transformer(cfg.model)
         init_weights(model, str(d), cfg, val.vocab_path())
         step = TrainStep(model, cfg.train, vocab=vocab, device=torch.device("cpu"))
+        cfg.train.eval_batches = a.batches
         vb, vm = _val_batch(val, cfg, 1)
-        vl = PackedLoader(val, cfg.data.seq_len, vb, vm, 0, 1, cfg.train.seed, shuffle=False)
-        n = min(a.batches, vl.batches_per_epoch)
         t = time.perf_counter()
-        loss = step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)]))
+        loss, n = validation_loss(step, val, cfg, vb, vm)
         rows.append({"model": name, "dir": str(d), "val_loss": round(float(loss), 4), "batches": n,
                      "sequences_per_batch": vb, "seconds": round(time.perf_counter() - t, 1)})
         print(f"{name:50s} {loss:.4f}", flush=True)
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"data": a.data, "rows": rows, "torch": torch.__version__}, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, a.json)
+        atomic_write_json(a.json, {"data": a.data, "rows": rows, "torch": torch.__version__})
     return 0
 
 

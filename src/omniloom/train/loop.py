@@ -29,7 +29,7 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .plot import plot_metrics
 from .step import TrainStep
 
-__all__ = ["train", "setup_distributed", "resolve_vocab_size", "init_weights"]
+__all__ = ["train", "setup_distributed", "resolve_vocab_size", "init_weights", "validation_loss"]
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -133,9 +133,12 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
 
     def evaluate() -> float:
         assert val_set is not None
-        vl = PackedLoader(val_set, cfg.data.seq_len, val_batch, val_micro, rank, world, tc.seed, shuffle=False)
-        n = min(tc.eval_batches, vl.batches_per_epoch)
-        return step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)]))
+        return validation_loss(step, val_set, cfg, val_batch, val_micro, rank, world)[0]
+
+    def log_eval(s: int, ev: float, what: str = "") -> None:  # rank 0 only
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps({"step": s, "eval_loss": ev}) + "\n")
+        (bar.write if bar is not None else say)(f"step {s}{what}: eval loss {ev:.4f}")
 
     assets: dict[str, Path | str] = {"vocab.json": train_set.vocab_path(),
                                      "tokenizer.json": train_set.path / "tokenizer.json"}
@@ -148,14 +151,12 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         if main:
             plot_metrics(metrics_path, out / "loss.png")
 
+    last_target = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    bar = None
     if init_dir is not None and val_set is not None:  # where a fine-tune starts from, to compare with
         ev = evaluate()
         if main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps({"step": 0, "eval_loss": ev}) + "\n")
-            say(f"step 0 ({tc.init_from}): eval loss {ev:.4f}")
-    last_target = tc.steps if stop_after is None else min(tc.steps, stop_after)
-    bar = None
+            log_eval(0, ev, f" ({tc.init_from})")
     if main and tc.progress:
         from tqdm import tqdm
 
@@ -189,9 +190,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
             ev = evaluate()
             record["eval_loss"] = ev
             if main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": s, "eval_loss": ev}) + "\n")
-                (bar.write if bar is not None else say)(f"step {s}: eval loss {ev:.4f}")
+                log_eval(s, ev)
                 plot_metrics(metrics_path, out / "loss.png")
         if s % tc.ckpt_every == 0 and s != last_target:
             checkpoint()
@@ -240,6 +239,16 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
         raise ValueError(f"train.init_from={source}: {d / 'model.safetensors'} does not fit the model "
                          f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
     return d
+
+
+def validation_loss(step: TrainStep, val_set: ShardSet, cfg: Config, batch: int, micro: int, rank: int = 0,
+                    world: int = 1) -> tuple[float, int]:
+    """(mean loss, batches) over the first ``cfg.train.eval_batches`` batches of ``val_set`` (fewer if
+    it holds fewer), unshuffled, so every evaluation and every model sees the same tokens.
+    ``batch``/``micro`` come from ``_val_batch``."""
+    vl = PackedLoader(val_set, cfg.data.seq_len, batch, micro, rank, world, cfg.train.seed, shuffle=False)
+    n = min(cfg.train.eval_batches, vl.batches_per_epoch)
+    return step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)])), n
 
 
 def _val_batch(val_set: ShardSet, cfg: Config, world: int) -> tuple[int, int]:

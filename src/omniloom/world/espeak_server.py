@@ -104,6 +104,13 @@ class Espeak:
         return data[0], data[1:]
 
 
+def checked(status: int, payload: bytes) -> bytes:
+    """A reply's payload, or the error it carries raised as ValueError / RuntimeError."""
+    if status == OK:
+        return payload
+    raise (ValueError if status == VALUE_ERROR else RuntimeError)(payload.decode(errors="replace"))
+
+
 def _read_exact(f, n: int) -> bytes:  # noqa: ANN001 - a binary stream
     data = f.read(n)
     if len(data) != n:
@@ -147,14 +154,7 @@ class Client:
             except (EOFError, BrokenPipeError, OSError) as e:
                 raise RuntimeError(f"the eSpeak server process stopped (exit code {self.proc.poll()}) "
                                    f"while synthesizing {text!r}") from e
-        if status == OK:
-            return payload
-        raise (ValueError if status == VALUE_ERROR else RuntimeError)(payload.decode(errors="replace"))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=10)
+        return checked(status, payload)
 
 
 def main(argv: list[str]) -> int:

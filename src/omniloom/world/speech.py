@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .espeak_server import Client, Espeak
+from .espeak_server import Client, Espeak, checked
 
 SAMPLE_RATE = 16000
 
@@ -115,9 +115,7 @@ class _Engine:
         if self.client is not None:
             pcm = self.client.speak(voice.espeak_name(), self._params(voice), text)
         elif hasattr(os, "fork"):
-            status, pcm = self.local.speak_forked(voice.espeak_name(), self._params(voice), text)
-            if status != 0:
-                raise (ValueError if status == 1 else RuntimeError)(pcm.decode(errors="replace"))
+            pcm = checked(*self.local.speak_forked(voice.espeak_name(), self._params(voice), text))
         else:
             return self.synth(text, voice)
         return np.frombuffer(pcm, dtype=np.int16).astype(np.float32) / 32768.0
