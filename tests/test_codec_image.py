@@ -112,6 +112,39 @@ def test_foreground_weight_counts_lit_pixel_errors_more():
     assert recon_loss(on_lit, x, 0.0, fg_weight=4.0) > 4 * recon_loss(on_dark, x, 0.0, fg_weight=4.0)
 
 
+def _square(size: int = 16, at: int = 4, level: float = 0.9) -> torch.Tensor:
+    x = torch.zeros(1, 3, size, size)
+    x[:, :2, at:at + 8, at:at + 8] = level  # a yellow-ish square
+    return x
+
+
+def test_outline_loss_prices_rounded_corners_and_bridges_more_than_l1_does():
+    from omniloom.train.codec_image import outline_loss, recon_loss
+
+    x = _square()
+    assert outline_loss(x, x) < 0.05  # the soft step leaves a small floor at the exact image
+    rounded = x.clone()
+    for y, xx in ((4, 4), (4, 11), (11, 4), (11, 11)):
+        rounded[:, :2, y, xx] = 0.3  # each corner pixel below half the square's brightness
+    faint = x.clone()
+    faint[:, :2, 6:8, 4:12] = 0.75  # the same total L1 error spread inside the body, far from any level
+    faint_err = float((faint - x).abs().sum())
+    rounded_err = float((rounded - x).abs().sum())
+    assert abs(faint_err - rounded_err) / rounded_err < 0.25
+    assert recon_loss(faint, x, 0.0) >= 0.6 * recon_loss(rounded, x, 0.0)  # L1 + L2 tell them apart little
+    assert outline_loss(rounded, x) > outline_loss(faint, x) + 0.02  # the outline loss does
+    # a faint bridge between two shapes: above the foreground level in a gap that must stay dark
+    two = _square(size=24, at=2) + _square(size=24, at=14)
+    bridged = two.clone()
+    bridged[:, :2, 5:8, 10:14] = 0.3  # 0.3 > 60/255
+    dimmer = two.clone()
+    dimmer[:, :2, 5:8, 10:14] = 0.15  # below it: same place, half the error
+    assert outline_loss(bridged, two) > 2 * outline_loss(dimmer, two)
+    y = rounded.clone().requires_grad_(True)
+    outline_loss(y, x).backward()
+    assert y.grad[:, :2, 4, 4].lt(0).all()  # it pushes a dimmed corner back up
+
+
 def test_grown_decoder_decodes_exactly_as_before_and_keeps_codes(tiny, tmp_path):
     # tiny: res_blocks [0, 0, 1]; grow to [2, 1, 2]: every old layer is kept, each added block is the identity
     with torch.no_grad():  # give the existing blocks' zero-initialised convolutions real weights first
