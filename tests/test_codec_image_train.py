@@ -128,3 +128,27 @@ def test_decoder_only_finetune_can_grow_the_decoder(tmp_path):
     assert torch.equal(after.encode(x), before.encode(x))
     with pytest.raises(ValueError, match="--decoder-res-blocks"):
         codec_image.train(_args(*[("1,x,2" if a == "1,1,2" else a) for a in grow], "--steps", "8"))
+
+
+def test_outline_weight_adds_the_outline_loss_to_what_is_trained(tmp_path):
+    # the first step's recorded loss is the reconstruction loss plus weight x the outline loss of the
+    # same batch through the same freshly initialised codec
+    from omniloom.codecs.image import ImageCodec, image_codec_config
+    from omniloom.train.codec_image import batches, outline_loss, recon_loss
+
+    data = _make_folder(tmp_path / "imgs")
+    first = {}
+    for w in (0.0, 2.0):
+        out = tmp_path / f"w{w}"
+        codec_image.train(_args("--data", str(data), "--out", str(out), "--config", "tiny", "--steps", "1",
+                                "--batch", "4", "--outline-weight", str(w), "--no-progress"))
+        first[w] = torch.load(out / "ckpt.pt", weights_only=True)["losses"][0]
+    torch.manual_seed(0)
+    codec = ImageCodec(image_codec_config("tiny")).train()
+    x = next(batches(str(data), 32, 4, seed=0))
+    with torch.no_grad():
+        recon, _ = codec(x)
+        base, extra = recon_loss(recon, x, 0.5).item(), outline_loss(recon, x).item()
+    assert first[0.0] == pytest.approx(base, rel=1e-5)
+    assert extra > 0.01
+    assert first[2.0] == pytest.approx(base + 2.0 * extra, rel=1e-5)
