@@ -8,7 +8,8 @@
 #   bash examples/train_reference.sh                # phase 1 on to 1,100 steps (cosine re-planned)
 #   PHASE=2 bash examples/train_reference.sh        # phase 2: + 80k drawing-heavy samples, on to 2,000 (this run: planned for 2,150, re-planned to 2,000 at step 1,300)
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
-#   PHASE=4 bash examples/train_reference.sh        # phase 4: from the shipped phase-3 model, 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech
+#   PHASE=4 STOP_AFTER=300 bash examples/train_reference.sh   # phase 4: from the phase-3 model, planned for 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech; stopped at 300
+#   PHASE=5 bash examples/train_reference.sh        # phase 5 (shipped 2026-12-02): phase 4's run from step 300 on to 760, one pass over phase 4's data
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -95,21 +96,36 @@ else
     # the phase-3 model ended at lr 1.5e-4, and a new optimizer at a higher rate undoes part of its
     # training (tried: at 1.5e-3 the training loss rose from 0.84 to 1.24 in 60 steps; at 4e-4 the
     # validation loss rose from 0.781 to 0.825 in 50 steps), so phase 4 starts where phase 3 ended
-    RUN=${RUN:-runs/world-p4}
-    STEPS=${STEPS:-400}
-    LR=${LR:-1.5e-4}
     WARMUP=${WARMUP_P4:-50}
     TRAIN="$DATA4/shards/train"
     VAL="$DATA4/shards/val"
-    INIT=(train.init_from="$MODEL")
+    if [ "$PHASE" = 4 ]; then
+      RUN=${RUN:-runs/world-p4}
+      STEPS=${STEPS:-400}
+      LR=${LR:-1.5e-4}
+      INIT=(train.init_from="$MODEL")
+    else
+      # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
+      # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at
+      # lr 1e-4 so the rate goes on near where it stood: 7.5e-5 at step 300 (phase 4's plan had
+      # decayed to 4.1e-5 there), then cosine down to 1e-5
+      RUN=${RUN:-runs/world-p5}
+      STEPS=${STEPS:-760}
+      LR=${LR:-1e-4}
+      EVAL_EVERY=100
+      EVAL_BATCHES=8
+      start_from "${FROM_RUN:-runs/world-p4}" "$RUN"
+    fi
   fi
 fi
 args=(--preset world data.train="$TRAIN" data.val="${VAL:-$DATA/shards/val}" train.out_dir="$RUN" train.steps="$STEPS"
-      train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every=350 train.ckpt_every=50
-      train.eval_batches=4 "${INIT[@]}")
+      train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every="${EVAL_EVERY:-350}"
+      train.ckpt_every=50 train.eval_batches="${EVAL_BATCHES:-4}" "${INIT[@]}")
+STOP=()  # STOP_AFTER=N: stop after step N without changing the schedule (resume later)
+[ -z "${STOP_AFTER:-}" ] || STOP=(--stop-after "$STOP_AFTER")
 if [ "$NPROC" -gt 1 ]; then
-  torchrun --standalone --nproc-per-node "$NPROC" -m omniloom.cli train "${args[@]}"
+  torchrun --standalone --nproc-per-node "$NPROC" -m omniloom.cli train "${STOP[@]}" "${args[@]}"
 else
-  omniloom train "${args[@]}"
+  omniloom train "${STOP[@]}" "${args[@]}"
 fi
 omniloom eval --model "$RUN" --n 50 --json "$RUN/eval.json"
