@@ -140,15 +140,16 @@ def test_outline_weight_adds_the_outline_loss_to_what_is_trained(tmp_path):
     first = {}
     for w in (0.0, 2.0):
         out = tmp_path / f"w{w}"
-        codec_image.train(_args("--data", str(data), "--out", str(out), "--config", "tiny", "--steps", "1",
-                                "--batch", "4", "--outline-weight", str(w), "--no-progress"))
+        args = _args("--data", str(data), "--out", str(out), "--config", "tiny", "--steps", "1", "--batch", "4",
+                     "--outline-weight", str(w), "--no-progress")
+        codec_image.train(args)
         first[w] = torch.load(out / "ckpt.pt", weights_only=True)["losses"][0]
     torch.manual_seed(0)
     codec = ImageCodec(image_codec_config("tiny")).train()
     x = next(batches(str(data), 32, 4, seed=0))
     with torch.no_grad():
         recon, _ = codec(x)
-        base, extra = recon_loss(recon, x, 0.5).item(), outline_loss(recon, x).item()
+        base, extra = recon_loss(recon, x, args.grad_weight).item(), outline_loss(recon, x).item()
     assert first[0.0] == pytest.approx(base, rel=1e-5)
     assert extra > 0.01
     assert first[2.0] == pytest.approx(base + 2.0 * extra, rel=1e-5)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from omniloom.codecs.image import ImageCodec, ImageCodecConfig, image_codec_config
 from omniloom.codecs.image import load_image_file as load_image
+from omniloom.world.parse_image import FG_THRESHOLD
 from ..utils.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -104,7 +105,7 @@ def recon_loss(recon: torch.Tensor, x: torch.Tensor, grad_weight: float, fg_weig
     return loss
 
 
-FG_LEVEL = 60 / 255  # the world scene parser's foreground threshold (world.parse_image.FG_THRESHOLD)
+FG_LEVEL = FG_THRESHOLD / 255  # the world scene parser's foreground level, on the [0, 1] scale
 
 
 def outline_loss(recon: torch.Tensor, x: torch.Tensor, tau: float = 0.03) -> torch.Tensor:
