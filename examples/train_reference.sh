@@ -10,6 +10,7 @@
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
 #   PHASE=4 STOP_AFTER=300 bash examples/train_reference.sh   # phase 4: from the phase-3 model, planned for 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech; stopped at 300
 #   PHASE=5 bash examples/train_reference.sh        # phase 5 (shipped 2026-12-02): phase 4's run from step 300 on to 760, one pass over phase 4's data
+#   PHASE=6 bash examples/train_reference.sh        # phase 6: spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -40,7 +41,7 @@ fi
 # guidance
 more_data() {
   [ -f "$1/train.jsonl" ] || omniloom world generate --out "$1" --split train --n "$2" --seed "$3" \
-    --mixture "$4" --workers "$WORKERS"
+    ${TASKS6:+--tasks "$TASKS6"} --mixture "$4" --workers "$WORKERS"
   [ -f "$1/shards/train/manifest.json" ] || omniloom tokenize --input "$1/train.jsonl" --cfg-drop 0.1 \
     --tokenizer "${TOKENIZER:-$DATA/tok/tokenizer.json}" --vocab "${VOCAB:-$DATA/shards/train/vocab.json}" \
     --codec image-world --codec audio-world --out "$1/shards" --val-fraction "${5:-0}" --workers "$WORKERS"
@@ -104,6 +105,25 @@ else
       STEPS=${STEPS:-400}
       LR=${LR:-1.5e-4}
       INIT=(train.init_from="$MODEL")
+    elif [ "$PHASE" = 6 ]; then
+      # phase 6: spoken questions are answered restating the question first ("three plus four is
+      # seven", world.scene.spoken_reply). 30k fresh spoken_vqa/spoken_math samples in that form,
+      # beside phase 4's data without its old bare-answer spoken questions; from phase 5's last
+      # checkpoint's fp32 weights with a new optimizer (its data position means nothing here)
+      DATA6=${DATA6:-data/world6}
+      TOKENIZER="$MODEL/tokenizer.json" VOCAB="$MODEL/vocab.json" \
+        TASKS6=spoken_vqa,spoken_math more_data "$DATA6" "${N6:-30000}" 6 "spoken_vqa=1,spoken_math=1" 0.01
+      [ -f "$DATA6/keep4/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/train" "$DATA6/keep4"
+      [ -f "$DATA6/keep4-val/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/val" "$DATA6/keep4-val"
+      TRAIN="$DATA6/keep4,$DATA6/shards/train"
+      VAL="$DATA6/keep4-val,$DATA6/shards/val"
+      RUN=${RUN:-runs/world-p6}
+      STEPS=${STEPS:-700}
+      LR=${LR:-1.5e-4}
+      WARMUP=${WARMUP_P6:-40}
+      EVAL_EVERY=100
+      EVAL_BATCHES=8
+      INIT=(train.init_from="${FROM_CKPT:-runs/world-p5/ckpt/step_0000760}")
     else
       # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
       # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omniloom.data.loader import PackedLoader
-from omniloom.data.shards import ShardSet, ShardWriter
+from omniloom.data.shards import ShardSet, ShardWriter, filter_shards
 from omniloom.tokens.vocab import Vocab
 
 
@@ -170,3 +170,19 @@ def test_shard_directories_with_different_text_tokenizers_are_refused(tmp_path):
     (b / "tokenizer.json").write_text('{"model": {"vocab": {"y": 0}}}')
     with pytest.raises(ValueError, match="different text tokenizers"):
         ShardSet.open(f"{a},{b}")
+
+
+def test_filter_shards_copies_the_kept_documents_in_order(tmp_path):
+    path, docs = _write(tmp_path, n_docs=40)
+    keep = [ids for ids, _ in docs if ids[0] % 2 == 0]
+    kept, total = filter_shards(path, tmp_path / "even", lambda ids: ids[0] % 2 == 0, note="even", progress=False)
+    assert (kept, total) == (len(keep), 40) and 0 < kept < 40
+    s = ShardSet.open(tmp_path / "even")
+    assert s.num_docs == kept and s.manifest["filter"] == "even" and s.manifest["sources"] == [str(path)]
+    for d, ids in enumerate(keep):
+        np.testing.assert_array_equal(s.doc(d)[0], ids)
+    with pytest.raises(ValueError, match="exists"):  # never writes over a finished set
+        filter_shards(path, tmp_path / "even", lambda ids: True, progress=False)
+    with pytest.raises(ValueError, match="kept none"):
+        filter_shards(path, tmp_path / "none", lambda ids: False, progress=False)
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.partial").exists()

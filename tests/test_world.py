@@ -11,7 +11,7 @@ from omniloom.world import render, speech
 from omniloom.world.generate import generate, parse_mixture, read_jsonl
 from omniloom.world.scene import (
     CELL_NAMES, CELL_PHRASES, COLOR_NAMES, HELD_OUT_PAIRS, NUMBER_WORDS, SHAPES, SIZE_NAMES,
-    Object, Scene, caption, parse_caption, sample_scene,
+    Object, Scene, caption, parse_caption, sample_scene, spoken_reply,
 )
 from omniloom.world.tasks import SPOKEN_DRAW_REPLY, TASKS
 
@@ -157,7 +157,9 @@ def test_every_task_follows_the_grammar(tmp_path):
             assert ut == ["text"] and at == ["audio"] and text == "say " + asst["content"][0]["transcript"]
         elif t in ("spoken_vqa", "spoken_math"):
             assert ut == (["image", "audio"] if t == "spoken_vqa" else ["audio"]) and at == ["audio"]
-            assert asst["content"][0]["transcript"] == r["truth"]["answer"]
+            said = asst["content"][0]["transcript"]
+            assert said == r["truth"]["transcript"] == spoken_reply(r["truth"]["question"], r["truth"]["answer"])
+            assert said.endswith(r["truth"]["answer"])
             assert asst["content"][0]["voice"] in speech.ASSISTANT_VOICES
         elif t == "spoken_draw":
             assert ut == ["audio"] and at == ["image", "audio"]
@@ -175,3 +177,13 @@ def test_bad_input_raises_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="split"):
         parse_mixture(None, None, "dev")
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_spoken_reply_restates_the_question_then_answers():
+    assert spoken_reply("what is three plus four?", "seven") == "three plus four is seven"
+    assert spoken_reply("what is ten minus ten?", "zero") == "ten minus ten is zero"
+    assert spoken_reply("what color is the circle?", "red") == "the circle is red"
+    assert spoken_reply("where is the red circle?", "at the top left") == "the red circle is at the top left"
+    assert spoken_reply("what shape is in the center?", "a star") == "in the center is a star"
+    assert spoken_reply("is there a big blue square?", "no") == "is there a big blue square? no"
+    assert spoken_reply("how many shapes are there?", "two") == "two"  # nothing to restate: the bare answer

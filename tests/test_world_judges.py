@@ -71,6 +71,20 @@ def test_speech_judge_on_assistant_voice():
     assert judge("spoken_math", {"transcript": "nine"}, wav)[0] == 0.0
 
 
+def test_spoken_answers_are_judged_bare_or_restating_the_question():
+    q = "what is three plus four?"
+    truth = {"question": q, "answer": "seven", "transcript": "three plus four is seven"}
+    voice = speech.ASSISTANT_VOICES["nova"]
+    for said, right in (("three plus four is seven", 1.0), ("seven", 1.0),
+                        ("three plus four is eight", 0.0), ("eight", 0.0)):
+        score, detail = judge("spoken_math", truth, speech.synthesize(said, voice))
+        assert (score, detail["heard"]) == (right, said)
+    truth = {"question": "what color is the star?", "answer": "purple", "transcript": "the star is purple"}
+    for said, right in (("the star is purple", 1.0), ("the star is green", 0.0)):
+        score, detail = judge("spoken_vqa", truth, speech.synthesize(said, speech.ASSISTANT_VOICES["atlas"]))
+        assert (score, detail["heard"]) == (right, said)
+
+
 def test_substitutions_contain_one_word_changes():
     subs = substitutions("a big red circle at the top")
     assert subs[0] == "a big red circle at the top"

@@ -20,14 +20,14 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from safetensors.numpy import save_file
 
 from ..utils.fileio import atomic_path, atomic_write_text, read_json
 
-__all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "resolve_shard_dir"]
+__all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "resolve_shard_dir", "filter_shards"]
 
 MANIFEST = "manifest.json"
 FORMAT = "omniloom-shards"
@@ -280,3 +280,36 @@ class ShardSet:
 
     def vocab_path(self) -> Path:
         return self.path / "vocab.json"
+
+
+def filter_shards(src: str | Path, out: str | Path, keep: Callable[[np.ndarray], bool],
+                  note: str = "", progress: bool = True) -> tuple[int, int]:
+    """Copy the documents of shard set ``src`` for which ``keep(ids)`` is true to a new shard
+    directory ``out`` -> (kept, total). ``out`` must not exist; it is written under a temporary
+    name and renamed when complete, so an interrupted copy never looks finished."""
+    from tqdm import tqdm
+
+    from ..tokens import Vocab
+
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out} exists: choose a new directory for the filtered shards")
+    data = ShardSet.open(src)
+    tok = data.path / "tokenizer.json"
+    meta = {k: v for k, v in data.manifest.items() if k in ("mode", "codecs", "cfg_drop")}
+    meta.update(sources=[str(src)], filter=note)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    kept = 0
+    with ShardWriter(tmp, Vocab.load(data.vocab_path()), tok if tok.is_file() else None, meta=meta) as w:
+        for d in tqdm(range(data.num_docs), desc="filter", unit="doc", disable=not progress):
+            ids, mask = data.doc(d)
+            if keep(np.asarray(ids)):
+                w.add(ids, mask)
+                kept += 1
+    if kept == 0:
+        shutil.rmtree(tmp)
+        raise ValueError(f"the filter kept none of the {data.num_docs} documents of {src}")
+    tmp.rename(out)
+    return kept, data.num_docs

@@ -19,7 +19,7 @@ import numpy as np
 from ..world import scene as ws
 from ..world import judges
 from ..world.render import render_scene
-from ..world.speech_judge import candidates_for
+from ..world.speech_judge import accepted, candidates_for
 
 __all__ = ["Answer", "TASK_METRIC", "OUTPUT_OF", "score", "chance_answer", "oracle_answer"]
 
@@ -78,7 +78,7 @@ def score(task: str, truth: dict, ans: Answer) -> tuple[float, str]:
     heard = _heard(task, truth, ans.audio)
     if task == "tts":
         return judges.wer(truth["transcript"], heard), heard
-    return float(heard == truth["transcript"]), heard
+    return float(heard in accepted(task, truth)), heard
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 
 from .parse_image import parse_image
 from .scene import Scene, normalize_text, parse_caption
-from .speech_judge import SpeechJudge, candidates_for
+from .speech_judge import SpeechJudge, accepted, candidates_for
 
 _speech_judge: SpeechJudge | None = None
 
@@ -46,9 +46,10 @@ def image_match(truth: Scene, img: np.ndarray) -> tuple[float, dict]:
 
 
 def speech_match(task: str, truth: dict, wav: np.ndarray) -> tuple[float, dict]:
-    """Closed-set speech judge: 1 when the nearest candidate is the true transcript."""
+    """Closed-set speech judge: 1 when the nearest candidate is the true transcript (for spoken
+    questions: the true answer, bare or restating the question)."""
     best, dist = _sj().pick(np.asarray(wav, np.float32), candidates_for(task, truth))
-    return float(best == truth["transcript"]), {"heard": best, "expected": truth["transcript"]}
+    return float(best in accepted(task, truth)), {"heard": best, "expected": truth["transcript"]}
 
 
 def wer(truth: str, hypothesis: str) -> float:

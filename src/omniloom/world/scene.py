@@ -184,6 +184,35 @@ def caption(scene: Scene) -> str:
     return join_phrases([object_phrase(o) for o in scene.objects])
 
 
+# Spoken answers restate the question they heard before giving the answer (SpeechGPT's "chain of
+# modality", folded into one reply): the restatement is what the model writes first in the spoken
+# answer's interleaved transcript, so it has put the heard question into text before it commits to
+# the answer, at no cost in latency (the first 6 transcript ids come before any audio anyway).
+_RESTATE: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"what is (.+)"), r"\1 is "),  # what is three plus four -> three plus four is seven
+    (re.compile(r"what color is (the .+)"), r"\1 is "),  # -> the circle is red
+    (re.compile(r"where is (the .+)"), r"\1 is "),  # -> the red circle is at the top left
+    (re.compile(r"what shape is (.+)"), r"\1 is "),  # -> at the top left is a square
+    (re.compile(r"(is there a .+)"), r"\1? "),  # -> is there a red circle? yes
+)
+
+
+def spoken_reply(question: str, answer: str) -> str:
+    """The spoken answer to `question`: the question restated, then `answer` (bare when no form fits).
+
+    >>> spoken_reply("what is three plus four?", "seven")
+    'three plus four is seven'
+    >>> spoken_reply("how many shapes are there?", "two")
+    'two'
+    """
+    q = normalize_text(question)
+    for pattern, template in _RESTATE:
+        m = pattern.fullmatch(q)
+        if m:
+            return m.expand(template) + answer
+    return answer
+
+
 def normalize_text(text: str) -> str:
     """Lower case, collapse whitespace, drop a final period/question mark/exclamation and stray quotes."""
     t = text.strip().lower().replace("\u2019", "'")

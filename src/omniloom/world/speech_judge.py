@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import speech
-from .scene import CELL_PHRASES, COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZE_NAMES
+from .scene import CELL_PHRASES, COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZE_NAMES, spoken_reply
 
 # voices the judge is built on; the floor is measured on other voices (the assistant presets and
 # user voices outside this list)
@@ -137,12 +137,31 @@ def substitutions(sentence: str) -> list[str]:
 
 
 def candidates_for(task: str, truth: dict) -> list[str]:
-    """The closed set a spoken answer of `task` is judged against (always contains the truth)."""
+    """The closed set a spoken answer of `task` is judged against (always contains the truth).
+
+    Spoken questions may be answered bare ("seven") or restating the question first ("three plus
+    four is seven", `scene.spoken_reply`): both forms of every answer in the space are candidates.
+    """
     said = truth["transcript"]
-    if task == "spoken_math":
-        cands = list(NUMBER_WORDS)
-    elif task in ("spoken_vqa", "spoken_draw"):
+    if task in ("spoken_math", "spoken_vqa"):
+        space = NUMBER_WORDS if task == "spoken_math" else SHORT_ANSWERS
+        cands = list(space)
+        if truth.get("question"):
+            cands += [spoken_reply(truth["question"], a) for a in space]
+    elif task == "spoken_draw":
         cands = list(SHORT_ANSWERS)
     else:  # tts and anything longer: the truth and its one-word substitutions
         cands = substitutions(said)
+    cands = list(dict.fromkeys(cands))
     return cands if said in cands else [said] + cands
+
+
+def accepted(task: str, truth: dict) -> set[str]:
+    """The candidates that count as right: the true transcript, and for spoken questions the true
+    answer in either form (bare or restating the question)."""
+    ok = {truth["transcript"]}
+    if task in ("spoken_math", "spoken_vqa") and truth.get("answer"):
+        ok.add(truth["answer"])
+        if truth.get("question"):
+            ok.add(spoken_reply(truth["question"], truth["answer"]))
+    return ok

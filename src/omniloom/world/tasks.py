@@ -29,6 +29,7 @@ from .scene import (
     object_phrase,
     sample_object,
     sample_scene,
+    spoken_reply,
 )
 
 SPOKEN_DRAW_REPLY = "here is the image"
@@ -321,19 +322,21 @@ def task_spoken_vqa(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     qtype, q, a = make_vqa_question(rng, scene, ctx.pairs())
     img = ctx.sink.image(render.render_scene(scene, rng))
     audio, voice = _user_speech(rng, ctx, q)
-    reply = _assistant_speech(rng, ctx, a)
+    said = spoken_reply(q, a)
+    reply = _assistant_speech(rng, ctx, said)
     msgs = [_user(img, audio), _assistant(reply)]
     return Sample("spoken_vqa", msgs, {"scene": scene.to_dict(), "qtype": qtype, "question": q, "answer": a,
-                                       "transcript": a, "user_voice": voice, "voice": reply["voice"]})
+                                       "transcript": said, "user_voice": voice, "voice": reply["voice"]})
 
 
 def task_spoken_math(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     q, n = make_math_question(rng)
     audio, voice = _user_speech(rng, ctx, q)
-    reply = _assistant_speech(rng, ctx, number_word(n))
+    said = spoken_reply(q, number_word(n))
+    reply = _assistant_speech(rng, ctx, said)
     msgs = [_user(audio), _assistant(reply)]
     return Sample("spoken_math", msgs, {"question": q, "answer": number_word(n), "value": n,
-                                        "transcript": number_word(n), "user_voice": voice, "voice": reply["voice"]})
+                                        "transcript": said, "user_voice": voice, "voice": reply["voice"]})
 
 
 def task_spoken_draw(rng: np.random.Generator, ctx: TaskContext) -> Sample:

@@ -1,0 +1,50 @@
+"""Copy a shard set without its spoken-question documents (spoken_vqa and spoken_math samples).
+
+Phase 6 of the reference model changed what the assistant says to a spoken question: it restates
+the question before the answer (`omniloom.world.scene.spoken_reply`). Phase 4's data still holds
+the old bare answers, so this writes a copy of it without them, to be trained beside fresh samples
+in the new form. A spoken-question document is recognised from its ids alone: its user turn holds
+no text (only media spans) and its assistant turn opens with an audio span (spoken_draw opens with
+an image; asr and tts have text in the user turn).
+
+    python examples/filter_shards.py data/world4/shards/train data/world6/keep4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from omniloom.data.shards import ShardSet, filter_shards
+from omniloom.tokens import Vocab
+
+
+def is_spoken_question(ids: np.ndarray, vocab: Vocab) -> bool:
+    user = np.flatnonzero(ids == vocab.special("user"))
+    asst = np.flatnonzero(ids == vocab.special("assistant"))
+    if user.size == 0 or asst.size == 0 or asst[0] + 1 >= ids.size:
+        return False
+    text = vocab.modality_of(ids[user[0] + 1:asst[0]]) == vocab.MODALITIES.index("text")
+    return not bool(text.any()) and int(ids[asst[0] + 1]) == vocab.special("audio")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="shard directory to read (holds manifest.json)")
+    ap.add_argument("out", help="new shard directory (must not exist yet)")
+    args = ap.parse_args(argv)
+    try:
+        vocab = Vocab.load(ShardSet.open(args.src, verify=False).vocab_path())
+        kept, total = filter_shards(args.src, args.out, lambda ids: not is_spoken_question(ids, vocab),
+                                    note="spoken-question documents dropped (examples/filter_shards.py)")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"kept {kept} of {total} documents ({total - kept} spoken questions dropped) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
