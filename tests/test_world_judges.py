@@ -8,7 +8,7 @@ from omniloom.world.judges import judge
 from omniloom.world.parse_image import parse_image
 from omniloom.world.render import render_scene
 from omniloom.world.scene import Object, Scene, caption, sample_scene
-from omniloom.world.speech_judge import NUMBER_WORDS, SpeechJudge, dtw_distance, substitutions
+from omniloom.world.speech_judge import NUMBER_WORDS, SpeechJudge, answer_space, dtw_distance, substitutions
 
 
 def _accuracy(n, seed):
@@ -79,9 +79,18 @@ def test_spoken_answers_are_judged_bare_or_restating_the_question():
                         ("three plus four is eight", 0.0), ("eight", 0.0)):
         score, detail = judge("spoken_math", truth, speech.synthesize(said, voice))
         assert (score, detail["heard"]) == (right, said)
-    truth = {"question": "what color is the star?", "answer": "purple", "transcript": "the star is purple"}
+    truth = {"question": "what color is the star?", "answer": "purple", "transcript": "the star is purple",
+             "qtype": "color"}
     for said, right in (("the star is purple", 1.0), ("the star is green", 0.0)):
         score, detail = judge("spoken_vqa", truth, speech.synthesize(said, speech.ASSISTANT_VOICES["atlas"]))
+        assert (score, detail["heard"]) == (right, said)
+    # restated answers are weighed only against the answers their question admits: with every short
+    # answer restated, "is there a red square? no" was heard as "... two" (5 of 50 oracle answers)
+    truth = {"question": "is there a red square?", "answer": "no", "transcript": "is there a red square? no",
+             "qtype": "exists"}
+    assert answer_space("spoken_vqa", truth) == ["yes", "no"]
+    for said, right in (("is there a red square? no", 1.0), ("is there a red square? yes", 0.0), ("no", 1.0)):
+        score, detail = judge("spoken_vqa", truth, speech.synthesize(said, speech.ASSISTANT_VOICES["nova"]))
         assert (score, detail["heard"]) == (right, said)
 
 

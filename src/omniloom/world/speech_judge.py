@@ -136,6 +136,17 @@ def substitutions(sentence: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def answer_space(task: str, truth: dict) -> list[str]:
+    """The answers a spoken question admits: number words for arithmetic, and for spoken_vqa those
+    of its question type (colors, "a {shape}", counts, yes/no, cell phrases)."""
+    q = truth.get("qtype")
+    if task == "spoken_math" or q == "count":
+        return list(NUMBER_WORDS)
+    spaces = {"color": list(COLOR_NAMES), "shape": [f"a {s}" for s in SHAPES], "exists": ["yes", "no"],
+              "where": list(CELL_PHRASES)}
+    return spaces.get(q, list(SHORT_ANSWERS))
+
+
 def candidates_for(task: str, truth: dict) -> list[str]:
     """The closed set a spoken answer of `task` is judged against (always contains the truth).
 
@@ -144,10 +155,10 @@ def candidates_for(task: str, truth: dict) -> list[str]:
     """
     said = truth["transcript"]
     if task in ("spoken_math", "spoken_vqa"):
-        space = NUMBER_WORDS if task == "spoken_math" else SHORT_ANSWERS
-        cands = list(space)
-        if truth.get("question"):
-            cands += [spoken_reply(truth["question"], a) for a in space]
+        cands = list(NUMBER_WORDS if task == "spoken_math" else SHORT_ANSWERS)
+        if truth.get("question"):  # restated: only the answers the question admits, since a long
+            # shared prefix dilutes the answer's part of the distance ("...? no" vs "...? two")
+            cands += [spoken_reply(truth["question"], a) for a in answer_space(task, truth)]
     elif task == "spoken_draw":
         cands = list(SHORT_ANSWERS)
     else:  # tts and anything longer: the truth and its one-word substitutions
