@@ -10,7 +10,7 @@
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
 #   PHASE=4 STOP_AFTER=300 bash examples/train_reference.sh   # phase 4: from the phase-3 model, planned for 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech; stopped at 300
 #   PHASE=5 bash examples/train_reference.sh        # phase 5 (shipped 2026-12-02): phase 4's run from step 300 on to 760, one pass over phase 4's data
-#   PHASE=6 bash examples/train_reference.sh        # phase 6: spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions
+#   PHASE=6 STOP_AFTER=700 bash examples/train_reference.sh   # phase 6 (not shipped): spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions; stopped at 700
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
