@@ -41,7 +41,7 @@ fi
 # guidance
 more_data() {
   [ -f "$1/train.jsonl" ] || omniloom world generate --out "$1" --split train --n "$2" --seed "$3" \
-    ${TASKS6:+--tasks "$TASKS6"} --mixture "$4" --workers "$WORKERS"
+    ${TASKS6:+--tasks "$TASKS6"} ${RESTATE6:+--restate "$RESTATE6"} --mixture "$4" --workers "$WORKERS"
   [ -f "$1/shards/train/manifest.json" ] || omniloom tokenize --input "$1/train.jsonl" --cfg-drop 0.1 \
     --tokenizer "${TOKENIZER:-$DATA/tok/tokenizer.json}" --vocab "${VOCAB:-$DATA/shards/train/vocab.json}" \
     --codec image-world --codec audio-world --out "$1/shards" --val-fraction "${5:-0}" --workers "$WORKERS"
@@ -107,12 +107,13 @@ else
       INIT=(train.init_from="$MODEL")
     elif [ "$PHASE" = 6 ]; then
       # phase 6: spoken questions are answered restating the question first ("three plus four is
-      # seven", world.scene.spoken_reply). 30k fresh spoken_vqa/spoken_math samples in that form,
+      # seven", world.scene.spoken_reply; arithmetic and vqa, where the generator now restates
+      # arithmetic only by default). 30k fresh spoken_vqa/spoken_math samples in that form,
       # beside phase 4's data without its old bare-answer spoken questions; from phase 5's last
       # checkpoint's fp32 weights with a new optimizer (its data position means nothing here)
       DATA6=${DATA6:-data/world6}
       TOKENIZER="$MODEL/tokenizer.json" VOCAB="$MODEL/vocab.json" \
-        TASKS6=spoken_vqa,spoken_math more_data "$DATA6" "${N6:-30000}" 6 "spoken_vqa=1,spoken_math=1" 0.01
+        TASKS6=spoken_vqa,spoken_math RESTATE6=spoken_vqa,spoken_math more_data "$DATA6" "${N6:-30000}" 6 "spoken_vqa=1,spoken_math=1" 0.01
       [ -f "$DATA6/keep4/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/train" "$DATA6/keep4"
       [ -f "$DATA6/keep4-val/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/val" "$DATA6/keep4-val"
       TRAIN="$DATA6/keep4,$DATA6/shards/train"

@@ -158,8 +158,9 @@ def test_every_task_follows_the_grammar(tmp_path):
         elif t in ("spoken_vqa", "spoken_math"):
             assert ut == (["image", "audio"] if t == "spoken_vqa" else ["audio"]) and at == ["audio"]
             said = asst["content"][0]["transcript"]
-            assert said == r["truth"]["transcript"] == spoken_reply(r["truth"]["question"], r["truth"]["answer"])
-            assert said.endswith(r["truth"]["answer"])
+            # by default arithmetic restates the question ("three plus four is seven"), vqa answers bare
+            restated = spoken_reply(r["truth"]["question"], r["truth"]["answer"])
+            assert said == r["truth"]["transcript"] == (restated if t == "spoken_math" else r["truth"]["answer"])
             assert asst["content"][0]["voice"] in speech.ASSISTANT_VOICES
         elif t == "spoken_draw":
             assert ut == ["audio"] and at == ["image", "audio"]
@@ -187,3 +188,16 @@ def test_spoken_reply_restates_the_question_then_answers():
     assert spoken_reply("what shape is in the center?", "a star") == "in the center is a star"
     assert spoken_reply("is there a big blue square?", "no") == "is there a big blue square? no"
     assert spoken_reply("how many shapes are there?", "two") == "two"  # nothing to restate: the bare answer
+
+
+def test_generate_restates_the_spoken_questions_it_is_told_to(tmp_path):
+    both = read_jsonl(generate(tmp_path / "a", "train", 12, seed=3, tasks=["spoken_vqa", "spoken_math"],
+                               restate=["spoken_vqa", "spoken_math"]))
+    bare = read_jsonl(generate(tmp_path / "b", "train", 12, seed=3, tasks=["spoken_vqa", "spoken_math"], restate=[]))
+    assert {r["task"] for r in both} == {"spoken_vqa", "spoken_math"}
+    for a, b in zip(both, bare):  # the same questions and answers; only what is said differs
+        assert a["truth"]["question"] == b["truth"]["question"] and a["truth"]["answer"] == b["truth"]["answer"]
+        assert a["truth"]["transcript"] == spoken_reply(a["truth"]["question"], a["truth"]["answer"])
+        assert b["truth"]["transcript"] == b["truth"]["answer"]
+    with pytest.raises(ValueError, match="spoken_draw cannot restate"):
+        generate(tmp_path / "c", "train", 2, restate=["spoken_draw"])

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tasks", default=None, help="comma-separated task list (default: all; compositional: scene tasks)")
     g.add_argument("--mixture", default=None, help="task=weight,... overriding the default weights (0 drops a task)")
     g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
+    g.add_argument("--restate", default="spoken_math",
+                   help="spoken-question tasks whose replies restate the question before the answer "
+                        "('three plus four is seven'), comma-separated, or 'none' (default: spoken_math)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     f = sub.add_parser("judge-floor", help="measure the speech judge's error on eSpeak renders in held-out voices")
@@ -49,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
         from .generate import generate
 
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+        restate = [] if args.restate.strip() == "none" else [t.strip() for t in args.restate.split(",") if t.strip()]
         path = generate(args.out, args.split, args.n, seed=args.seed, tasks=tasks, mixture=args.mixture,
-                        workers=args.workers, progress=not args.quiet)
+                        workers=args.workers, progress=not args.quiet, restate=restate)
         print(f"wrote {args.n} samples to {path}")
         return 0
     if cmd == "judge-floor":

@@ -20,6 +20,10 @@ from .tasks import SCENE_TASKS, TASK_FNS, TASKS, Sample, TaskContext
 from ..utils.fileio import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
+# spoken questions whose replies restate the question by default: arithmetic only. Phase 6 of the
+# reference model restated spoken_vqa too and lost held-out pairs (docs/reference-model.md)
+RESTATABLE: tuple[str, ...] = ("spoken_math", "spoken_vqa")
+DEFAULT_RESTATE: tuple[str, ...] = ("spoken_math",)
 DEFAULT_MIXTURE: dict[str, float] = {
     "caption": 1.0, "vqa": 2.0, "draw": 1.0, "edit": 1.0, "video": 0.5, "math": 0.5,
     "asr": 1.0, "tts": 1.0, "spoken_vqa": 1.0, "spoken_math": 0.5, "spoken_draw": 0.5,
@@ -69,13 +73,14 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(split.encode()), int(index)])
 
 
-def make_sample(seed: int, split: str, index: int, mixture: dict[str, float]) -> tuple[Sample, dict[str, bytes]]:
+def make_sample(seed: int, split: str, index: int, mixture: dict[str, float],
+                restate: tuple[str, ...] = DEFAULT_RESTATE) -> tuple[Sample, dict[str, bytes]]:
     """One sample and its media files (path relative to the output folder -> bytes)."""
     rng = sample_rng(seed, split, index)
     names = sorted(mixture)
     p = np.array([mixture[t] for t in names], dtype=np.float64)
     task = names[int(rng.choice(len(names), p=p / p.sum()))]
-    ctx = TaskContext(split=split, index=index, compositional=split == "compositional")
+    ctx = TaskContext(split=split, index=index, compositional=split == "compositional", restate=frozenset(restate))
     sample = TASK_FNS[task](rng, ctx)
     return sample, ctx.sink.files
 
@@ -86,11 +91,12 @@ class _Job:
     seed: int
     split: str
     mixture: dict
+    restate: tuple[str, ...] = DEFAULT_RESTATE
 
 
 def _work(args: tuple[_Job, int]) -> str:
     job, index = args
-    sample, files = make_sample(job.seed, job.split, index, job.mixture)
+    sample, files = make_sample(job.seed, job.split, index, job.mixture, job.restate)
     for rel, data in files.items():
         path = os.path.join(job.out, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -108,11 +114,17 @@ def generate(
     mixture: str | dict[str, float] | None = None,
     workers: int = 1,
     progress: bool = False,
+    restate: tuple[str, ...] | list[str] = DEFAULT_RESTATE,
 ) -> Path:
     """Write `n` samples of `split` to `out/<split>.jsonl` (+ media); returns the jsonl path.
 
-    `mixture` is a `task=w,...` string or a dict of weights; `tasks` restricts the task list.
+    `mixture` is a `task=w,...` string or a dict of weights; `tasks` restricts the task list;
+    `restate` names the spoken-question tasks whose replies restate the question first
+    (`scene.spoken_reply`); the others answer bare.
     """
+    bad = sorted(set(restate) - set(RESTATABLE))
+    if bad:
+        raise ValueError(f"--restate: {', '.join(bad)} cannot restate; choose from {', '.join(RESTATABLE)}")
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     if workers < 1:
@@ -124,7 +136,7 @@ def generate(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{split}.jsonl"
     tmp = out_dir / f".{split}.jsonl.partial{os.getpid()}"
-    job = _Job(str(out_dir), int(seed), split, mix)
+    job = _Job(str(out_dir), int(seed), split, mix, tuple(sorted(restate)))
     items = ((job, i) for i in range(n))
     bar = None
     if progress:

@@ -88,6 +88,7 @@ class TaskContext:
     split: str
     index: int
     compositional: bool = False
+    restate: frozenset = frozenset({"spoken_math"})  # tasks whose spoken replies restate the question
     sink: MediaSink = field(init=False)
 
     def __post_init__(self) -> None:
@@ -322,7 +323,7 @@ def task_spoken_vqa(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     qtype, q, a = make_vqa_question(rng, scene, ctx.pairs())
     img = ctx.sink.image(render.render_scene(scene, rng))
     audio, voice = _user_speech(rng, ctx, q)
-    said = spoken_reply(q, a)
+    said = spoken_reply(q, a) if "spoken_vqa" in ctx.restate else a
     reply = _assistant_speech(rng, ctx, said)
     msgs = [_user(img, audio), _assistant(reply)]
     return Sample("spoken_vqa", msgs, {"scene": scene.to_dict(), "qtype": qtype, "question": q, "answer": a,
@@ -332,7 +333,7 @@ def task_spoken_vqa(rng: np.random.Generator, ctx: TaskContext) -> Sample:
 def task_spoken_math(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     q, n = make_math_question(rng)
     audio, voice = _user_speech(rng, ctx, q)
-    said = spoken_reply(q, number_word(n))
+    said = spoken_reply(q, number_word(n)) if "spoken_math" in ctx.restate else number_word(n)
     reply = _assistant_speech(rng, ctx, said)
     msgs = [_user(audio), _assistant(reply)]
     return Sample("spoken_math", msgs, {"question": q, "answer": number_word(n), "value": n,
