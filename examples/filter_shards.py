@@ -8,6 +8,7 @@ no text (only media spans) and its assistant turn opens with an audio span (spok
 an image; asr and tts have text in the user turn).
 
     python examples/filter_shards.py data/world4/shards/train data/world6/keep4
+    python examples/filter_shards.py data/world4/shards/train data/world7/vqa4 --keep spoken_vqa
 """
 
 from __future__ import annotations
@@ -30,19 +31,29 @@ def is_spoken_question(ids: np.ndarray, vocab: Vocab) -> bool:
     return not bool(text.any()) and int(ids[asst[0] + 1]) == vocab.special("audio")
 
 
+def kind_of(ids: np.ndarray, vocab: Vocab) -> str:
+    """"spoken_vqa" (the question comes with an image), "spoken_math" (speech only) or "other"."""
+    if not is_spoken_question(ids, vocab):
+        return "other"
+    return "spoken_vqa" if bool((ids == vocab.special("image")).any()) else "spoken_math"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="shard directory to read (holds manifest.json)")
     ap.add_argument("out", help="new shard directory (must not exist yet)")
+    ap.add_argument("--keep", default="other", choices=["other", "spoken_vqa", "spoken_math"],
+                    help="which documents to keep: everything but spoken questions (default), or only "
+                         "the spoken questions with an image (spoken_vqa) or without (spoken_math)")
     args = ap.parse_args(argv)
     try:
         vocab = Vocab.load(ShardSet.open(args.src, verify=False).vocab_path())
-        kept, total = filter_shards(args.src, args.out, lambda ids: not is_spoken_question(ids, vocab),
-                                    note="spoken-question documents dropped (examples/filter_shards.py)")
+        kept, total = filter_shards(args.src, args.out, lambda ids: kind_of(ids, vocab) == args.keep,
+                                    note=f"{args.keep} documents kept (examples/filter_shards.py)")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"kept {kept} of {total} documents ({total - kept} spoken questions dropped) -> {args.out}")
+    print(f"kept {kept} of {total} documents ({args.keep}) -> {args.out}")
     return 0
 
 

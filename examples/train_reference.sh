@@ -10,6 +10,7 @@
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
 #   PHASE=4 STOP_AFTER=300 bash examples/train_reference.sh   # phase 4: from the phase-3 model, planned for 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech; stopped at 300
 #   PHASE=5 bash examples/train_reference.sh        # phase 5 (shipped 2026-12-02): phase 4's run from step 300 on to 760, one pass over phase 4's data
+#   PHASE=7 bash examples/train_reference.sh        # phase 7 (an experiment): from phase 6, arithmetic restated, spoken_vqa bare again
 #   PHASE=6 STOP_AFTER=700 bash examples/train_reference.sh   # phase 6 (not shipped): spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions; stopped at 700
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
@@ -125,6 +126,26 @@ else
       EVAL_EVERY=100
       EVAL_BATCHES=8
       INIT=(train.init_from="${FROM_CKPT:-runs/world-p5/ckpt/step_0000760}")
+    elif [ "$PHASE" = 7 ]; then
+      # phase 7 (an experiment started 2026-12-02): restate arithmetic only. From phase 6's step-700
+      # weights (new optimizer) on phase 4's data with its bare spoken_vqa answers put back and
+      # phase 6's restated spoken_math samples (phase 6's data must exist)
+      DATA6=${DATA6:-data/world6}
+      DATA7=${DATA7:-data/world7}
+      for sel in "train spoken_vqa $DATA4/shards/train $DATA7/vqa4" "val spoken_vqa $DATA4/shards/val $DATA7/vqa4-val" \
+                 "train spoken_math $DATA6/shards/train $DATA7/math6" "val spoken_math $DATA6/shards/val $DATA7/math6-val"; do
+        set -- $sel
+        [ -f "$4/manifest.json" ] || python examples/filter_shards.py "$3" "$4" --keep "$2"
+      done
+      TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
+      VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
+      RUN=${RUN:-runs/world-p7}
+      STEPS=${STEPS:-400}
+      LR=${LR:-1e-4}
+      WARMUP=${WARMUP_P7:-30}
+      EVAL_EVERY=100
+      EVAL_BATCHES=8
+      INIT=(train.init_from="${FROM_CKPT:-runs/world-p6/ckpt/step_0000700}")
     else
       # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
       # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at
