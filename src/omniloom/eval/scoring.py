@@ -19,7 +19,7 @@ import numpy as np
 from ..world import scene as ws
 from ..world import judges
 from ..world.render import render_scene
-from ..world.speech_judge import accepted, candidates_for
+from ..world.speech_judge import VQA_ANSWERS, accepted, candidates_for
 
 __all__ = ["Answer", "TASK_METRIC", "OUTPUT_OF", "score", "chance_answer", "oracle_answer"]
 
@@ -91,19 +91,9 @@ def _random_scene(rng: np.random.Generator) -> ws.Scene:
 
 def _answer_space(truth: dict) -> list[str]:
     q = truth.get("qtype")
-    if q == "color":
-        return list(ws.COLOR_NAMES)
-    if q == "shape":
-        return [f"a {s}" for s in ws.SHAPES]
-    if q == "count":
-        return ["one", "two", "three"]
-    if q == "exists":
-        return ["yes", "no"]
-    if q == "where":
-        return list(ws.CELL_PHRASES)
     if q == "describe":
         return []
-    return list(ws.NUMBER_WORDS)
+    return list(VQA_ANSWERS[q]) if q in VQA_ANSWERS else list(ws.NUMBER_WORDS)
 
 
 def _say(text: str, voice: str | None, rng: np.random.Generator) -> np.ndarray:

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tasks", default=None, help="comma-separated task list (default: all; compositional: scene tasks)")
     g.add_argument("--mixture", default=None, help="task=weight,... overriding the default weights (0 drops a task)")
     g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
-    g.add_argument("--restate", default="spoken_math",
+    g.add_argument("--restate", default=None,
                    help="spoken-question tasks whose replies restate the question before the answer "
                         "('three plus four is seven'), comma-separated, or 'none' (default: spoken_math)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
         from .generate import generate
 
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-        restate = [] if args.restate.strip() == "none" else [t.strip() for t in args.restate.split(",") if t.strip()]
+        kw = {}  # no --restate: the generator's default
+        if args.restate is not None:
+            kw["restate"] = [] if args.restate.strip() == "none" else [t.strip() for t in args.restate.split(",") if t.strip()]
         path = generate(args.out, args.split, args.n, seed=args.seed, tasks=tasks, mixture=args.mixture,
-                        workers=args.workers, progress=not args.quiet, restate=restate)
+                        workers=args.workers, progress=not args.quiet, **kw)
         print(f"wrote {args.n} samples to {path}")
         return 0
     if cmd == "judge-floor":

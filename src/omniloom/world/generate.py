@@ -16,14 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .tasks import SCENE_TASKS, TASK_FNS, TASKS, Sample, TaskContext
+from .tasks import DEFAULT_RESTATE, RESTATABLE, SCENE_TASKS, TASK_FNS, TASKS, Sample, TaskContext
 from ..utils.fileio import atomic_path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test", "compositional")
-# spoken questions whose replies restate the question by default: arithmetic only. Phase 6 of the
-# reference model restated spoken_vqa too and lost held-out pairs (docs/reference-model.md)
-RESTATABLE: tuple[str, ...] = ("spoken_math", "spoken_vqa")
-DEFAULT_RESTATE: tuple[str, ...] = ("spoken_math",)
 DEFAULT_MIXTURE: dict[str, float] = {
     "caption": 1.0, "vqa": 2.0, "draw": 1.0, "edit": 1.0, "video": 0.5, "math": 0.5,
     "asr": 1.0, "tts": 1.0, "spoken_vqa": 1.0, "spoken_math": 0.5, "spoken_draw": 0.5,

@@ -136,15 +136,19 @@ def substitutions(sentence: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# the answers each vqa question type admits (scenes hold one to three objects)
+VQA_ANSWERS: dict[str, tuple[str, ...]] = {
+    "color": COLOR_NAMES, "shape": tuple(f"a {s}" for s in SHAPES), "count": ("one", "two", "three"),
+    "exists": ("yes", "no"), "where": CELL_PHRASES,
+}
+
+
 def answer_space(task: str, truth: dict) -> list[str]:
     """The answers a spoken question admits: number words for arithmetic, and for spoken_vqa those
-    of its question type (colors, "a {shape}", counts, yes/no, cell phrases)."""
-    q = truth.get("qtype")
-    if task == "spoken_math" or q == "count":
+    of its question type (`VQA_ANSWERS`; all short answers when the type is unknown)."""
+    if task == "spoken_math":
         return list(NUMBER_WORDS)
-    spaces = {"color": list(COLOR_NAMES), "shape": [f"a {s}" for s in SHAPES], "exists": ["yes", "no"],
-              "where": list(CELL_PHRASES)}
-    return spaces.get(q, list(SHORT_ANSWERS))
+    return list(VQA_ANSWERS.get(truth.get("qtype"), SHORT_ANSWERS))
 
 
 def candidates_for(task: str, truth: dict) -> list[str]:

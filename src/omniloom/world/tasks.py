@@ -33,6 +33,11 @@ from .scene import (
 )
 
 SPOKEN_DRAW_REPLY = "here is the image"
+# spoken questions whose replies may restate the question (`scene.spoken_reply`), and those that do by
+# default: arithmetic only. Phase 6 of the reference model restated spoken_vqa too and lost held-out
+# pairs (docs/reference-model.md)
+RESTATABLE: tuple[str, ...] = ("spoken_math", "spoken_vqa")
+DEFAULT_RESTATE: tuple[str, ...] = ("spoken_math",)
 TASKS: tuple[str, ...] = (
     "caption", "vqa", "draw", "edit", "video", "math",
     "asr", "tts", "spoken_vqa", "spoken_math", "spoken_draw",
@@ -88,7 +93,7 @@ class TaskContext:
     split: str
     index: int
     compositional: bool = False
-    restate: frozenset = frozenset({"spoken_math"})  # tasks whose spoken replies restate the question
+    restate: frozenset = frozenset(DEFAULT_RESTATE)  # tasks whose spoken replies restate the question
     sink: MediaSink = field(init=False)
 
     def __post_init__(self) -> None:
