@@ -9,6 +9,7 @@ an image; asr and tts have text in the user turn).
 
     python examples/filter_shards.py data/world4/shards/train data/world6/keep4
     python examples/filter_shards.py data/world4/shards/train data/world7/vqa4 --keep spoken_vqa
+    python examples/filter_shards.py data/world4/shards/train data/world8/draw4 --keep drawing
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def is_spoken_question(ids: np.ndarray, vocab: Vocab) -> bool:
     return not bool(text.any()) and int(ids[asst[0] + 1]) == vocab.special("audio")
 
 
+def answers_with_image(ids: np.ndarray, vocab: Vocab) -> bool:
+    """The assistant turn opens with an image span: draw, edit and spoken_draw."""
+    asst = np.flatnonzero(ids == vocab.special("assistant"))
+    return asst.size > 0 and asst[0] + 1 < ids.size and int(ids[asst[0] + 1]) == vocab.special("image")
+
+
 def kind_of(ids: np.ndarray, vocab: Vocab) -> str:
     """"spoken_vqa" (the question comes with an image), "spoken_math" (speech only) or "other"."""
     if not is_spoken_question(ids, vocab):
@@ -42,13 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="shard directory to read (holds manifest.json)")
     ap.add_argument("out", help="new shard directory (must not exist yet)")
-    ap.add_argument("--keep", default="other", choices=["other", "spoken_vqa", "spoken_math"],
-                    help="which documents to keep: everything but spoken questions (default), or only "
-                         "the spoken questions with an image (spoken_vqa) or without (spoken_math)")
+    ap.add_argument("--keep", default="other", choices=["other", "spoken_vqa", "spoken_math", "drawing"],
+                    help="which documents to keep: everything but spoken questions (default), only "
+                         "the spoken questions with an image (spoken_vqa) or without (spoken_math), or "
+                         "the documents answered with an image (drawing: draw, edit, spoken_draw)")
     args = ap.parse_args(argv)
     try:
         vocab = Vocab.load(ShardSet.open(args.src, verify=False).vocab_path())
-        kept, total = filter_shards(args.src, args.out, lambda ids: kind_of(ids, vocab) == args.keep,
+        if args.keep == "drawing":
+            def keep(ids): return answers_with_image(ids, vocab)
+        else:
+            def keep(ids): return kind_of(ids, vocab) == args.keep
+        kept, total = filter_shards(args.src, args.out, keep,
                                     note=f"{args.keep} documents kept (examples/filter_shards.py)")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

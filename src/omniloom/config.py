@@ -47,6 +47,16 @@ class ModelConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # image slot embedding: a learned vector per raster slot of an image span, added to the input
+    # of the token that predicts the code at that slot (the span's opening and its codes), so the
+    # decoder need not count its way across a 64-code span. Zero-initialised, so it can be switched
+    # on for a trained model. Not part of the Llama layout. The ids come from the vocabulary
+    # (``image_slots_from_vocab``) when training sets it on
+    image_pos_embed: bool = False
+    image_tokens: int = 0  # codes per image span
+    image_open_id: int = -1  # the <|image|> id
+    image_code_start: int = 0  # image codes are ids [image_code_start, image_code_end)
+    image_code_end: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -66,6 +76,13 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head dim {self.head_dim} must be even for RoPE")
+        # image_tokens=0 with image_pos_embed: the ids come from the data's vocabulary (as vocab_size=0)
+        if self.image_pos_embed and self.image_tokens != 0 and (
+                self.image_tokens < 0 or self.image_open_id < 0 or not 0 <= self.image_code_start < self.image_code_end):
+            raise ValueError("model.image_pos_embed needs the vocabulary's image ids (model.image_tokens > 0, "
+                             "model.image_open_id >= 0, model.image_code_start < model.image_code_end); "
+                             f"got {self.image_tokens}, {self.image_open_id}, "
+                             f"[{self.image_code_start}, {self.image_code_end})")
 
     def num_params(self, include_embedding: bool = True) -> int:
         """Parameter count computed from the shape alone (no model needed)."""
@@ -78,7 +95,24 @@ class ModelConfig:
         n = self.n_layers * per_layer + d  # + final norm
         if include_embedding:
             n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        if self.image_pos_embed:
+            n += self.image_tokens * d
         return n
+
+    def image_slots_from_vocab(self, vocab: Any) -> None:
+        """Fill the image ids of ``image_pos_embed`` from a :class:`~omniloom.tokens.vocab.Vocab`
+        (set ids must agree with it)."""
+        if not self.image_pos_embed:
+            return
+        if vocab.image_tokens <= 0:
+            raise ValueError("model.image_pos_embed=true but the vocabulary has no image codes")
+        lo, hi = vocab.range_of("image")
+        ids = (vocab.image_tokens, vocab.special("image"), lo, hi)
+        have = (self.image_tokens, self.image_open_id, self.image_code_start, self.image_code_end)
+        if self.image_tokens and have != ids:
+            raise ValueError(f"model image ids (image_tokens, image_open_id, image_code_start, image_code_end) "
+                             f"= {have} do not match the vocabulary's {ids}")
+        self.image_tokens, self.image_open_id, self.image_code_start, self.image_code_end = ids
 
 
 @dataclass

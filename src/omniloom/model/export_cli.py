@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hf: transformers' layout (default); omniloom: an inference model directory (weights, "
                         "config, vocab, tokenizer, codecs; no optimizer state), e.g. to bundle a model")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (written atomically)")
+    p.add_argument("--drop-image-pos", action="store_true", dest="drop_image_pos",
+                   help="--format hf of a model with an image slot embedding (model.image_pos_embed): leave it out "
+                        "(the Llama layout cannot hold it; image spans then lose their slot vectors)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="cast the weights on export (default: keep the checkpoint's dtype)")
 
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if args.format == "omniloom":
             return _export_model_dir(src, out, model, cfg, dtype)
-        export_hf(model, cfg.model, out, dtype=dtype)
+        export_hf(model, cfg.model, out, dtype=dtype, drop_image_pos=args.drop_image_pos)
         print(f"exported {src} -> {out} ({'Qwen3' if cfg.model.qk_norm else 'Llama'}ForCausalLM, "
               f"{cfg.model.num_params():,} parameters)")
         return 0

@@ -104,10 +104,21 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json") -> Mode
     return cfg
 
 
-def to_hf(model_or_state_dict: nn.Module | dict[str, torch.Tensor], cfg: ModelConfig) -> tuple[dict, dict]:
-    """(HF config dict, HF state dict). Tensors are shared with the input, not copied."""
+def to_hf(model_or_state_dict: nn.Module | dict[str, torch.Tensor], cfg: ModelConfig,
+          drop_image_pos: bool = False) -> tuple[dict, dict]:
+    """(HF config dict, HF state dict). Tensors are shared with the input, not copied.
+
+    A model with ``image_pos_embed`` has a tensor the Llama layout cannot hold: it raises unless
+    ``drop_image_pos``, which leaves it out (the export then computes text and audio exactly, but
+    image spans without their slot vectors)."""
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
+    if cfg.image_pos_embed or "image_pos.weight" in sd:
+        if not drop_image_pos:
+            raise ValueError("this model has an image slot embedding (model.image_pos_embed), which the Hugging Face "
+                             "Llama layout cannot hold; export with drop_image_pos=True (--drop-image-pos) to leave "
+                             "it out, so that image spans lose their slot vectors in the export")
+        sd = {k: v for k, v in sd.items() if k != "image_pos.weight"}
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k == "lm_head.weight":
@@ -187,11 +198,12 @@ def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+def export_hf(model: nn.Module, cfg: ModelConfig, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
+              drop_image_pos: bool = False) -> Path:
     """Write ``config.json`` + ``model.safetensors`` loadable by ``AutoModelForCausalLM.from_pretrained``."""
     from safetensors.torch import save_file
 
-    hf_cfg, hf_sd = to_hf(model, cfg)
+    hf_cfg, hf_sd = to_hf(model, cfg, drop_image_pos=drop_image_pos)
     hf_sd = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in hf_sd.items()}
     hf_cfg["torch_dtype"] = str(next(iter(hf_sd.values())).dtype).removeprefix("torch.")
     out = Path(out_dir)

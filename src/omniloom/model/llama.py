@@ -148,11 +148,18 @@ class Transformer(nn.Module):
         cfg.validate()
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (> 0) before building a model")
+        if cfg.image_pos_embed and cfg.image_tokens <= 0:
+            raise ValueError("model.image_pos_embed: the image ids must be set (ModelConfig.image_slots_from_vocab) "
+                             "before building a model")
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        # learned raster-slot vectors for image spans (cfg.image_pos_embed; see ModelConfig)
+        self.image_pos = nn.Embedding(cfg.image_tokens, cfg.dim) if cfg.image_pos_embed else None
+        # cache state beside the KV cache: per row, the cache slot of the last <|image|> seen (-1: none)
+        self.register_buffer("image_open_slot", torch.zeros(0, dtype=torch.long), persistent=False)
         cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -169,6 +176,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, out_std)
             else:
                 nn.init.normal_(p, 0.0, std)
+        if self.image_pos is not None:  # zero: switching it on leaves a trained model's function as it was
+            nn.init.zeros_(self.image_pos.weight)
 
     def init_rope(self, device=None) -> None:
         """Recompute the RoPE tables (e.g. after building on the meta device)."""
@@ -184,12 +193,36 @@ class Transformer(nn.Module):
         device = device or self.embed_tokens.weight.device
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, self.cfg.n_kv_heads, S, self.cfg.head_dim, dtype, device)
+        self.image_open_slot = torch.full((batch_size,), -1, dtype=torch.long, device=device)
         self.cache_len = S
 
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.self_attn.kv_cache = None
+        self.image_open_slot = torch.zeros(0, dtype=torch.long, device=self.image_open_slot.device)
         self.cache_len = 0
+
+    def image_slots(self, ids: torch.Tensor, input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slot, valid), both (B, T): the raster slot of the image code each token predicts.
+
+        The ``<|image|>`` opening predicts slot 0 and the code at slot k predicts slot k+1; the last
+        code (it predicts the closing) and every other token are not valid. With a KV cache
+        (``input_pos``) the last opening is carried across calls in ``image_open_slot``; a call that
+        starts at cache slot 0 (a prefill) forgets the previous request's.
+        """
+        c = self.cfg
+        B, T = ids.shape
+        t = (input_pos if input_pos is not None else torch.arange(T, device=ids.device))[None].expand(B, T)
+        is_open = ids == c.image_open_id
+        in_span = is_open | ((ids >= c.image_code_start) & (ids < c.image_code_end))
+        last = torch.where(is_open, t, torch.full_like(t, -1)).cummax(dim=1).values
+        if input_pos is not None:
+            prev = torch.where(t[:, :1] == 0, torch.full_like(t[:, :1], -1), self.image_open_slot[:, None])
+            last = torch.maximum(last, prev)
+            self.image_open_slot.copy_(last[:, -1])
+        k = t - last
+        valid = in_span & (last >= 0) & (k >= 0) & (k < c.image_tokens)
+        return k.clamp(0, c.image_tokens - 1), valid
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -235,6 +268,9 @@ class Transformer(nn.Module):
         else:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
         x = self.embed_tokens(ids)  # (B, T, dim)
+        if self.image_pos is not None:
+            slot, valid = self.image_slots(ids, input_pos)
+            x = x + self.image_pos(slot) * valid[..., None].to(x.dtype)
         act = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         cos, sin = cos.to(act), sin.to(act)
         for layer in self.layers:

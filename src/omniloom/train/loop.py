@@ -93,6 +93,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
 
     vocab = Vocab.load(train_set.vocab_path())
     resolve_vocab_size(cfg, vocab.size, str(train_set.vocab_path()))
+    cfg.model.image_slots_from_vocab(vocab)
     cfg.validate()
     loader = PackedLoader(train_set, cfg.data.seq_len, tc.batch_size, tc.micro_batch_size, rank, world, tc.seed)
     val_set = ShardSet.open(cfg.data.val) if cfg.data.val else None
@@ -225,7 +226,11 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
                              "holds model.safetensors + config.json)")
     theirs = config_to_dict(config_from_dict(read_json(d / "config.json", "model config")).model)
     ours = config_to_dict(cfg.model)
-    diff = [f"model.{k}={ours[k]!r} (theirs {theirs.get(k)!r})" for k in ours if ours[k] != theirs.get(k)]
+    # the image slot embedding may be switched on for a model trained without it (zero-initialised)
+    adding_slots = ours["image_pos_embed"] and not theirs.get("image_pos_embed", False)
+    slot_keys = ("image_pos_embed", "image_tokens", "image_open_id", "image_code_start", "image_code_end")
+    diff = [f"model.{k}={ours[k]!r} (theirs {theirs.get(k)!r})" for k in ours
+            if ours[k] != theirs.get(k) and not (adding_slots and k in slot_keys)]
     if diff:
         raise ValueError(f"train.init_from={source}: the model differs from {d}: {', '.join(diff)}")
     if (d / "vocab.json").is_file() and \
@@ -235,6 +240,8 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
                          f"--tokenizer {d / 'tokenizer.json'}")
     state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    if adding_slots:
+        missing = [k for k in missing if k != "image_pos.weight"]
     if missing or unexpected:
         raise ValueError(f"train.init_from={source}: {d / 'model.safetensors'} does not fit the model "
                          f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
