@@ -11,7 +11,9 @@
 #   PHASE=4 STOP_AFTER=300 bash examples/train_reference.sh   # phase 4: from the phase-3 model, planned for 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech; stopped at 300
 #   PHASE=5 bash examples/train_reference.sh        # phase 5 (shipped 2026-12-02): phase 4's run from step 300 on to 760, one pass over phase 4's data
 #   PHASE=7 bash examples/train_reference.sh        # phase 7 (an experiment): from phase 6, arithmetic restated, spoken_vqa bare again
+#   PHASE=8 bash examples/train_reference.sh        # phase 8 (an experiment): from phase 7 with the image slot embedding, drawing weighted twice; SLOTS=0 is its control
 #   PHASE=6 STOP_AFTER=700 bash examples/train_reference.sh   # phase 6 (not shipped): spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions; stopped at 700
+#   (EVAL=0 skips the evaluation at the end)
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
 #   NPROC=8 N=200000 STEPS=20000 BATCH=128 bash examples/train_reference.sh      # torchrun on 8 GPUs
@@ -146,6 +148,30 @@ else
       EVAL_EVERY=100
       EVAL_BATCHES=8
       INIT=(train.init_from="${FROM_CKPT:-runs/world-p6/ckpt/step_0000700}")
+    elif [ "$PHASE" = 8 ]; then
+      # phase 8 (an experiment started 2026-12-02): the image slot embedding (model.image_pos_embed,
+      # zero-initialised) switched on for phase 7's last weights, on phase 7's data plus phase 4's
+      # drawing documents (draw, edit, spoken_draw) a second time. SLOTS=0 trains the same steps
+      # without it, the control the drawing scores are compared with
+      DATA6=${DATA6:-data/world6}
+      DATA7=${DATA7:-data/world7}
+      DATA8=${DATA8:-data/world8}
+      [ -f "$DATA8/draw4/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/train" "$DATA8/draw4" --keep drawing
+      [ -f "$DATA8/draw4-val/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/val" "$DATA8/draw4-val" --keep drawing
+      TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6,$DATA8/draw4"
+      VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val,$DATA8/draw4-val"
+      if [ "${SLOTS:-1}" = 1 ]; then
+        RUN=${RUN:-runs/world-p8}
+        INIT=(model.image_pos_embed=true train.image_pos_lr_mult=${SLOT_LR_MULT:-50})
+      else
+        RUN=${RUN:-runs/world-p8-control}
+      fi
+      STEPS=${STEPS:-150}
+      LR=${LR:-1e-4}
+      WARMUP=${WARMUP_P8:-20}
+      EVAL_EVERY=50
+      EVAL_BATCHES=8
+      INIT+=(train.init_from="${FROM_CKPT:-runs/world-p7/ckpt/step_0000400}")
     else
       # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
       # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at
@@ -170,4 +196,4 @@ if [ "$NPROC" -gt 1 ]; then
 else
   omniloom train "${STOP[@]}" "${args[@]}"
 fi
-omniloom eval --model "$RUN" --n 50 --json "$RUN/eval.json"
+[ "${EVAL:-1}" = 0 ] || omniloom eval --model "$RUN" --n 50 --json "$RUN/eval.json"

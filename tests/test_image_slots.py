@@ -185,3 +185,23 @@ def test_switched_on_for_a_trained_model_through_init_from(tmp_path):
     with pytest.raises(ValueError, match="image_pos_embed=False"):
         train(load_config("debug", overrides=tiny + ["train.steps=1", f"train.out_dir={tmp_path}/off",
                                                      f"train.init_from={tmp_path}/slots"]))
+
+
+def test_the_slot_table_has_its_own_rate_and_no_decay():
+    from omniloom.config import TrainConfig
+    from omniloom.train.step import build_optimizer
+
+    m = _model()
+    opt = build_optimizer(m, TrainConfig(lr=1e-3, image_pos_lr_mult=50.0), "cpu")
+    slot_groups = [g for g in opt.param_groups if any(p is m.image_pos.weight for p in g["params"])]
+    assert len(slot_groups) == 1 and len(slot_groups[0]["params"]) == 1
+    assert slot_groups[0]["weight_decay"] == 0.0 and slot_groups[0]["lr_scale"] == 50.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))
+    from omniloom.train.step import TrainStep
+
+    step = TrainStep(m, TrainConfig(lr=1e-3, image_pos_lr_mult=50.0, dtype="fp32"), device="cpu")
+    step.set_lr(2e-3)
+    rates = sorted(g["lr"] for g in step.optimizer.param_groups)
+    assert rates[0] == pytest.approx(2e-3) and rates[-1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="image_pos_lr_mult must be positive"):
+        TrainConfig(image_pos_lr_mult=0).validate()

@@ -144,6 +144,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
     weight_decay: float = 0.1
+    # learning-rate multiplier of the image slot table (model.image_pos_embed): switched on for a
+    # trained model it starts at zero, and at the model's rate it stays ~100x smaller than the
+    # token embeddings for hundreds of steps
+    image_pos_lr_mult: float = 1.0
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -166,6 +170,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.image_pos_lr_mult <= 0:
+            raise ValueError(f"train.image_pos_lr_mult must be positive, got {self.image_pos_lr_mult}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:

@@ -75,11 +75,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: str | torch.device) -> torch.optim.AdamW:
     """AdamW, weight decay on matrices only (not norms/biases); fused on CUDA and CPU, foreach elsewhere."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
+    decay, no_decay, slots = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.removeprefix("_orig_mod.") == "image_pos.weight":
+            slots.append(p)
+        else:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if slots:  # the image slot table: no decay (it is a position code), its own rate (lr_scale)
+        groups.append({"params": slots, "weight_decay": 0.0, "lr_scale": cfg.image_pos_lr_mult})
     # fused (one kernel per tensor) on CUDA and CPU: on this project's 2-core CPU the foreach path
     # falls back to one op per tensor per update term and took about 4x as long (docs/benchmarks.md)
     fused = torch.device(device).type in ("cuda", "cpu")
@@ -205,7 +211,7 @@ class TrainStep:
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _token_losses(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token losses (N,) and targets (N,) at the micro-batch's loss positions (row-major)."""
