@@ -10,9 +10,9 @@
 #   PHASE=3 bash examples/train_reference.sh        # phase 3: + 80k understanding- and speech-heavy samples, phase 2's data, on to 2,800 (this run: planned for 3,000, re-planned to 2,800 at step 2,050)
 #   PHASE=4 STOP_AFTER=300 bash examples/train_reference.sh   # phase 4: from the phase-3 model, planned for 400 steps at lr 1.5e-4 on 120k fresh samples weighted to drawing, editing and speech; stopped at 300
 #   PHASE=5 bash examples/train_reference.sh        # phase 5 (shipped 2026-12-02): phase 4's run from step 300 on to 760, one pass over phase 4's data
-#   PHASE=7 bash examples/train_reference.sh        # phase 7 (an experiment): from phase 6, arithmetic restated, spoken_vqa bare again
-#   PHASE=8 bash examples/train_reference.sh        # phase 8 (an experiment): from phase 7 with the image slot embedding, drawing weighted twice; SLOTS=0 is its control
 #   PHASE=6 STOP_AFTER=700 bash examples/train_reference.sh   # phase 6 (not shipped): spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions; stopped at 700
+#   PHASE=7 STOP_AFTER=200 bash examples/train_reference.sh   # phase 7 (not shipped): from phase 6, arithmetic restated, spoken_vqa bare again; planned for 400 steps, stopped at 200
+#   PHASE=8 bash examples/train_reference.sh        # phase 8 (not shipped): from phase 7's step 200 with the image slot embedding, drawing weighted twice, 180 steps; SLOTS=0 is its control
 #   (EVAL=0 skips the evaluation at the end)
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
@@ -48,6 +48,10 @@ more_data() {
   [ -f "$1/shards/train/manifest.json" ] || omniloom tokenize --input "$1/train.jsonl" --cfg-drop 0.1 \
     --tokenizer "${TOKENIZER:-$DATA/tok/tokenizer.json}" --vocab "${VOCAB:-$DATA/shards/train/vocab.json}" \
     --codec image-world --codec audio-world --out "$1/shards" --val-fraction "${5:-0}" --workers "$WORKERS"
+}
+# filtered SRC OUT [KEEP]: a copy of shard set SRC with only KEEP's documents (examples/filter_shards.py --keep; without KEEP: all but spoken questions)
+filtered() {
+  [ -f "$2/manifest.json" ] || python examples/filter_shards.py "$1" "$2" ${3:+--keep "$3"}
 }
 # start_from FROM RUN: RUN begins at FROM's last checkpoint (weights, optimizer and data position)
 start_from() {
@@ -117,8 +121,8 @@ else
       DATA6=${DATA6:-data/world6}
       TOKENIZER="$MODEL/tokenizer.json" VOCAB="$MODEL/vocab.json" \
         TASKS6=spoken_vqa,spoken_math RESTATE6=spoken_vqa,spoken_math more_data "$DATA6" "${N6:-30000}" 6 "spoken_vqa=1,spoken_math=1" 0.01
-      [ -f "$DATA6/keep4/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/train" "$DATA6/keep4"
-      [ -f "$DATA6/keep4-val/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/val" "$DATA6/keep4-val"
+      filtered "$DATA4/shards/train" "$DATA6/keep4"
+      filtered "$DATA4/shards/val" "$DATA6/keep4-val"
       TRAIN="$DATA6/keep4,$DATA6/shards/train"
       VAL="$DATA6/keep4-val,$DATA6/shards/val"
       RUN=${RUN:-runs/world-p6}
@@ -134,11 +138,10 @@ else
       # phase 6's restated spoken_math samples (phase 6's data must exist)
       DATA6=${DATA6:-data/world6}
       DATA7=${DATA7:-data/world7}
-      for sel in "train spoken_vqa $DATA4/shards/train $DATA7/vqa4" "val spoken_vqa $DATA4/shards/val $DATA7/vqa4-val" \
-                 "train spoken_math $DATA6/shards/train $DATA7/math6" "val spoken_math $DATA6/shards/val $DATA7/math6-val"; do
-        set -- $sel
-        [ -f "$4/manifest.json" ] || python examples/filter_shards.py "$3" "$4" --keep "$2"
-      done
+      filtered "$DATA4/shards/train" "$DATA7/vqa4" spoken_vqa
+      filtered "$DATA4/shards/val" "$DATA7/vqa4-val" spoken_vqa
+      filtered "$DATA6/shards/train" "$DATA7/math6" spoken_math
+      filtered "$DATA6/shards/val" "$DATA7/math6-val" spoken_math
       TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
       VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
       RUN=${RUN:-runs/world-p7}
@@ -150,14 +153,14 @@ else
       INIT=(train.init_from="${FROM_CKPT:-runs/world-p6/ckpt/step_0000700}")
     elif [ "$PHASE" = 8 ]; then
       # phase 8 (an experiment started 2026-12-02): the image slot embedding (model.image_pos_embed,
-      # zero-initialised) switched on for phase 7's last weights, on phase 7's data plus phase 4's
+      # zero-initialised) switched on for phase 7's weights at step 200 (where it was stopped), on phase 7's data plus phase 4's
       # drawing documents (draw, edit, spoken_draw) a second time. SLOTS=0 trains the same steps
       # without it, the control the drawing scores are compared with
       DATA6=${DATA6:-data/world6}
       DATA7=${DATA7:-data/world7}
       DATA8=${DATA8:-data/world8}
-      [ -f "$DATA8/draw4/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/train" "$DATA8/draw4" --keep drawing
-      [ -f "$DATA8/draw4-val/manifest.json" ] || python examples/filter_shards.py "$DATA4/shards/val" "$DATA8/draw4-val" --keep drawing
+      filtered "$DATA4/shards/train" "$DATA8/draw4" drawing
+      filtered "$DATA4/shards/val" "$DATA8/draw4-val" drawing
       TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6,$DATA8/draw4"
       VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val,$DATA8/draw4-val"
       if [ "${SLOTS:-1}" = 1 ]; then
@@ -166,12 +169,12 @@ else
       else
         RUN=${RUN:-runs/world-p8-control}
       fi
-      STEPS=${STEPS:-150}
+      STEPS=${STEPS:-180}
       LR=${LR:-1e-4}
       WARMUP=${WARMUP_P8:-20}
       EVAL_EVERY=50
       EVAL_BATCHES=8
-      INIT+=(train.init_from="${FROM_CKPT:-runs/world-p7/ckpt/step_0000400}")
+      INIT+=(train.init_from="${FROM_CKPT:-runs/world-p7/ckpt/step_0000200}")
     else
       # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
       # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at
