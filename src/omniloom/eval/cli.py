@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance for image answers of a local model (1 off; try 2-3 with a model "
                         "trained with `omniloom tokenize --cfg-drop`)")
+    p.add_argument("--image-candidates", type=int, default=1, metavar="N",
+                   help="draw N images per drawing request and keep the one the model itself captions closest to "
+                        "the request (best-of-N, self-judged; 1 off). Edits always get one sample")
     p.add_argument("--int8", action="store_true", help="evaluate the local model with int8 weight-only quantization")
 
 
@@ -96,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     tasks = parse_tasks(args.tasks)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.image_candidates < 1:
+        raise ValueError(f"--image-candidates must be >= 1, got {args.image_candidates}")
+    if args.server and args.image_candidates > 1:
+        raise ValueError("--image-candidates applies to a local model; a server decides its own sampling")
     if args.server:
         backend = ServerBackend(args.server, args.model, args.api_key, args.max_new_tokens)
         what = f"{args.model} at {args.server}"
@@ -103,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         from ..infer.generate import OmniModel, resolve_model_dir
 
         directory = resolve_model_dir(args.model)
-        backend = LocalBackend(OmniModel.load(directory, int8=args.int8), args.max_new_tokens, args.cfg_scale)
+        backend = LocalBackend(OmniModel.load(directory, int8=args.int8), args.max_new_tokens, args.cfg_scale,
+                               args.image_candidates)
         what = str(directory)
     samples = {}
     for task in tasks:
@@ -127,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"model": what, "split": args.split, "seed": args.seed, "n": args.n, "seconds": time.time() - t0,
-                "cfg_scale": args.cfg_scale, "int8": bool(args.int8)}
+                "cfg_scale": args.cfg_scale, "image_candidates": args.image_candidates, "int8": bool(args.int8)}
         tmp = out.with_suffix(".tmp")
         tmp.write_text(results_json(results, meta))
         tmp.replace(out)

@@ -56,10 +56,11 @@ def _to_16k(pcm: np.ndarray, rate: int) -> np.ndarray:
 class LocalBackend:
     """Answers through ``generate()`` in this process."""
 
-    def __init__(self, omni, max_new_tokens: int = 256, cfg_scale: float = 1.0):
+    def __init__(self, omni, max_new_tokens: int = 256, cfg_scale: float = 1.0, image_candidates: int = 1):
         self.omni = omni
         self.max_new_tokens = max_new_tokens
         self.cfg_scale = cfg_scale  # classifier-free guidance for image answers
+        self.image_candidates = image_candidates  # best-of-N drawings, judged by the model's own captions
 
     def answer(self, sample: dict, base_dir: Path) -> Answer:
         from ..infer.generate import AudioChunk, ImageOut, TextDelta, TranscriptDelta, generate
@@ -69,8 +70,9 @@ class LocalBackend:
         events = generate(self.omni, _prompt_messages(sample), output_modality=kind,
                           outputs=(kind,) if kind != "image" else ("image", "audio", "text"),
                           voice=_voice(sample) if kind == "audio" else None,
-                          sampling=SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0),
-                          cfg_scale=self.cfg_scale if kind == "image" else 1.0, base_dir=base_dir)
+                          sampling=SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0),
+                          cfg_scale=self.cfg_scale if kind == "image" else 1.0, base_dir=base_dir,
+                          image_candidates=self.image_candidates if kind == "image" else 1)
         ans = Answer()
         pcm: list[np.ndarray] = []
         rate = 16000

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance for images (>1 on)")
+    p.add_argument("--image-candidates", type=int, default=1, metavar="N",
+                   help="draw up to N images for a drawing request and keep the one the model itself captions "
+                        "closest to the request (best-of-N search; 1 off; try 16-32 with --cfg-scale 2)")
     p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
     p.add_argument("--int8", action="store_true", help="int8 weight-only quantization of the decoder (faster on a CPU)")
 
@@ -67,7 +70,7 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     text, transcript, audio, images = [], [], [], []
     done = None
     for ev in generate(omni, messages, output_modality=modality, voice=args.voice, sampling=sampling,
-                       cfg_scale=args.cfg_scale):
+                       cfg_scale=args.cfg_scale, image_candidates=args.image_candidates):
         if isinstance(ev, TextDelta):
             text.append(ev.text)
             print(ev.text, end="", flush=True)

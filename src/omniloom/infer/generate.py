@@ -14,7 +14,7 @@ audio span is the answer's transcript and arrives as :class:`TranscriptDelta`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -165,12 +165,19 @@ def generate(
     cfg_scale: float = 1.0,
     audio_chunk_frames: int = 2,
     base_dir: str | Path | None = None,
+    image_candidates: int = 1,
+    describe: str | None = None,
 ) -> Iterator[TextDelta | TranscriptDelta | AudioChunk | ImageOut | Done]:
     """Answer ``messages`` (OpenAI-style, raw media allowed) as a stream of events.
 
     ``output_modality`` forces how the answer starts ("text", "image", "audio"); ``outputs`` limits
     what it may contain. ``cfg_scale`` > 1 applies classifier-free guidance inside image spans
     (the unconditional prompt replaces the user's turns with ``<|null|>``).
+
+    ``image_candidates`` > 1 (with ``output_modality="image"``) draws that many images in one batch
+    and keeps the one whose caption, by the model itself, is most likely to be ``describe`` (by
+    default the request's own text without its drawing verb; see :mod:`omniloom.infer.rerank`).
+    A request that gives no description (an edit of a given image) gets a single sample.
     """
     vocab, proc = omni.vocab, omni.processor
     if output_modality is not None and output_modality not in OUTPUTS:
@@ -178,6 +185,8 @@ def generate(
     if output_modality == "audio" and voice is None:
         named = [v for v in vocab.voices if not v.startswith("voice:")]
         voice = named[0] if named else vocab.voices[0]
+    if image_candidates < 1:
+        raise ValueError(f"image_candidates must be >= 1, got {image_candidates}")
     sampling = sampling or SamplingParams(temperature=0.0)
     sampling.stop_ids = tuple(set(sampling.stop_ids) | {vocab.end_id})
     prompt = proc.prompt_ids(messages, output_modality, voice, base_dir=base_dir)
@@ -185,11 +194,26 @@ def generate(
     if cfg_scale != 1.0:
         # the null condition, then the same assistant header and opened span (no media to encode again)
         uncond = null_condition(vocab) + build_prompt([], vocab, omni.tok, output_modality, voice, add_bos=False)
-    grammar = SpanGrammar(vocab, omni.model.cfg.vocab_size, outputs=outputs, prefix=prompt)
-    req = Request(prompt, sampling, grammar, uncond_prompt=uncond, cfg_scale=cfg_scale)
-
     usage = {"prompt_tokens": len(prompt), "completion_tokens": 0, "text_tokens": 0, "audio_tokens": 0,
              "image_tokens": 0}
+    chosen = None
+    if image_candidates > 1 and output_modality == "image":
+        from .rerank import best_image, request_description
+
+        desc = describe if describe is not None else request_description(omni, messages, base_dir)
+        if desc:
+            span, _, drawn = best_image(omni, prompt, image_candidates, desc, sampling, uncond, cfg_scale)
+            chosen = span[:-1]
+            prompt = prompt + span  # the chosen image is now part of the answer so far
+            usage["completion_tokens"] += len(span)
+            usage["image_tokens"] += len(chosen)
+            usage["image_candidates"] = drawn
+            uncond = None  # guidance applies inside image spans, and the one image is done
+            sampling = replace(sampling, max_new_tokens=max(1, sampling.max_new_tokens - len(span)))
+    grammar = SpanGrammar(vocab, omni.model.cfg.vocab_size, outputs=outputs, prefix=prompt)
+    req = Request(prompt, sampling, grammar, uncond_prompt=uncond, cfg_scale=cfg_scale if uncond else 1.0)
+    if chosen is not None:
+        yield _image_event(omni, [t - vocab.range_of("image")[0] for t in chosen])
     text = _TextStream(omni.tok)
     transcript = _TextStream(omni.tok)
     audio_codec = omni.codecs.get("audio")

@@ -3,7 +3,10 @@
 Generation forces an image answer to the prompt; an edit sends the image and the instruction (the
 world's ``edit`` task). ``size`` must be the image codec's own (``"auto"`` picks it).
 ``guidance_scale`` (an omniloom extension, default 1 = off; pass it with the client's ``extra_body``)
-applies classifier-free guidance while the image codes are sampled.
+applies classifier-free guidance while the image codes are sampled; ``image_candidates`` (also an
+extension, default 1) searches that many drawings per image and keeps the one the model itself
+captions closest to the prompt (``omniloom.infer.rerank``; generations only, an edit has no
+description of its result).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class ImageRequest(BaseModel):
     response_format: Literal["b64_json"] | None = "b64_json"
     output_format: Literal["png"] | None = "png"
     guidance_scale: float = Field(1.0, ge=1.0, le=10.0)  # extension: classifier-free guidance (1 = off)
+    # extension: draw this many candidates per image, keep the one the model captions closest to the prompt
+    image_candidates: int = Field(1, ge=1, le=64)
 
 
 def _check(st, size: str | None, response_format: str | None) -> None:
@@ -47,17 +52,17 @@ def _check(st, size: str | None, response_format: str | None) -> None:
         raise bad_request("response_format must be 'b64_json' (this server keeps no image URLs)", "response_format")
 
 
-def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float):
+def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float, candidates: int = 1):
     def fn(omni):
         for i in range(n):
             yield from generate(omni, messages, output_modality="image", outputs=("image",),
                                 sampling=SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0),
-                                cfg_scale=guidance)
+                                cfg_scale=guidance, image_candidates=candidates)
     return fn
 
 
-async def _run(st, request: Request, messages: list[dict], n: int, guidance: float) -> dict:
-    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance))
+async def _run(st, request: Request, messages: list[dict], n: int, guidance: float, candidates: int = 1) -> dict:
+    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance, candidates))
     watcher = asyncio.create_task(watch_disconnect(request, job))
     data, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
     try:
@@ -85,7 +90,8 @@ async def generations(body: ImageRequest, request: Request) -> dict:
     st = request.app.state.omni
     st.check_model(body.model)
     _check(st, body.size, body.response_format)
-    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n, body.guidance_scale)
+    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n, body.guidance_scale,
+                      body.image_candidates)
 
 
 @router.post("/v1/images/edits")

@@ -1,0 +1,167 @@
+"""Best-of-N drawing judged by the model's own captions (infer/rerank.py)."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from omniloom.codecs.image import ImageCodec, ImageCodecConfig
+from omniloom.codecs.text import TextTokenizer
+from omniloom.config import preset
+from omniloom.infer.generate import MODELS_DIR, Done, ImageOut, OmniModel, generate
+from omniloom.infer.rerank import best_image, caption_logprobs, drawing_description, request_description
+from omniloom.infer.sampling import SamplingParams
+from omniloom.model import Transformer
+from omniloom.tokens import Vocab, build_prompt, null_condition
+
+CORPUS = ["describe the image", "a big red circle at the top left", "draw a small blue square", "three"] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    tok = TextTokenizer.train(CORPUS, vocab_size=300)
+    image = ImageCodec(ImageCodecConfig()).eval()
+    vocab = Vocab.for_codecs(tok.vocab_size, image, None)
+    cfg = preset("debug").model
+    cfg.vocab_size = vocab.size
+    return OmniModel(Transformer(cfg), vocab, tok, {"image": image})
+
+
+@pytest.mark.parametrize("text,desc", [
+    ("draw a big red circle at the top left", "a big red circle at the top left"),
+    ("Please paint a small blue square.", "a small blue square"),
+    ("make an image of a green star", "a green star"),
+    ("show me two circles", "two circles"),
+    ("a red star", "a red star"),  # no verb: the text itself
+    ("drawing lessons", "drawing lessons"),  # a word that starts like a verb is not one
+])
+def test_drawing_description_drops_only_a_leading_verb(text, desc):
+    assert drawing_description(text) == desc
+
+
+def test_request_description_from_the_last_user_text_and_none_for_an_edit(tiny):
+    msgs = [{"role": "user", "content": "draw a red circle"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "draw a small blue square"}]}]
+    assert request_description(tiny, msgs) == "a small blue square"
+    edit = [{"role": "user", "content": [{"type": "image_codes", "codes": [0] * tiny.vocab.image_tokens},
+                                         {"type": "text", "text": "remove the circle"}]}]
+    assert request_description(tiny, edit) is None
+    assert request_description(tiny, [{"role": "system", "content": "hi"}]) is None
+
+
+def test_caption_logprobs_batched_equals_one_by_one(tiny):
+    g = torch.Generator().manual_seed(3)
+    n = tiny.vocab.image_tokens
+    imgs = [torch.randint(0, tiny.vocab.image_codebook_size, (n,), generator=g).tolist() for _ in range(3)]
+    batched = caption_logprobs(tiny, imgs, "a big red circle")
+    single = [caption_logprobs(tiny, [im], "a big red circle")[0] for im in imgs]
+    assert np.allclose(batched, single, atol=1e-4)
+    assert all(s < 0 for s in batched)
+    assert len(set(round(s, 4) for s in batched)) == 3  # the image matters
+
+
+def _prompt(omni, text):
+    return omni.processor.prompt_ids([{"role": "user", "content": text}], "image")
+
+
+def test_best_image_keeps_the_highest_scoring_candidate_and_repeats_when_seeded(tiny):
+    prompt = _prompt(tiny, "draw a big red circle")
+    sp = SamplingParams(temperature=0.0, seed=7)
+    span, score, drawn = best_image(tiny, prompt, 12, "a big red circle", sp, batch=4, good_enough=math.inf)
+    lo = tiny.vocab.range_of("image")[0]
+    assert drawn == 12 and len(span) == tiny.vocab.image_tokens + 1 and span[-1] == tiny.vocab.special("/image")
+    codes = [t - lo for t in span[:-1]]
+    assert all(0 <= c < tiny.vocab.image_codebook_size for c in codes)
+    assert score == pytest.approx(caption_logprobs(tiny, [codes], "a big red circle")[0], abs=1e-4)
+    # candidate 0 is the greedy image: the search never keeps something the model scores lower
+    greedy = [ev for ev in generate(tiny, [{"role": "user", "content": "draw a big red circle"}],
+                                    output_modality="image", outputs=("image",)) if isinstance(ev, ImageOut)][0]
+    assert score >= caption_logprobs(tiny, [greedy.codes], "a big red circle")[0] - 1e-4
+    again = best_image(tiny, prompt, 12, "a big red circle", sp, batch=4, good_enough=math.inf)
+    assert again[0] == span and again[1] == pytest.approx(score)
+
+
+def test_best_image_stops_once_good_enough_and_checks_its_input(tiny):
+    prompt = _prompt(tiny, "draw a big red circle")
+    sp = SamplingParams(temperature=0.0, seed=1)
+    assert best_image(tiny, prompt, 16, "a big red circle", sp, batch=4, good_enough=-math.inf)[2] == 4
+    with pytest.raises(ValueError, match="image_candidates must be >= 1"):
+        best_image(tiny, prompt, 0, "x", sp)
+    with pytest.raises(ValueError, match="opened image span"):
+        best_image(tiny, prompt[:-1], 4, "x", sp)
+
+
+def test_generate_with_candidates_yields_one_image_and_counts_them(tiny):
+    events = list(generate(tiny, [{"role": "user", "content": "draw a small blue square"}], output_modality="image",
+                           outputs=("image",), sampling=SamplingParams(max_new_tokens=80, temperature=0.0, seed=2),
+                           image_candidates=5))
+    imgs = [e for e in events if isinstance(e, ImageOut)]
+    done = events[-1]
+    assert len(imgs) == 1 and len(imgs[0].codes) == tiny.vocab.image_tokens and imgs[0].image.shape == (64, 64, 3)
+    assert isinstance(done, Done) and done.usage["image_candidates"] == 5
+    # the chosen image counts as the answer's first tokens and within its budget (80)
+    assert tiny.vocab.image_tokens <= done.usage["image_tokens"] <= done.usage["completion_tokens"] <= 80
+    # an edit has no description of its result: one sample, as without the search
+    edit = [{"role": "user", "content": [{"type": "image_codes", "codes": imgs[0].codes},
+                                         {"type": "text", "text": "remove the square"}]}]
+    events = list(generate(tiny, edit, output_modality="image", outputs=("image",), image_candidates=5))
+    assert "image_candidates" not in events[-1].usage
+    with pytest.raises(ValueError, match="image_candidates must be >= 1"):
+        list(generate(tiny, edit, output_modality="image", image_candidates=0))
+
+
+# --- the shipped reference model ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world():
+    if not (Path(MODELS_DIR) / "world" / "model.safetensors").is_file():
+        pytest.fail("the bundled reference model src/omniloom/assets/models/world is missing")
+    return OmniModel.load("world")
+
+
+def _codes_of(omni, text):
+    from omniloom.world.render import render_scene
+    from omniloom.world.scene import parse_caption
+
+    img = render_scene(parse_caption(text), np.random.default_rng(0))
+    return omni.processor.to_code_part({"type": "image", "image": img})["codes"]
+
+
+def test_shipped_model_scores_the_true_caption_above_near_misses(world):
+    true = "a big red circle at the top left and a small blue star in the center"
+    codes = _codes_of(world, true)
+    wrong = ["a big green circle at the top left and a small blue star in the center",  # color
+             "a big red circle at the top left and a small blue square in the center",  # shape
+             "a small red circle at the top left and a small blue star in the center",  # size
+             "a big red circle at the top right and a small blue star in the center",  # place
+             "a big red circle at the top left"]  # an object left out
+    scores = [caption_logprobs(world, [codes], t)[0] for t in [true] + wrong]
+    assert scores[0] > max(scores[1:]) + 2.0, scores
+
+
+# prompts of the world's test split (seed 1234) that greedy decoding with guidance 2 draws wrong
+PROMPTS_GREEDY_WRONG = ["draw a big blue star at the top left and a small purple square on the left",
+                        "draw a big yellow triangle at the bottom",
+                        "draw a small green triangle in the center and a big blue square at the bottom"]
+
+
+def test_shipped_model_search_mends_drawings_greedy_gets_wrong(world):
+    from omniloom.world.judges import image_match
+    from omniloom.world.scene import parse_caption
+
+    uncond = null_condition(world.vocab) + build_prompt([], world.vocab, world.tok, "image", None, add_bos=False)
+    exact = 0
+    for i, text in enumerate(PROMPTS_GREEDY_WRONG):
+        msgs = [{"role": "user", "content": text}]
+        sp = SamplingParams(temperature=0.0, seed=i)
+        greedy = [e for e in generate(world, msgs, output_modality="image", outputs=("image",), sampling=sp,
+                                      cfg_scale=2.0) if isinstance(e, ImageOut)][0]
+        truth = parse_caption(drawing_description(text))
+        assert image_match(truth, greedy.image)[0] == 0.0  # the premise: greedy alone gets it wrong
+        found = [e for e in generate(world, msgs, output_modality="image", outputs=("image",), sampling=sp,
+                                     cfg_scale=2.0, image_candidates=32) if isinstance(e, ImageOut)][0]
+        exact += image_match(truth, found.image)[0] == 1.0
+    assert exact >= 2, exact
