@@ -49,11 +49,17 @@ def test_unknown_task_is_refused(tmp_path, tiny_dir, capsys):
     assert "unknown task" in capsys.readouterr().err
 
 
+def test_bad_image_candidates_are_refused(tmp_path, tiny_dir, capsys):
+    assert cli(["eval", "--model", str(tiny_dir), "--tasks", "draw", "--image-candidates", "0",
+                "--data", str(tmp_path)]) == 2
+    assert "--image-candidates must be >= 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_eval_tiny_model_local_reports_near_chance(tmp_path, tiny_dir, capsys):
     out = tmp_path / "report.json"
     assert cli(["eval", "--model", str(tiny_dir), "--tasks", "math,vqa,draw", "--n", "3", "--data",
-                str(tmp_path / "data"), "--json", str(out), "--no-progress"]) == 0
+                str(tmp_path / "data"), "--json", str(out), "--no-progress", "--image-candidates", "3"]) == 0
     printed = capsys.readouterr().out
     assert "task" in printed and "oracle" in printed
     report = json.loads(out.read_text())
@@ -63,6 +69,7 @@ def test_eval_tiny_model_local_reports_near_chance(tmp_path, tiny_dir, capsys):
         assert r["n"] == 3 and r["oracle"] == 1.0
         assert r["value"] <= r["oracle"]
     assert rows["draw"]["value"] == 0.0  # a random image decoder draws no world scene
+    assert report["meta"]["image_candidates"] == 3
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -77,8 +84,9 @@ def test_eval_through_the_server(tmp_path, tiny_dir, capsys):
         out = tmp_path / "r.json"
         assert cli(["eval", "--server", url, "--api-key", "k", "--model", "tiny", "--tasks", "vqa,draw",
                     "--n", "2", "--data", str(tmp_path / "data"), "--json", str(out), "--no-progress",
-                    "--no-bounds", "--max-new-tokens", "8"]) == 0
+                    "--no-bounds", "--max-new-tokens", "8", "--cfg-scale", "2", "--image-candidates", "2"]) == 0
     rows = {r["task"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["vqa"]["n"] == 2 and rows["draw"]["n"] == 2
-    # answers came back (wrong, from a random model) rather than transport errors
+    # answers came back (wrong, from a random model) rather than transport errors: the server took
+    # the guidance and candidates extensions the eval sent with the image requests
     assert not any("error" in f for r in rows.values() for f in r["failures"])

@@ -14,7 +14,7 @@ from omniloom.infer.generate import MODELS_DIR, Done, ImageOut, OmniModel, gener
 from omniloom.infer.rerank import best_image, caption_logprobs, drawing_description, request_description
 from omniloom.infer.sampling import SamplingParams
 from omniloom.model import Transformer
-from omniloom.tokens import Vocab, build_prompt, null_condition
+from omniloom.tokens import Vocab
 
 CORPUS = ["describe the image", "a big red circle at the top left", "draw a small blue square", "three"] * 20
 
@@ -82,6 +82,9 @@ def test_best_image_keeps_the_highest_scoring_candidate_and_repeats_when_seeded(
     assert score >= caption_logprobs(tiny, [greedy.codes], "a big red circle")[0] - 1e-4
     again = best_image(tiny, prompt, 12, "a big red circle", sp, batch=4, good_enough=math.inf)
     assert again[0] == span and again[1] == pytest.approx(score)
+    # the first 4 candidates are the same draws: more candidates can only find a better one
+    fewer = best_image(tiny, prompt, 4, "a big red circle", sp, batch=4, good_enough=math.inf)
+    assert fewer[2] == 4 and score >= fewer[1] - 1e-6
 
 
 def test_best_image_stops_once_good_enough_and_checks_its_input(tiny):
@@ -111,6 +114,10 @@ def test_generate_with_candidates_yields_one_image_and_counts_them(tiny):
     assert "image_candidates" not in events[-1].usage
     with pytest.raises(ValueError, match="image_candidates must be >= 1"):
         list(generate(tiny, edit, output_modality="image", image_candidates=0))
+    # a budget with no room for a whole image: no search, the answer is cut as without it
+    short = list(generate(tiny, [{"role": "user", "content": "draw a small blue square"}], output_modality="image",
+                          sampling=SamplingParams(max_new_tokens=10), image_candidates=5))
+    assert "image_candidates" not in short[-1].usage and short[-1].usage["completion_tokens"] <= 10
 
 
 # --- the shipped reference model ---------------------------------------------------------------
@@ -152,7 +159,6 @@ def test_shipped_model_search_mends_drawings_greedy_gets_wrong(world):
     from omniloom.world.judges import image_match
     from omniloom.world.scene import parse_caption
 
-    uncond = null_condition(world.vocab) + build_prompt([], world.vocab, world.tok, "image", None, add_bos=False)
     exact = 0
     for i, text in enumerate(PROMPTS_GREEDY_WRONG):
         msgs = [{"role": "user", "content": text}]

@@ -126,6 +126,19 @@ def test_chat_image_answer_is_a_png_part(client):
     assert 64 * len(img) <= r.usage.completion_tokens_details.image_tokens <= 80  # whole images (+ a cut one)
 
 
+def test_chat_image_answer_with_guidance_and_candidates(client):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "draw a square"}],
+                                       modalities=["image"], max_tokens=80, seed=0,
+                                       extra_body={"guidance_scale": 2.0, "image_candidates": 3})
+    img = [p for p in r.choices[0].message.content if p["type"] == "image_url"]
+    assert img and Image.open(io.BytesIO(base64.b64decode(img[0]["image_url"]["url"].split(",", 1)[1]))).size == (64, 64)
+    assert 64 <= r.usage.completion_tokens_details.image_tokens <= 80  # the chosen image, within the budget
+    for bad in ({"image_candidates": 0}, {"guidance_scale": 0.5}):
+        with pytest.raises(openai.BadRequestError, match=next(iter(bad))):
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                           modalities=["image"], extra_body=bad)
+
+
 @pytest.mark.slow
 def test_speech_formats(client):
     r = client.audio.speech.create(model="tiny", voice="nova", input="hello", response_format="wav")
@@ -192,6 +205,18 @@ def test_images_with_guidance(client):
     assert len(e.data) == 1
     with pytest.raises(openai.BadRequestError, match="guidance_scale"):
         client.images.generate(model="tiny", prompt="x", extra_body={"guidance_scale": 0.5})
+
+
+def test_images_with_candidates(client):
+    """image_candidates searches several drawings per image and still returns n images."""
+    r = client.images.generate(model="tiny", prompt="draw a red circle", n=2,
+                               extra_body={"guidance_scale": 2.0, "image_candidates": 3})
+    assert len(r.data) == 2
+    for d in r.data:
+        assert Image.open(io.BytesIO(base64.b64decode(d.b64_json))).size == (64, 64)
+    for bad in (0, 65):
+        with pytest.raises(openai.BadRequestError, match="image_candidates"):
+            client.images.generate(model="tiny", prompt="x", extra_body={"image_candidates": bad})
 
 
 def test_embeddings_pooling(client, server):

@@ -35,11 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON (and OUT.png as a chart)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--cfg-scale", type=float, default=1.0,
-                   help="classifier-free guidance for image answers of a local model (1 off; try 2-3 with a model "
-                        "trained with `omniloom tokenize --cfg-drop`)")
+                   help="classifier-free guidance for image answers (1 off; try 2-3 with a model trained with "
+                        "`omniloom tokenize --cfg-drop`); with --server it is sent as the guidance_scale extension")
     p.add_argument("--image-candidates", type=int, default=1, metavar="N",
                    help="draw N images per drawing request and keep the one the model itself captions closest to "
-                        "the request (best-of-N, self-judged; 1 off). Edits always get one sample")
+                        "the request (best-of-N, self-judged; 1 off). Edits always get one sample. With --server it is sent "
+                        "as the image_candidates extension")
     p.add_argument("--int8", action="store_true", help="evaluate the local model with int8 weight-only quantization")
 
 
@@ -101,10 +102,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.image_candidates < 1:
         raise ValueError(f"--image-candidates must be >= 1, got {args.image_candidates}")
-    if args.server and args.image_candidates > 1:
-        raise ValueError("--image-candidates applies to a local model; a server decides its own sampling")
     if args.server:
-        backend = ServerBackend(args.server, args.model, args.api_key, args.max_new_tokens)
+        backend = ServerBackend(args.server, args.model, args.api_key, args.max_new_tokens, args.cfg_scale,
+                                args.image_candidates)
         what = f"{args.model} at {args.server}"
     else:
         from ..infer.generate import OmniModel, resolve_model_dir

@@ -94,13 +94,17 @@ class LocalBackend:
 class ServerBackend:
     """Answers through an OpenAI-compatible server (chat completions with data-URL media)."""
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, max_tokens: int = 256):
+    def __init__(self, url: str, model: str, api_key: str | None = None, max_tokens: int = 256,
+                 cfg_scale: float = 1.0, image_candidates: int = 1):
         import openai
 
         self.client = openai.OpenAI(base_url=url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1"),
                                     api_key=api_key or "none", max_retries=1)
         self.model = model
         self.max_tokens = max_tokens
+        # omniloom's extensions for image answers, sent only when asked for (another server may refuse them)
+        self.image_extra = {k: v for k, v in (("guidance_scale", cfg_scale), ("image_candidates", image_candidates))
+                            if v != 1}
 
     def _part(self, part: dict, base_dir: Path) -> list[dict]:
         t = part.get("type")
@@ -132,6 +136,8 @@ class ServerBackend:
             kw["audio"] = {"voice": _voice(sample) or "nova", "format": "wav"}
         elif kind == "image":
             kw["modalities"] = ["image"]
+            if self.image_extra:
+                kw["extra_body"] = dict(self.image_extra)
         resp = self.client.chat.completions.create(**kw)
         msg = resp.choices[0].message
         ans = Answer()

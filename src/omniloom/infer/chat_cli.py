@@ -110,7 +110,9 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     if done is not None:
         u = done.usage
         print(f"[{done.finish_reason}; tokens: prompt {u['prompt_tokens']}, answer {u['completion_tokens']} "
-              f"(text {u['text_tokens']}, audio {u['audio_tokens']}, image {u['image_tokens']})]", file=sys.stderr)
+              f"(text {u['text_tokens']}, audio {u['audio_tokens']}, image {u['image_tokens']})"
+              + (f"; image chosen from {u['image_candidates']} candidates" if "image_candidates" in u else "") + "]",
+              file=sys.stderr)
     return {"role": "assistant", "content": content or ""}
 
 

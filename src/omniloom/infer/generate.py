@@ -177,7 +177,8 @@ def generate(
     ``image_candidates`` > 1 (with ``output_modality="image"``) draws that many images in one batch
     and keeps the one whose caption, by the model itself, is most likely to be ``describe`` (by
     default the request's own text without its drawing verb; see :mod:`omniloom.infer.rerank`).
-    A request that gives no description (an edit of a given image) gets a single sample.
+    A request that gives no description (an edit of a given image), or whose ``max_new_tokens``
+    leaves no room for a whole image, gets a single sample.
     """
     vocab, proc = omni.vocab, omni.processor
     if output_modality is not None and output_modality not in OUTPUTS:
@@ -197,7 +198,7 @@ def generate(
     usage = {"prompt_tokens": len(prompt), "completion_tokens": 0, "text_tokens": 0, "audio_tokens": 0,
              "image_tokens": 0}
     chosen = None
-    if image_candidates > 1 and output_modality == "image":
+    if image_candidates > 1 and output_modality == "image" and sampling.max_new_tokens > vocab.image_tokens:
         from .rerank import best_image, request_description
 
         desc = describe if describe is not None else request_description(omni, messages, base_dir)

@@ -64,6 +64,9 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int | None = Field(None, ge=1, le=1)
+    # omniloom extensions for image answers (with the client's extra_body; both 1 = off):
+    guidance_scale: float = Field(1.0, ge=1.0, le=10.0)  # classifier-free guidance inside image spans
+    image_candidates: int = Field(1, ge=1, le=64)  # best of N drawings, judged by the model's own captions
 
 
 def plan_outputs(modalities: list[str] | None) -> tuple[str | None, tuple[str, ...]]:
@@ -85,11 +88,12 @@ async def watch_disconnect(request: Request, job) -> None:
         await asyncio.sleep(0.1)
 
 
-def _job(messages: list[dict], output_modality, outputs, voice, sampling, tmp: list[str]):
+def _job(messages: list[dict], output_modality, outputs, voice, sampling, tmp: list[str], guidance: float = 1.0,
+         candidates: int = 1):
     def fn(omni):
         try:
             yield from generate(omni, messages, output_modality=output_modality, outputs=outputs, voice=voice,
-                                sampling=sampling)
+                                sampling=sampling, cfg_scale=guidance, image_candidates=candidates)
         finally:
             for p in tmp:
                 try:
@@ -132,7 +136,10 @@ async def chat_completions(body: ChatRequest, request: Request):
         for p in tmp:
             os.unlink(p)
         raise
-    job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling, tmp))
+    image_first = output_modality == "image"  # the extensions act on an answer that opens with an image
+    job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling, tmp,
+                                   body.guidance_scale if "image" in outputs else 1.0,
+                                   body.image_candidates if image_first else 1))
     try:
         await job.ready()
     except BaseException:
