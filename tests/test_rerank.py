@@ -171,3 +171,30 @@ def test_shipped_model_search_mends_drawings_greedy_gets_wrong(world):
                                      cfg_scale=2.0, image_candidates=32) if isinstance(e, ImageOut)][0]
         exact += image_match(truth, found.image)[0] == 1.0
     assert exact >= 2, exact
+
+
+# --- the model's own decoding defaults (generation.json) ------------------------------------------
+
+def test_generation_json_is_read_validated_and_applied(tmp_path):
+    from omniloom.infer.generate import read_generation
+
+    assert read_generation(tmp_path) == {}
+    (tmp_path / "generation.json").write_text('{"cfg_scale": 2, "image_candidates": 16}')
+    assert read_generation(tmp_path) == {"cfg_scale": 2.0, "image_candidates": 16}
+    for bad, word in [('{"cfg": 2}', "unknown key 'cfg'"), ('{"image_candidates": 0}', "image_candidates must be"),
+                      ('{"image_candidates": 2.5}', "image_candidates must be int"), ('[1]', "JSON object"),
+                      ('{"cfg_scale": true}', "cfg_scale must be"), ('{', "not valid JSON")]:
+        (tmp_path / "generation.json").write_text(bad)
+        with pytest.raises(ValueError, match=word):
+            read_generation(tmp_path)
+
+
+def test_image_options_prefer_the_caller_then_the_model(tiny):
+    assert tiny.image_options() == (1.0, 1)  # no generation.json: off
+    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs, generation={"cfg_scale": 2.0, "image_candidates": 16})
+    assert omni.image_options() == (2.0, 16)
+    assert omni.image_options(1.0, None) == (1.0, 16) and omni.image_options(None, 1) == (2.0, 1)
+
+
+def test_shipped_model_recommends_guidance_and_search(world):
+    assert world.image_options() == (2.0, 16)

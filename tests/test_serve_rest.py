@@ -219,6 +219,32 @@ def test_images_with_candidates(client):
             client.images.generate(model="tiny", prompt="x", extra_body={"image_candidates": bad})
 
 
+def test_image_answers_follow_the_models_generation_defaults(client, server, monkeypatch):
+    """A request that names no guidance or candidates gets the model's generation.json values."""
+    import omniloom.serve.chat as chat_mod
+    import omniloom.serve.images as images_mod
+
+    seen = []
+
+    def spy(real):
+        def wrapped(omni, messages, **kw):
+            seen.append((kw.get("cfg_scale"), kw.get("image_candidates")))
+            yield from real(omni, messages, **kw)
+        return wrapped
+
+    monkeypatch.setattr(chat_mod, "generate", spy(chat_mod.generate))
+    monkeypatch.setattr(images_mod, "generate", spy(images_mod.generate))
+    omni = server[1].state.omni.omni
+    monkeypatch.setattr(omni, "generation", {"cfg_scale": 2.0, "image_candidates": 2})
+    client.images.generate(model="tiny", prompt="draw a red circle")
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "draw a square"}],
+                                   modalities=["image"], max_tokens=80)
+    client.images.generate(model="tiny", prompt="draw a red circle",
+                           extra_body={"guidance_scale": 1.0, "image_candidates": 1})  # the caller wins
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert seen == [(2.0, 2), (2.0, 2), (1.0, 1), (1.0, 1)]  # a text answer: no guidance, no search
+
+
 def test_embeddings_pooling(client, server):
     r = client.embeddings.create(model="tiny", input=["a red circle", "a red circle", "three"])
     v = np.array([d.embedding for d in r.data])

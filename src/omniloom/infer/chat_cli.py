@@ -32,10 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance for images (>1 on)")
-    p.add_argument("--image-candidates", type=int, default=1, metavar="N",
+    p.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance for images (>1 on; default: the model's generation.json, else 1)")
+    p.add_argument("--image-candidates", type=int, default=None, metavar="N",
                    help="draw up to N images for a drawing request and keep the one the model itself captions "
-                        "closest to the request (best-of-N search; 1 off; try 16-32 with --cfg-scale 2)")
+                        "closest to the request (best-of-N search; 1 off; default: the model's generation.json, "
+                        "else 1; the bundled world model says 16 with guidance 2)")
     p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
     p.add_argument("--int8", action="store_true", help="int8 weight-only quantization of the decoder (faster on a CPU)")
 
@@ -69,8 +71,9 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     modality = "audio" if args.speak else "image" if args.draw else None
     text, transcript, audio, images = [], [], [], []
     done = None
+    cfg_scale, candidates = omni.image_options(args.cfg_scale, args.image_candidates)
     for ev in generate(omni, messages, output_modality=modality, voice=args.voice, sampling=sampling,
-                       cfg_scale=args.cfg_scale, image_candidates=args.image_candidates):
+                       cfg_scale=cfg_scale, image_candidates=candidates):
         if isinstance(ev, TextDelta):
             text.append(ev.text)
             print(ev.text, end="", flush=True)

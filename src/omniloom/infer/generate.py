@@ -6,6 +6,9 @@ tokenizer and the codecs, loaded from one directory::
     model.safetensors  config.json   # the decoder (an omniloom checkpoint)
     vocab.json  tokenizer.json       # the token format it was trained on
     codecs.json                      # optional: {"image": "image-world", "audio": "audio-world"}
+    generation.json                  # optional: the model's recommended decoding for image answers,
+                                     # {"cfg_scale": 2.0, "image_candidates": 16}, used by `omniloom
+                                     # chat` and `omniloom serve` when a request does not say
 
 Audio is decoded while its codes arrive: every ``audio_chunk_frames`` frames (80 ms at 25 frames/s)
 the stream decoder turns them into samples and an :class:`AudioChunk` is yielded. Text inside an
@@ -31,7 +34,7 @@ from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
 from .sampling import SamplingParams
 
-__all__ = ["OmniModel", "resolve_model_dir", "MODELS_DIR", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
+__all__ = ["OmniModel", "GENERATION_KEYS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
 
 
 @dataclass
@@ -101,11 +104,39 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
                      "`python -m omniloom.serve.tiny DIR`")
 
 
+#: keys of a model directory's generation.json: type and inclusive range
+GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64)}
+
+
+def read_generation(path: str | Path) -> dict:
+    """A model directory's ``generation.json`` -> validated defaults ({} when there is none)."""
+    f = Path(path) / "generation.json"
+    if not f.is_file():
+        return {}
+    data = read_json(f, "generation defaults")
+    if not isinstance(data, dict):
+        raise ValueError(f"generation defaults {f} must be a JSON object")
+    out = {}
+    for key, value in data.items():
+        if key not in GENERATION_KEYS:
+            raise ValueError(f"generation defaults {f}: unknown key {key!r} (known: {', '.join(GENERATION_KEYS)})")
+        kind, lo, hi = GENERATION_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+                or not lo <= value <= hi:
+            raise ValueError(f"generation defaults {f}: {key} must be {kind.__name__} in [{lo:g}, {hi:g}], got {value!r}")
+        out[key] = kind(value)
+    return out
+
+
 class OmniModel:
-    """Decoder + vocab + text tokenizer + codecs, ready to answer."""
+    """Decoder + vocab + text tokenizer + codecs, ready to answer.
+
+    ``generation``: the model's recommended decoding defaults (``generation.json``; see
+    :data:`GENERATION_KEYS`); :meth:`image_options` applies them where a caller gives none.
+    """
 
     def __init__(self, model: Transformer, vocab: Vocab, text_tokenizer: Any, codecs: dict[str, Any] | None = None,
-                 compile: bool = False):
+                 compile: bool = False, generation: dict | None = None):
         if model.cfg.vocab_size < vocab.size:
             raise ValueError(f"model vocabulary ({model.cfg.vocab_size}) is smaller than vocab.json ({vocab.size})")
         self.model = model.eval()
@@ -114,6 +145,13 @@ class OmniModel:
         self.codecs = dict(codecs or {})
         self.processor = Processor(vocab, text_tokenizer, self.codecs)
         self.engine = Engine(model, compile=compile)
+        self.generation = dict(generation or {})
+
+    def image_options(self, cfg_scale: float | None = None, image_candidates: int | None = None) -> tuple[float, int]:
+        """(guidance, candidates) for an image answer: what the caller asked for, else the model's defaults."""
+        g = self.generation
+        return (float(g.get("cfg_scale", 1.0)) if cfg_scale is None else cfg_scale,
+                int(g.get("image_candidates", 1)) if image_candidates is None else image_candidates)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", int8: bool = False, compile: bool = False) -> "OmniModel":
@@ -152,7 +190,7 @@ class OmniModel:
             from ..model.quant import quantize_int8
 
             quantize_int8(model)
-        return cls(model, vocab, tok, codecs, compile=compile)
+        return cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path))
 
 
 def generate(

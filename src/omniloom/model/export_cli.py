@@ -58,7 +58,7 @@ def _read_checkpoint(d: Path):
 #: what a model directory carries besides its weights (see ``infer.generate.OmniModel.load``):
 #: the vocabulary and tokenizer always, the codec references when the model has codecs
 MODEL_DIR_REQUIRED = ("vocab.json", "tokenizer.json")
-MODEL_DIR_OPTIONAL = ("codecs.json",)
+MODEL_DIR_OPTIONAL = ("codecs.json", "generation.json")
 
 
 def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:

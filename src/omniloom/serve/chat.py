@@ -64,9 +64,10 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int | None = Field(None, ge=1, le=1)
-    # omniloom extensions for image answers (with the client's extra_body; both 1 = off):
-    guidance_scale: float = Field(1.0, ge=1.0, le=10.0)  # classifier-free guidance inside image spans
-    image_candidates: int = Field(1, ge=1, le=64)  # best of N drawings, judged by the model's own captions
+    # omniloom extensions for image answers (with the client's extra_body; default: the model's
+    # generation.json, else 1 = off):
+    guidance_scale: float | None = Field(None, ge=1.0, le=10.0)  # classifier-free guidance inside image spans
+    image_candidates: int | None = Field(None, ge=1, le=64)  # best of N drawings, judged by the model's own captions
 
 
 def plan_outputs(modalities: list[str] | None) -> tuple[str | None, tuple[str, ...]]:
@@ -136,10 +137,10 @@ async def chat_completions(body: ChatRequest, request: Request):
         for p in tmp:
             os.unlink(p)
         raise
-    image_first = output_modality == "image"  # the extensions act on an answer that opens with an image
+    guidance, candidates = st.omni.image_options(body.guidance_scale, body.image_candidates)
+    image_first = output_modality == "image"  # the search acts on an answer that opens with an image
     job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling, tmp,
-                                   body.guidance_scale if "image" in outputs else 1.0,
-                                   body.image_candidates if image_first else 1))
+                                   guidance if "image" in outputs else 1.0, candidates if image_first else 1))
     try:
         await job.ready()
     except BaseException:

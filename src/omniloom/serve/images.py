@@ -2,11 +2,11 @@
 
 Generation forces an image answer to the prompt; an edit sends the image and the instruction (the
 world's ``edit`` task). ``size`` must be the image codec's own (``"auto"`` picks it).
-``guidance_scale`` (an omniloom extension, default 1 = off; pass it with the client's ``extra_body``)
-applies classifier-free guidance while the image codes are sampled; ``image_candidates`` (also an
-extension, default 1) searches that many drawings per image and keeps the one the model itself
+``guidance_scale`` (an omniloom extension; pass it with the client's ``extra_body``) applies
+classifier-free guidance while the image codes are sampled; ``image_candidates`` (also an
+extension) searches that many drawings per image and keeps the one the model itself
 captions closest to the prompt (``omniloom.infer.rerank``; generations only, an edit has no
-description of its result).
+description of its result). Both default to the model's ``generation.json``, else 1 (off).
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ class ImageRequest(BaseModel):
     size: str | None = "auto"
     response_format: Literal["b64_json"] | None = "b64_json"
     output_format: Literal["png"] | None = "png"
-    guidance_scale: float = Field(1.0, ge=1.0, le=10.0)  # extension: classifier-free guidance (1 = off)
-    # extension: draw this many candidates per image, keep the one the model captions closest to the prompt
-    image_candidates: int = Field(1, ge=1, le=64)
+    # extensions (default: the model's generation.json, else 1 = off): classifier-free guidance, and
+    # how many candidates to draw per image, keeping the one the model captions closest to the prompt
+    guidance_scale: float | None = Field(None, ge=1.0, le=10.0)
+    image_candidates: int | None = Field(None, ge=1, le=64)
 
 
 def _check(st, size: str | None, response_format: str | None) -> None:
@@ -90,8 +91,8 @@ async def generations(body: ImageRequest, request: Request) -> dict:
     st = request.app.state.omni
     st.check_model(body.model)
     _check(st, body.size, body.response_format)
-    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n, body.guidance_scale,
-                      body.image_candidates)
+    guidance, candidates = st.omni.image_options(body.guidance_scale, body.image_candidates)
+    return await _run(st, request, [{"role": "user", "content": body.prompt}], body.n, guidance, candidates)
 
 
 @router.post("/v1/images/edits")
@@ -103,7 +104,7 @@ async def edits(
     n: int = Form(1, ge=1, le=4),
     size: str | None = Form("auto"),
     response_format: str | None = Form("b64_json"),
-    guidance_scale: float = Form(1.0, ge=1.0, le=10.0),
+    guidance_scale: float | None = Form(None, ge=1.0, le=10.0),
 ) -> dict:
     st = request.app.state.omni
     st.check_model(model)
@@ -113,4 +114,4 @@ async def edits(
     url = "data:image/png;base64," + base64.b64encode(data).decode()
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                          {"type": "text", "text": prompt}]}]
-    return await _run(st, request, msgs, n, guidance_scale)
+    return await _run(st, request, msgs, n, st.omni.image_options(guidance_scale)[0])
