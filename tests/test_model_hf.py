@@ -241,6 +241,11 @@ def test_cli_export_model_directory_for_bundling(tmp_path, capsys):
     prompt = [a.vocab.bos_id, 5, 6, 7]
     params = SamplingParams(max_new_tokens=8, temperature=0)
     assert b.engine.generate([Request(prompt, params)]) == a.engine.generate([Request(prompt, params)])
+    # shipping new weights over a model directory keeps its decoding defaults
+    (out / "generation.json").write_text('{"cfg_scale": 2.0}')
+    assert main(["export", "--checkpoint", str(src), "--format", "omniloom", "--out", str(out)]) == 0
+    assert "kept its generation.json" in capsys.readouterr().out
+    assert OmniModel.load(out).generation == {"cfg_scale": 2.0}
 
     _write_checkpoint(tmp_path / "bare", tiny())
     assert main(["export", "--checkpoint", str(tmp_path / "bare"), "--format", "omniloom", "--out",

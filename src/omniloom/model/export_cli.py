@@ -88,10 +88,16 @@ def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
         for ref in read_json(src / "codecs.json").values():
             if (src / ref).is_dir():
                 files[ref] = lambda p, d=src / ref: shutil.copytree(d, p)
+    kept = ""
+    if "generation.json" not in files and (out / "generation.json").is_file():
+        # re-exporting over a model directory keeps its decoding defaults (the checkpoint has none)
+        old = (out / "generation.json").read_bytes()
+        files["generation.json"] = lambda p, b=old: p.write_bytes(b)
+        kept = "; kept its generation.json"
     _atomic_dir_write(out, files)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     print(f"exported {src} -> {out} (omniloom model directory, {cfg.model.num_params():,} parameters, "
-          f"{size / 1e6:.1f} MB of weights)")
+          f"{size / 1e6:.1f} MB of weights{kept})")
     return 0
 
 

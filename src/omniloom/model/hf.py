@@ -193,7 +193,16 @@ def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
         if not out_dir.is_dir():
             raise ValueError(f"output path {out_dir} exists and is not a directory")
         for name in files:  # same filesystem: each replace is atomic
-            os.replace(tmp / name, out_dir / name)
+            dest, old = out_dir / name, None
+            if dest.is_dir() and not dest.is_symlink():  # a directory (a codec) is swapped: old one aside first
+                old = tmp / f".old.{name}"
+                os.replace(dest, old)
+            try:
+                os.replace(tmp / name, dest)
+            except BaseException:
+                if old is not None:  # put the old one back rather than lose it with the temp dir
+                    os.replace(old, dest)
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
