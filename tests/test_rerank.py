@@ -191,7 +191,8 @@ def test_generation_json_is_read_validated_and_applied(tmp_path):
 
 def test_image_options_prefer_the_caller_then_the_model(tiny):
     assert tiny.image_options() == (1.0, 1)  # no generation.json: off
-    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs, generation={"cfg_scale": 2.0, "image_candidates": 16})
+    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs,
+                     generation={"cfg_scale": 2.0, "image_candidates": 16})
     assert omni.image_options() == (2.0, 16)
     assert omni.image_options(1.0, None) == (1.0, 16) and omni.image_options(None, 1) == (2.0, 1)
 

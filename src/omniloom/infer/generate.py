@@ -34,7 +34,8 @@ from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
 from .sampling import SamplingParams
 
-__all__ = ["OmniModel", "GENERATION_KEYS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta", "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
+__all__ = ["OmniModel", "GENERATION_KEYS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
+           "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
 
 
 @dataclass
@@ -123,7 +124,8 @@ def read_generation(path: str | Path) -> dict:
         kind, lo, hi = GENERATION_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
                 or not lo <= value <= hi:
-            raise ValueError(f"generation defaults {f}: {key} must be {kind.__name__} in [{lo:g}, {hi:g}], got {value!r}")
+            raise ValueError(f"generation defaults {f}: {key} must be {kind.__name__} in [{lo:g}, {hi:g}], "
+                             f"got {value!r}")
         out[key] = kind(value)
     return out
 

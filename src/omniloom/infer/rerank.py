@@ -93,7 +93,8 @@ def caption_logprobs(omni: Any, images: Sequence[Sequence[int]], description: st
     """
     proc, model = omni.processor, omni.model
     encs = [proc.encode_messages([
-        {"role": "user", "content": [{"type": "image_codes", "codes": list(c)}, {"type": "text", "text": CAPTION_PROMPT}]},
+        {"role": "user", "content": [{"type": "image_codes", "codes": list(c)},
+                                     {"type": "text", "text": CAPTION_PROMPT}]},
         {"role": "assistant", "content": [{"type": "text", "text": description}]}]) for c in images]
     dev = next(model.parameters()).device
     ids = torch.tensor([e.ids for e in encs], device=dev)
@@ -117,8 +118,8 @@ def best_image(omni: Any, prompt: list[int], n: int, description: str, sampling:
 
     Candidate 0 decodes as ``sampling`` says (greedy by default); the others sample at
     ``temperature`` (or ``sampling.temperature`` when that is above 0) with seeds derived from
-    ``sampling.seed`` (random when it is None), so a seeded call repeats. Returns the chosen span's ids (its codes and
-    ``<|/image|>``), its score and how many candidates were drawn.
+    ``sampling.seed`` (random when it is None), so a seeded call repeats. Returns the chosen span's
+    ids (its codes and ``<|/image|>``), its score and how many candidates were drawn.
     """
     vocab = omni.vocab
     if n < 1:
@@ -139,7 +140,7 @@ def best_image(omni: Any, prompt: list[int], n: int, description: str, sampling:
         for j in range(size):
             k = drawn + j
             sp = SamplingParams(max_new_tokens=L + 1, temperature=sampling.temperature if k == 0 else temp,
-                                top_k=sampling.top_k, top_p=sampling.top_p, seed=base * 1_000_003 + k,
+                                top_k=sampling.top_k, top_p=sampling.top_p, seed=(base * 1_000_003 + k) % 2**63,
                                 stop_ids=(close,))
             g = SpanGrammar(vocab, omni.model.cfg.vocab_size, outputs=("image",), prefix=prompt)
             reqs.append(Request(prompt, sp, g, uncond_prompt=uncond, cfg_scale=cfg_scale))
