@@ -7,27 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from omniloom.codecs.image import ImageCodec, ImageCodecConfig
-from omniloom.codecs.text import TextTokenizer
-from omniloom.config import preset
 from omniloom.infer.generate import MODELS_DIR, Done, ImageOut, OmniModel, generate
 from omniloom.infer.rerank import best_image, caption_logprobs, drawing_description, request_description
 from omniloom.infer.sampling import SamplingParams
-from omniloom.model import Transformer
-from omniloom.tokens import Vocab
-
-CORPUS = ["describe the image", "a big red circle at the top left", "draw a small blue square", "three"] * 20
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    tok = TextTokenizer.train(CORPUS, vocab_size=300)
-    image = ImageCodec(ImageCodecConfig()).eval()
-    vocab = Vocab.for_codecs(tok.vocab_size, image, None)
-    cfg = preset("debug").model
-    cfg.vocab_size = vocab.size
-    return OmniModel(Transformer(cfg), vocab, tok, {"image": image})
+    from omniloom.serve.tiny import build_tiny_model
+
+    return build_tiny_model()
 
 
 @pytest.mark.parametrize("text,desc", [

@@ -230,7 +230,8 @@ def generate(
         raise ValueError(f"image_candidates must be >= 1, got {image_candidates}")
     sampling = sampling or SamplingParams(temperature=0.0)
     sampling.stop_ids = tuple(set(sampling.stop_ids) | {vocab.end_id})
-    prompt = proc.prompt_ids(messages, output_modality, voice, base_dir=base_dir)
+    coded = proc.to_code_messages(messages, base_dir)  # media encoded once, for the prompt and the search
+    prompt = build_prompt(coded, vocab, omni.tok, output_modality, voice)
     uncond = None
     if cfg_scale != 1.0:
         # the null condition, then the same assistant header and opened span (no media to encode again)
@@ -241,7 +242,7 @@ def generate(
     if image_candidates > 1 and output_modality == "image" and sampling.max_new_tokens > vocab.image_tokens:
         from .rerank import best_image, request_description
 
-        desc = describe if describe is not None else request_description(omni, messages, base_dir)
+        desc = describe if describe is not None else request_description(omni, coded)
         if desc:
             span, _, drawn = best_image(omni, prompt, image_candidates, desc, sampling, uncond, cfg_scale)
             chosen = span[:-1]

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..tokens import normalize_content
 from .engine import Request
 from .grammar import SpanGrammar
 from .sampling import SamplingParams
@@ -44,13 +45,6 @@ def drawing_description(text: str) -> str:
     return _VERB.sub("", text.strip(), count=1).rstrip(" .!").strip()
 
 
-def _parts(message: dict) -> list[dict]:
-    c = message.get("content")
-    if isinstance(c, str):
-        return [{"type": "text", "text": c}]
-    return [p for p in (c or []) if isinstance(p, dict)]
-
-
 def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Path | None = None) -> str | None:
     """What the last user turn asks to see, or None when that cannot be said (e.g. an edit).
 
@@ -59,7 +53,7 @@ def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Pat
     users = [m for m in messages if m.get("role") == "user"]
     if not users:
         return None
-    parts = _parts(users[-1])
+    parts = normalize_content(users[-1].get("content"), "last user message")
     kinds = {p.get("type") for p in parts}
     if kinds & {"image", "image_url", "image_codes", "video", "video_codes"}:
         return None  # an instruction about a given image: its text does not describe the result

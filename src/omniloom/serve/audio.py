@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..infer.generate import AudioChunk, Done, TextDelta, generate
+from ..infer.rerank import ASR_PROMPT
 from ..infer.sampling import SamplingParams
 from .chat import watch_disconnect
 from .errors import bad_request
@@ -29,7 +30,6 @@ __all__ = ["router", "SpeechRequest", "TTS_PROMPT", "ASR_PROMPT"]
 
 router = APIRouter()
 TTS_PROMPT = "say {text}"
-ASR_PROMPT = "transcribe the audio"
 
 
 class SpeechRequest(BaseModel):
