@@ -230,8 +230,10 @@ def generate(
         raise ValueError(f"image_candidates must be >= 1, got {image_candidates}")
     sampling = sampling or SamplingParams(temperature=0.0)
     sampling.stop_ids = tuple(set(sampling.stop_ids) | {vocab.end_id})
-    coded = proc.to_code_messages(messages, base_dir)  # media encoded once, for the prompt and the search
-    prompt = build_prompt(coded, vocab, omni.tok, output_modality, voice)
+    # media encoded once, for the prompt and the drawing search; the prompt is still built by
+    # proc.prompt_ids (code parts pass through), which the server's scheduler watches for readiness
+    coded = proc.to_code_messages(messages, base_dir)
+    prompt = proc.prompt_ids(coded, output_modality, voice)
     uncond = None
     if cfg_scale != 1.0:
         # the null condition, then the same assistant header and opened span (no media to encode again)
