@@ -11,7 +11,11 @@ one process, so load on the shared machine hits both alike. The losses they prin
     python bench/train_step_ab.py --data data/world3/shards/train --micro-batch 8 --reps 3 \
         --json docs/bench/train_step_ab.json
 
-Last line: ``speedup=<phase-2 s per step / now s per step>``.
+``--against sdpa`` compares instead the step as it is with the same step taking PyTorch's SDPA for
+attention rather than the blocked causal attention the decoder uses on CPU
+(``omniloom.model.llama.blocked_causal_attention``; ``bench/attention_cpu.py`` times it alone).
+
+Last line: ``speedup=<baseline s per step / now s per step>``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from omniloom.config import preset
 from omniloom.data.loader import PackedLoader
 from omniloom.data.shards import ShardSet
-from omniloom.model import Transformer
+from omniloom.model import Transformer, llama
 from omniloom.train.step import TrainStep, build_optimizer
 from omniloom.utils.fileio import atomic_write_json
 
@@ -50,6 +54,17 @@ class Phase2Step(TrainStep):
         return F.cross_entropy(logits[mask].float(), targets, reduction="none"), targets
 
 
+class SdpaStep(TrainStep):
+    """The step as it is, with SDPA attention throughout (no blocked causal attention)."""
+
+    def __call__(self, micro_batches):
+        saved, llama.BLOCKED_ATTENTION_MIN = llama.BLOCKED_ATTENTION_MIN, 1 << 62
+        try:
+            return super().__call__(micro_batches)
+        finally:
+            llama.BLOCKED_ATTENTION_MIN = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3, help="timed steps per variant")
     p.add_argument("--no-compile", action="store_true", help="run both eager")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    p.add_argument("--against", choices=["phase2", "sdpa"], default="phase2",
+                   help="the baseline: phase 2's step (default), or today's step with SDPA attention")
     p.add_argument("--json", metavar="OUT")
     args = p.parse_args(argv)
     if args.threads:
@@ -76,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     tc.warmup_steps = 10
     torch.manual_seed(0)
     model = Transformer(cfg.model)
-    variants = {"phase 2": Phase2Step(copy.deepcopy(model), tc), "now": TrainStep(copy.deepcopy(model), tc)}
+    base = "phase 2" if args.against == "phase2" else "sdpa attn"
+    variants = {base: (Phase2Step if args.against == "phase2" else SdpaStep)(copy.deepcopy(model), tc),
+                "now": TrainStep(copy.deepcopy(model), tc)}
     loader = PackedLoader(data, seq_len=args.seq_len, batch_size=args.micro_batch, seed=0)
     batches = [loader.next_batch() for _ in range(args.reps + 2)]
     loss_share = float(sum(mb["loss_mask"].float().mean() for b in batches for mb in b) / len(batches))
@@ -101,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         mean = sum(secs[name]) / len(secs[name])
         print(f"{name:10s} {mean:8.2f} {tokens / mean:9.0f}  {' '.join(f'{x:.4f}' for x in losses[name])}")
-    speedup = sum(secs["phase 2"]) / sum(secs["now"])
+    speedup = sum(secs[base]) / sum(secs["now"])
     if args.json:
         atomic_write_json(args.json, {"data": args.data, "preset": args.preset, "seq_len": args.seq_len,
                                       "micro_batch": args.micro_batch, "loss_share": loss_share,
-                                      "compiled": tc.compile, "threads": torch.get_num_threads(),
+                                      "baseline": base, "compiled": tc.compile, "threads": torch.get_num_threads(),
                                       "seconds": secs, "losses": losses, "speedup": speedup,
                                       "torch": torch.__version__})
     print(f"speedup={speedup:.2f}")

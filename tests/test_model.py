@@ -166,3 +166,64 @@ def test_bf16_autocast_close_to_fp32():
     err = (low.float() - ref).abs().max() / ref.abs().max()
     assert err < 0.05, err
     assert model.embed_tokens.weight.dtype == torch.float32  # master weights untouched
+
+
+def _doc_mask(B: int, T: int, seed: int) -> torch.Tensor:
+    from omniloom.model.llama import doc_causal_mask
+
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.zeros(B, T, dtype=torch.long)
+    starts[:, 1:] = (torch.rand(B, T - 1, generator=g) < 0.08).long()  # a new document at ~8% of positions
+    return doc_causal_mask(starts.cumsum(1))
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4), (6, 1)])
+@pytest.mark.parametrize("T,block", [(7, 16), (64, 16), (100, 32), (90, 7)])
+@pytest.mark.parametrize("docs", [False, True])
+def test_blocked_causal_attention_equals_sdpa(heads, T, block, docs):
+    """The CPU training path (query blocks against the keys they can see, grouped query heads
+    folded into rows) gives SDPA's outputs and gradients, causal or with packed documents."""
+    import torch.nn.functional as F
+
+    from omniloom.model.llama import blocked_causal_attention
+
+    H, G = heads
+    B, D = 2, 8
+    g = torch.Generator().manual_seed(T * 31 + block)
+    q = torch.randn(B, H, T, D, generator=g, requires_grad=True)
+    k = torch.randn(B, G, T, D, generator=g, requires_grad=True)
+    v = torch.randn(B, G, T, D, generator=g, requires_grad=True)
+    grad = torch.randn(B, H, T, D, generator=g)
+    mask = _doc_mask(B, T, T) if docs else None
+    ours = blocked_causal_attention(q, k, v, mask, block=block)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    kw = dict(attn_mask=mask) if docs else dict(is_causal=True)
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=H != G, **kw)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(ours_grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # a future position would change the answer: the result is causal, not merely equal on noise
+    k2 = k.detach().clone()
+    k2[:, :, -1] += 5.0
+    moved = blocked_causal_attention(q.detach(), k2, v.detach(), mask, block=block)
+    assert torch.equal(moved[:, :, :-1], ours.detach()[:, :, :-1])
+    assert not torch.equal(moved[:, :, -1], ours.detach()[:, :, -1])
+
+
+def test_long_sequences_take_the_blocked_path_with_the_same_logits(monkeypatch):
+    """At T >= BLOCKED_ATTENTION_MIN on CPU the decoder uses blocked attention; logits equal SDPA's."""
+    from omniloom.model import llama
+
+    model = make(max_seq_len=320)
+    ids = torch.randint(0, 101, (1, 300), generator=torch.Generator().manual_seed(3))
+    calls = []
+    real = llama.blocked_causal_attention
+    monkeypatch.setattr(llama, "blocked_causal_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    with torch.no_grad():
+        blocked = model(ids)
+        assert len(calls) == 2  # one per layer
+        monkeypatch.setattr(llama, "BLOCKED_ATTENTION_MIN", 10**9)
+        plain = model(ids)
+    assert len(calls) == 2
+    torch.testing.assert_close(blocked, plain, atol=1e-5, rtol=1e-5)

@@ -251,3 +251,22 @@ def test_cli_export_model_directory_for_bundling(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "bare"), "--format", "omniloom", "--out",
                  str(tmp_path / "x")]) == 2
     assert "vocab.json is missing" in capsys.readouterr().err
+
+
+def test_long_sequence_logits_match_transformers(tmp_path):
+    """Past BLOCKED_ATTENTION_MIN tokens our CPU forward takes blocked causal attention; the
+    exported model still gives transformers' logits."""
+    from omniloom.model.llama import BLOCKED_ATTENTION_MIN
+
+    torch.manual_seed(0)
+    T = BLOCKED_ATTENTION_MIN + 45
+    cfg = tiny(max_seq_len=T + 8)
+    model = Transformer(cfg).eval()
+    randomize_norms(model)
+    export_hf(model, cfg, tmp_path / "hf")
+    ids = torch.randint(0, cfg.vocab_size, (2, T))
+    with torch.no_grad():
+        ours = model(ids)
+    _, theirs = hf_logits(tmp_path / "hf", ids)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    assert ours.abs().max().item() > 1e-2

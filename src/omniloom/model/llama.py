@@ -68,6 +68,45 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same & causal)[:, None]
 
 
+#: CPU training/scoring attention is blocked from this many positions (one block per 256 positions),
+#: up to BLOCKED_CAUSAL_MAX for plain causal attention (beyond it SDPA's causal kernel is as fast) and
+#: at any length with packed documents (SDPA's masked kernel is the slow one); bench/attention_cpu.py
+BLOCKED_ATTENTION_MIN = 256
+BLOCKED_CAUSAL_MAX = 1024
+_BLOCK = 256
+
+
+def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             mask: torch.Tensor | None = None, block: int = _BLOCK) -> torch.Tensor:
+    """Causal self-attention (no cache) computed in query blocks, each against only the keys it can see.
+
+    q (B, H, T, D); k, v (B, G, T, D) with H a multiple of G (grouped-query); ``mask`` None (plain
+    causal) or a (B, 1, T, T) bool mask (e.g. :func:`doc_causal_mask`) -> (B, H, T, D), the same as
+    ``scaled_dot_product_attention(q, k, v, is_causal=True / attn_mask=mask, enable_gqa=True)``.
+
+    Why: PyTorch's CPU flash-attention kernel computes every block of a causal mask, the masked
+    half included, and in short query tiles. Here the query block [a, b) attends keys [0, b) only
+    (about half the work at 2 blocks and more, skipped), and the H/G query heads that share a
+    key/value head are folded into one query matrix of (H/G)*(b-a) rows, so each call is larger
+    and the keys are read once per group. On a 2-core CPU this takes 1.2-1.7x less time, forward
+    and backward, than SDPA for causal attention up to 1,024 positions and for packed documents at
+    any length (``bench/attention_cpu.py``); longer plain causal sequences and GPUs keep SDPA.
+    """
+    B, H, T, D = q.shape
+    G = k.shape[1]
+    R = H // G
+    n = max(1, T // block)
+    edges = [T * i // n for i in range(n + 1)]
+    tri = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if mask is None else None
+    outs = []
+    for a, b in zip(edges, edges[1:]):
+        m = tri[a:b, :b].repeat(R, 1) if mask is None else mask[:, :, a:b, :b].repeat(1, 1, R, 1)
+        qg = q[:, :, a:b].reshape(B, G, R * (b - a), D)  # query heads h = g*R + r, row r*(b-a) + t
+        y = F.scaled_dot_product_attention(qg, k[:, :, :b], v[:, :, :b], attn_mask=m)
+        outs.append(y.view(B, H, b - a, D))
+    return outs[0] if n == 1 else torch.cat(outs, 2)
+
+
 class KVCache(nn.Module):
     """Static per-layer cache: (B, H_kv, S, D) keys and values written at ``input_pos``."""
 
@@ -110,7 +149,10 @@ class Attention(nn.Module):
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
         rep = self.n_heads // self.n_kv_heads
-        if mask is None:
+        if input_pos is None and q.device.type == "cpu" and T >= BLOCKED_ATTENTION_MIN \
+                and (mask is not None or T <= BLOCKED_CAUSAL_MAX):
+            y = blocked_causal_attention(q, k, v, mask)
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=rep > 1)

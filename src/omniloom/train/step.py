@@ -220,6 +220,12 @@ class TrainStep:
         if self.cfg.compile:  # N changes every batch: compile for any N at once, not once per N first
             torch._dynamo.maybe_mark_dynamic(index, 0)
             torch._dynamo.maybe_mark_dynamic(targets, 0)
+            # while the (B, T) batch shape stays static: a new shape (an eval batch, another run in
+            # the same process) recompiles for that shape instead of turning T symbolic, whose
+            # generic kernels and attention ran 1.6x slower (bench/train_throughput.py, 2 presets)
+            for t in (mb["ids"], mb.get("positions"), mb.get("doc_ids")):
+                if t is not None:
+                    torch._dynamo.mark_static(t)
         with self._autocast():
             ce = self.losses(mb["ids"], mb.get("positions"), mb.get("doc_ids"), index, targets)
         return ce, targets
