@@ -134,3 +134,24 @@ def test_guidance_mixes_conditional_and_unconditional_logits(omni):
         got[s] = [e for e in events if isinstance(e, ImageOut)][0].codes[0]
     assert got == expected
     assert expected[1.0] != expected[6.0]  # the scale changes the choice on this model
+
+
+def test_on_prompt_sees_the_prompt_before_any_token_and_never_for_bad_input(omni):
+    """The hook the server's scheduler uses: called once with the prompt ids (what prompt usage is
+    counted from) before the first event; a request whose media cannot be read never reaches it."""
+    seen, order = [], []
+    omni.on_prompt = lambda ids: (seen.append(list(ids)), order.append("prompt"))
+    try:
+        msgs = [{"role": "user", "content": "draw a small blue square"}]
+        for ev in generate(omni, msgs, sampling=SamplingParams(max_new_tokens=4, temperature=0.0)):
+            order.append(type(ev).__name__)
+        assert order[0] == "prompt" and order.count("prompt") == 1 and order[-1] == "Done"
+        assert seen[0] == omni.processor.prompt_ids(msgs)
+        seen.clear()
+        bad = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "bm90IGF1ZGlv",
+                                                                                      "format": "wav"}}]}]
+        with pytest.raises(ValueError):
+            list(generate(omni, bad, sampling=SamplingParams(max_new_tokens=4)))
+        assert seen == []
+    finally:
+        omni.on_prompt = None

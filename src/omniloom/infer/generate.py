@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -135,6 +135,12 @@ class OmniModel:
 
     ``generation``: the model's recommended decoding defaults (``generation.json``; see
     :data:`GENERATION_KEYS`); :meth:`image_options` applies them where a caller gives none.
+
+    ``on_prompt``: if set, :func:`generate` calls it with the prompt's ids once the request's media
+    are encoded and its prompt is built, before any token is decoded (so bad input has raised by
+    then). The server's scheduler sets it on each worker's view to learn that a job's input was
+    fine and to count prompt tokens per modality. Nested answers (the model transcribing a spoken
+    drawing request for its search) call it too, after the answer's own prompt.
     """
 
     def __init__(self, model: Transformer, vocab: Vocab, text_tokenizer: Any, codecs: dict[str, Any] | None = None,
@@ -148,6 +154,7 @@ class OmniModel:
         self.processor = Processor(vocab, text_tokenizer, self.codecs)
         self.engine = Engine(model, compile=compile)
         self.generation = dict(generation or {})
+        self.on_prompt: Callable[[list[int]], None] | None = None
 
     def image_options(self, cfg_scale: float | None = None, image_candidates: int | None = None) -> tuple[float, int]:
         """(guidance, candidates) for an image answer: what the caller asked for, else the model's defaults."""
@@ -230,10 +237,11 @@ def generate(
         raise ValueError(f"image_candidates must be >= 1, got {image_candidates}")
     sampling = sampling or SamplingParams(temperature=0.0)
     sampling.stop_ids = tuple(set(sampling.stop_ids) | {vocab.end_id})
-    # media encoded once, for the prompt and the drawing search; the prompt is still built by
-    # proc.prompt_ids (code parts pass through), which the server's scheduler watches for readiness
+    # media encoded once, for the prompt and the drawing search
     coded = proc.to_code_messages(messages, base_dir)
     prompt = proc.prompt_ids(coded, output_modality, voice)
+    if omni.on_prompt is not None:
+        omni.on_prompt(prompt)
     uncond = None
     if cfg_scale != 1.0:
         # the null condition, then the same assistant header and opened span (no media to encode again)

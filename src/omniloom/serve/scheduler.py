@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import queue
 import threading
@@ -55,22 +56,16 @@ class _CancellableEngine:
                 return
 
 
-class _RecordingProcessor:
-    """The processor, remembering the last prompt it built (for per-modality prompt usage)."""
+def _prompt_built(local: threading.local, ids: list[int]) -> None:
+    """``OmniModel.on_prompt`` of a worker's view: the running job's input was fine; keep its prompt.
 
-    def __init__(self, proc: Any, local: threading.local):
-        self._proc, self._local = proc, local
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._proc, name)
-
-    def prompt_ids(self, *a, **kw) -> list[int]:
-        ids = self._proc.prompt_ids(*a, **kw)
-        job = getattr(self._local, "job", None)
-        if job is not None and job.prompt_ids is None:
-            job.prompt_ids = list(ids)
-            job._put(_READY)
-        return ids
+    Only the first prompt of a job counts (a drawing search may build more, e.g. to transcribe a
+    spoken request with the model itself).
+    """
+    job = getattr(local, "job", None)
+    if job is not None and job.prompt_ids is None:
+        job.prompt_ids = list(ids)
+        job._put(_READY)
 
 
 def _worker_view(omni: OmniModel, local: threading.local, share: bool) -> OmniModel:
@@ -88,7 +83,7 @@ def _worker_view(omni: OmniModel, local: threading.local, share: bool) -> OmniMo
     view = copy.copy(omni)
     view.model = model
     view.engine = _CancellableEngine(Engine(model, compile=omni.engine.compiled), local)
-    view.processor = _RecordingProcessor(omni.processor, local)
+    view.on_prompt = functools.partial(_prompt_built, local)
     return view
 
 
