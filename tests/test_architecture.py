@@ -59,3 +59,12 @@ def test_overrides_may_follow_options(tmp_path):
     assert res.returncode == 2 and str(missing) in res.stderr, res.stderr
     with pytest.raises(SystemExit):
         main(["train", "--preset", "debug", "--bogus"])
+
+
+def test_cli_table_of_verbs_imports_neither_torch_nor_fastapi():
+    """`omniloom --help` builds every verb's parser; it stays fast (no torch, ~1 s) and works
+    without the serve extra (no FastAPI) because heavy imports wait for a verb's run()."""
+    code = ("import sys, omniloom.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('torch', 'fastapi', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
