@@ -12,7 +12,7 @@ so machine noise hits both; the outputs are checked to agree. Shapes: the refere
 (6 query heads, 2 key/value heads, head dim 64) at the throughput benchmark's shape (512 x 8,
 causal), the trainer's shape (1024 x 16 with packed documents), and a few others.
 
-    python bench/attention_cpu.py --json docs/bench/attention_cpu.json
+    python bench/attention_cpu.py --json docs/bench/attention_cpu.json   # and a chart, attention_cpu.png
 
 Last line: ``speedup=<SDPA time / blocked time>`` at the throughput benchmark's shape (512 x 8).
 """
@@ -61,12 +61,35 @@ def fwd_bwd(fn, q, k, v, mask, grad) -> float:
     return time.perf_counter() - t
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """Milliseconds per forward + backward, SDPA beside blocked, one pair of bars per shape."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["sdpa_ms"] for r in rows], 0.4, label="SDPA (PyTorch CPU flash kernel)")
+    ax.bar([x + 0.2 for x in xs], [r["blocked_ms"] for r in rows], 0.4, label="blocked causal (omniloom)")
+    for x, r in zip(xs, rows):
+        ax.annotate(f"{r['speedup']:.2f}x", (x + 0.2, r["blocked_ms"]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), [f"{r['shape']}\n{r['seq_len']}x{r['batch']}{' docs' if r['docs'] else ''}" for r in rows],
+                  fontsize=7)
+    ax.set_ylabel("ms, forward + backward")
+    ax.set_title("Causal attention on CPU, bf16 (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heads", default="6,2,64", help="query heads, key/value heads, head dim (default: the world preset)")
     ap.add_argument("--reps", type=int, default=5, help="timed alternating repetitions per shape")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--json", default="", help="write the results here (and a chart beside it, .png)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -106,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(tmp, "w") as f:
             json.dump(out, f, indent=2)
         os.replace(tmp, args.json)
+        plot(rows, os.path.splitext(args.json)[0] + ".png")
     print(f"speedup={rows[0]['speedup']:.3f}")
     return 0
 
