@@ -227,3 +227,19 @@ def test_long_sequences_take_the_blocked_path_with_the_same_logits(monkeypatch):
         plain = model(ids)
     assert len(calls) == 2
     torch.testing.assert_close(blocked, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_forward_with_a_symbolic_length_keeps_sdpa():
+    """Under torch.compile a second length makes the sequence length symbolic; the blocked path
+    (whose block edges need a concrete T) then steps aside for SDPA instead of failing to lower,
+    and the logits still match eager."""
+    torch._dynamo.reset()
+    model = make(max_seq_len=800, n_layers=1)
+    compiled = torch.compile(model)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for T in (300, 768):  # static first, then dynamic (automatic dynamic shapes)
+            ids = torch.randint(0, 101, (2, T), generator=g)
+            doc_ids = (torch.rand(2, T, generator=g) < 0.02).long().cumsum(1)
+            torch.testing.assert_close(compiled(ids, doc_ids=doc_ids), model(ids, doc_ids=doc_ids),
+                                       atol=1e-4, rtol=1e-4)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -81,8 +83,11 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Causal self-attention (no cache) computed in query blocks, each against only the keys it can see.
 
     q (B, H, T, D); k, v (B, G, T, D) with H a multiple of G (grouped-query); ``mask`` None (plain
-    causal) or a (B, 1, T, T) bool mask (e.g. :func:`doc_causal_mask`) -> (B, H, T, D), the same as
+    causal) or a (B or 1, 1, T, T) bool mask that is itself causal, no query seeing a later key
+    (e.g. :func:`doc_causal_mask`) -> (B, H, T, D), the same as
     ``scaled_dot_product_attention(q, k, v, is_causal=True / attn_mask=mask, enable_gqa=True)``.
+    Keys after a query's block are never looked at, so a non-causal mask would be cut short: the
+    decoder only ever hands it masks built by :func:`doc_causal_mask`.
 
     Why: PyTorch's CPU flash-attention kernel computes every block of a causal mask, the masked
     half included, and in short query tiles. Here the query block [a, b) attends keys [0, b) only
@@ -95,8 +100,13 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     B, H, T, D = q.shape
     G = k.shape[1]
     R = H // G
-    n = max(1, T // block)
-    edges = [T * i // n for i in range(n + 1)]
+    # edges every `block` positions, a short tail joining the block before it; no division of T by
+    # a count that depends on T, which torch.compile cannot lower with a symbolic T
+    edges = list(range(0, T, block))
+    if len(edges) > 1 and T - edges[-1] < block // 2:
+        edges.pop()
+    edges.append(T)
+    n = len(edges) - 1
     tri = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if mask is None else None
     outs = []
     for a, b in zip(edges, edges[1:]):
@@ -105,6 +115,17 @@ def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         y = F.scaled_dot_product_attention(qg, k[:, :, :b], v[:, :, :b], attn_mask=m)
         outs.append(y.view(B, H, b - a, D))
     return outs[0] if n == 1 else torch.cat(outs, 2)
+
+
+def _blocked_applies(q: torch.Tensor, T: Any, mask: torch.Tensor | None, input_pos: torch.Tensor | None) -> bool:
+    """Whether :class:`Attention` takes :func:`blocked_causal_attention` (see its docstring)."""
+    if input_pos is not None or q.device.type != "cpu":
+        return False  # decoding with the cache, or a GPU
+    if T < BLOCKED_ATTENTION_MIN:
+        return False
+    if mask is None:
+        return T <= BLOCKED_CAUSAL_MAX
+    return mask.dim() == 4 and mask.shape[1] == 1 and mask.dtype == torch.bool
 
 
 class KVCache(nn.Module):
@@ -149,8 +170,7 @@ class Attention(nn.Module):
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
         rep = self.n_heads // self.n_kv_heads
-        if input_pos is None and q.device.type == "cpu" and T >= BLOCKED_ATTENTION_MIN \
-                and (mask is not None or T <= BLOCKED_CAUSAL_MAX):
+        if _blocked_applies(q, T, mask, input_pos):
             y = blocked_causal_attention(q, k, v, mask)
         elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=rep > 1)

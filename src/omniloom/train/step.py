@@ -222,7 +222,8 @@ class TrainStep:
             torch._dynamo.maybe_mark_dynamic(targets, 0)
             # while the (B, T) batch shape stays static: a new shape (an eval batch, another run in
             # the same process) recompiles for that shape instead of turning T symbolic, whose
-            # generic kernels and attention ran 1.6x slower (bench/train_throughput.py, 2 presets)
+            # generic kernels ran 1.6x slower (bench/train_throughput.py, 2 presets) and which
+            # would lose the CPU's blocked attention (its block edges need a concrete T)
             for t in (mb["ids"], mb.get("positions"), mb.get("doc_ids")):
                 if t is not None:
                     torch._dynamo.mark_static(t)
