@@ -149,3 +149,25 @@ def test_init_from_a_different_shape_or_vocabulary_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train.init_from: model 'nosuch'"):
         train(cfg_for(tmp_path, data, "train.steps=1", f"train.out_dir={tmp_path}/c", "train.init_from=nosuch"))
     assert not (tmp_path / "a" / "ckpt").exists() and not (tmp_path / "c" / "ckpt").exists()
+
+
+def test_time_budget_stops_with_a_checkpoint_and_the_same_command_resumes(tmp_path, capsys):
+    """--stop-after-minutes (stop_after_s): a spent budget stops after the step in progress, with
+    a checkpoint and an eval written and the LR schedule unchanged; rerunning goes on to the end."""
+    data = make_shards(tmp_path / "data")
+    extra = ("train.steps=6", "train.eval_every=100", "train.ckpt_every=100", "train.eval_batches=1")
+    with pytest.raises(ValueError, match="time budget"):
+        train(cfg_for(tmp_path, data, *extra), stop_after_s=-1)
+    rec = train(cfg_for(tmp_path, data, *extra), stop_after_s=0)
+    assert rec["step"] == 1 and "eval_loss" in rec
+    assert "the time budget of 0 s is spent" in capsys.readouterr().err
+    assert find_checkpoint(tmp_path / "run" / "ckpt").name.endswith("1")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lr_at_1 = next(r["lr"] for r in recs if r.get("step") == 1 and "lr" in r)
+    rec = train(cfg_for(tmp_path, data, *extra))  # resumes at step 1 and finishes the planned 6
+    assert rec["step"] == 6
+    assert find_checkpoint(tmp_path / "run" / "ckpt").name.endswith("6")
+    full = tmp_path / "full"
+    train(cfg_for(tmp_path, data, *extra, f"train.out_dir={full}"))
+    ref = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    assert next(r["lr"] for r in ref if r.get("step") == 1 and "lr" in r) == lr_at_1  # same schedule

@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multi-process strategy: FSDP2 sharding (default) or replicated weights + all-reduce")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                    help="stop after this step without changing the LR schedule (resume later)")
+    p.add_argument("--stop-after-minutes", type=float, default=None, metavar="MIN",
+                   help="stop (checkpoint and eval written) after the first step that ends MIN minutes after "
+                        "training began, without changing the LR schedule; the same command resumes")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.lr=1e-3 model.n_layers=4")
 
 
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.preset, args.config, args.overrides)
     try:
-        train(cfg, resume=args.resume, parallel=args.parallel, stop_after=args.stop_after)
+        train(cfg, resume=args.resume, parallel=args.parallel, stop_after=args.stop_after,
+              stop_after_s=None if args.stop_after_minutes is None else args.stop_after_minutes * 60)
     finally:
         import torch.distributed as dist
 

@@ -74,14 +74,19 @@ def _flat(batches: list[list[dict[str, torch.Tensor]]]) -> list[dict[str, torch.
 
 
 def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after: int | None = None,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] | None = None, stop_after_s: float | None = None) -> dict[str, Any]:
     """Run (or continue) training as described by ``cfg``. Returns the last metrics record.
 
     ``resume``: 'auto' (newest good checkpoint in ``out_dir/ckpt`` if any), 'never', or a path.
     ``stop_after``: stop after this step without changing the LR schedule (time-sliced jobs).
+    ``stop_after_s``: stop, likewise, after the first step that ends this many seconds after the
+    loop began (compilation included): a checkpoint and an eval are written, and rerunning the same
+    command resumes. For lent machines with a hard time limit; all ranks stop at the same step.
     """
     if parallel not in ("fsdp", "replicate"):
         raise ValueError(f"parallel must be 'fsdp' or 'replicate', got {parallel!r}")
+    if stop_after_s is not None and stop_after_s < 0:
+        raise ValueError(f"the time budget must be >= 0 seconds, got {stop_after_s}")
     rank, world, device = setup_distributed()
     main = rank == 0
     say = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -164,6 +169,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         bar = tqdm(total=tc.steps, initial=step.step, desc="train", unit="step", dynamic_ncols=True)
     record: dict[str, Any] = {}
     tokens_window, time_window = 0.0, 0.0
+    deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
     while step.step < last_target:
         t0 = time.perf_counter()
         batch = loader.next_batch()
@@ -193,6 +199,17 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
             if main:
                 log_eval(s, ev)
                 plot_metrics(metrics_path, out / "loss.png")
+        if deadline is not None and s != last_target and _time_is_up(deadline, device):
+            if val_set is not None and s % tc.eval_every != 0:
+                ev = evaluate()
+                record["eval_loss"] = ev
+                if main:
+                    log_eval(s, ev)
+            if main:
+                (bar.write if bar is not None else say)(
+                    f"stopping after step {s}/{tc.steps}: the time budget of {stop_after_s:g} s is spent "
+                    "(the same command resumes)")
+            break
         if s % tc.ckpt_every == 0 and s != last_target:
             checkpoint()
     if bar is not None:
@@ -204,6 +221,16 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     if dist.is_initialized():
         dist.barrier()
     return record
+
+
+def _time_is_up(deadline: float, device: torch.device) -> bool:
+    """Past the deadline, by rank 0's clock when several ranks train (they must stop together)."""
+    up = time.monotonic() >= deadline
+    if dist.is_initialized():
+        flag = torch.tensor([1.0 if up else 0.0], device=device)
+        dist.broadcast(flag, src=0)
+        up = bool(flag.item())
+    return up
 
 
 def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: Path) -> Path:
