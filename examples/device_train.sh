@@ -68,7 +68,8 @@ exec > >(tee "$OUT/device.log") 2>&1
 TEE_PID=$!
 stamp() { echo "[$(( $(date +%s) - START )) s] $*"; }
 
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+if ! "$PY" -c "import espeakng_loader, soundfile, soxr, vector_quantize_pytorch" 2>/dev/null \
+    && ls .whl/*.whl >/dev/null 2>&1; then  # only where the packages are missing (the device image)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src
 else
