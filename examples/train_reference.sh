@@ -13,6 +13,7 @@
 #   PHASE=6 STOP_AFTER=700 bash examples/train_reference.sh   # phase 6 (not shipped): spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions; stopped at 700
 #   PHASE=7 STOP_AFTER=200 bash examples/train_reference.sh   # phase 7 (not shipped): from phase 6, arithmetic restated, spoken_vqa bare again; planned for 400 steps, stopped at 200
 #   PHASE=8 bash examples/train_reference.sh        # phase 8 (not shipped): from phase 7's step 200 with the image slot embedding, drawing weighted twice, 180 steps; SLOTS=0 is its control
+#   PHASE=9 EVAL=0 STOP_MINUTES=80 bash examples/train_reference.sh   # phase 9 (not evaluated yet): a rehearsal pass from phase 8's control at lr 5e-5
 #   (EVAL=0 skips the evaluation at the end)
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
@@ -175,6 +176,22 @@ else
       EVAL_EVERY=50
       EVAL_BATCHES=8
       INIT+=(train.init_from="${FROM_CKPT:-runs/world-p7/ckpt/step_0000200}")
+    elif [ "$PHASE" = 9 ]; then
+      # phase 9 (an experiment started 2026-12-02, not yet evaluated): a rehearsal pass. Phase 8's
+      # control kept spoken arithmetic at 0.74 but lost vqa, edit and asr; this goes on from its
+      # step-180 weights (new optimizer) over phase 7's data (every task, arithmetic restated,
+      # drawing at its phase-4 weight) at a low rate, to see whether the lost tasks come back
+      DATA6=${DATA6:-data/world6}
+      DATA7=${DATA7:-data/world7}
+      TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
+      VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
+      RUN=${RUN:-runs/world-p9}
+      STEPS=${STEPS:-900}
+      LR=${LR:-5e-5}
+      WARMUP=${WARMUP_P9:-20}
+      EVAL_EVERY=150
+      EVAL_BATCHES=8
+      INIT=(train.init_from="${FROM_CKPT:-runs/world-p8-control/ckpt/step_0000180}")
     else
       # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
       # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at
@@ -192,8 +209,9 @@ fi
 args=(--preset world data.train="$TRAIN" data.val="${VAL:-$DATA/shards/val}" train.out_dir="$RUN" train.steps="$STEPS"
       train.lr="$LR" train.batch_size="$BATCH" train.warmup_steps="$WARMUP" train.eval_every="${EVAL_EVERY:-350}"
       train.ckpt_every=50 train.eval_batches="${EVAL_BATCHES:-4}" "${INIT[@]}")
-STOP=()  # STOP_AFTER=N: stop after step N without changing the schedule (resume later)
+STOP=()  # STOP_AFTER=N / STOP_MINUTES=M: stop after step N / M minutes without changing the schedule (resume later)
 [ -z "${STOP_AFTER:-}" ] || STOP=(--stop-after "$STOP_AFTER")
+[ -z "${STOP_MINUTES:-}" ] || STOP+=(--stop-after-minutes "$STOP_MINUTES")
 if [ "$NPROC" -gt 1 ]; then
   torchrun --standalone --nproc-per-node "$NPROC" -m omniloom.cli train "${STOP[@]}" "${args[@]}"
 else
