@@ -13,7 +13,7 @@
 #   PHASE=6 STOP_AFTER=700 bash examples/train_reference.sh   # phase 6 (not shipped): spoken questions answered restating the question; 30k fresh samples + phase 4's data without its old spoken questions; stopped at 700
 #   PHASE=7 STOP_AFTER=200 bash examples/train_reference.sh   # phase 7 (not shipped): from phase 6, arithmetic restated, spoken_vqa bare again; planned for 400 steps, stopped at 200
 #   PHASE=8 bash examples/train_reference.sh        # phase 8 (not shipped): from phase 7's step 200 with the image slot embedding, drawing weighted twice, 180 steps; SLOTS=0 is its control
-#   PHASE=9 EVAL=0 STOP_MINUTES=80 bash examples/train_reference.sh   # phase 9 (not evaluated yet): a rehearsal pass from phase 8's control at lr 5e-5
+#   PHASE=9 EVAL=0 bash examples/train_reference.sh   # phase 9 (not shipped): a rehearsal pass from phase 8's control at lr 5e-5, 520 steps
 #   (EVAL=0 skips the evaluation at the end)
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
@@ -186,10 +186,10 @@ else
       TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
       VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
       RUN=${RUN:-runs/world-p9}
-      STEPS=${STEPS:-900}
+      STEPS=${STEPS:-520}
       LR=${LR:-5e-5}
       WARMUP=${WARMUP_P9:-20}
-      EVAL_EVERY=150
+      EVAL_EVERY=130
       EVAL_BATCHES=8
       INIT=(train.init_from="${FROM_CKPT:-runs/world-p8-control/ckpt/step_0000180}")
     else
