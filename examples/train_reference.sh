@@ -177,7 +177,7 @@ else
       EVAL_BATCHES=8
       INIT+=(train.init_from="${FROM_CKPT:-runs/world-p7/ckpt/step_0000200}")
     elif [ "$PHASE" = 9 ]; then
-      # phase 9 (an experiment started 2026-12-02, not yet evaluated): a rehearsal pass. Phase 8's
+      # phase 9 (an experiment of 2026-12-02, not shipped): a rehearsal pass. Phase 8's
       # control kept spoken arithmetic at 0.74 but lost vqa, edit and asr; this goes on from its
       # step-180 weights (new optimizer) over phase 7's data (every task, arithmetic restated,
       # drawing at its phase-4 weight) at a low rate, to see whether the lost tasks come back
