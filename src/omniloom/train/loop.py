@@ -193,18 +193,14 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
                 mods = " ".join(f"{k}={v:.3f}" for k, v in stats.items() if k.startswith("loss/"))
                 (bar.write if bar is not None else say)(f"step {s}/{tc.steps} loss {stats['loss']:.4f} {mods} lr {stats['lr']:.2e} "
                         f"grad_norm {stats['grad_norm']:.3f} tok/s {record['tokens_per_s']:,.0f}")
-        if val_set is not None and (s % tc.eval_every == 0 or s == last_target):
+        stopping = deadline is not None and s != last_target and _time_is_up(deadline, device)
+        if val_set is not None and (s % tc.eval_every == 0 or s == last_target or stopping):
             ev = evaluate()
             record["eval_loss"] = ev
             if main:
                 log_eval(s, ev)
                 plot_metrics(metrics_path, out / "loss.png")
-        if deadline is not None and s != last_target and _time_is_up(deadline, device):
-            if val_set is not None and s % tc.eval_every != 0:
-                ev = evaluate()
-                record["eval_loss"] = ev
-                if main:
-                    log_eval(s, ev)
+        if stopping:
             if main:
                 (bar.write if bar is not None else say)(
                     f"stopping after step {s}/{tc.steps}: the time budget of {stop_after_s:g} s is spent "
