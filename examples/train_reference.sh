@@ -64,6 +64,20 @@ start_from() {
   cp "$1/metrics.jsonl" "$2/"
 }
 
+# phase7_data: phase 7's training and validation sets in TRAIN and VAL (phase 4's data without its
+# old spoken questions, its bare spoken_vqa answers put back, phase 6's restated spoken_math);
+# phases 8 and 9 train on them too (phase 6's data must exist)
+phase7_data() {
+  DATA6=${DATA6:-data/world6}
+  DATA7=${DATA7:-data/world7}
+  filtered "$DATA4/shards/train" "$DATA7/vqa4" spoken_vqa
+  filtered "$DATA4/shards/val" "$DATA7/vqa4-val" spoken_vqa
+  filtered "$DATA6/shards/train" "$DATA7/math6" spoken_math
+  filtered "$DATA6/shards/val" "$DATA7/math6-val" spoken_math
+  TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
+  VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
+}
+
 DATA2=${DATA2:-data/world2}
 DATA3=${DATA3:-data/world3}
 DATA4=${DATA4:-data/world4}
@@ -137,14 +151,7 @@ else
       # phase 7 (an experiment started 2026-12-02): restate arithmetic only. From phase 6's step-700
       # weights (new optimizer) on phase 4's data with its bare spoken_vqa answers put back and
       # phase 6's restated spoken_math samples (phase 6's data must exist)
-      DATA6=${DATA6:-data/world6}
-      DATA7=${DATA7:-data/world7}
-      filtered "$DATA4/shards/train" "$DATA7/vqa4" spoken_vqa
-      filtered "$DATA4/shards/val" "$DATA7/vqa4-val" spoken_vqa
-      filtered "$DATA6/shards/train" "$DATA7/math6" spoken_math
-      filtered "$DATA6/shards/val" "$DATA7/math6-val" spoken_math
-      TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
-      VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
+      phase7_data
       RUN=${RUN:-runs/world-p7}
       STEPS=${STEPS:-400}
       LR=${LR:-1e-4}
@@ -157,13 +164,12 @@ else
       # zero-initialised) switched on for phase 7's weights at step 200 (where it was stopped), on phase 7's data plus phase 4's
       # drawing documents (draw, edit, spoken_draw) a second time. SLOTS=0 trains the same steps
       # without it, the control the drawing scores are compared with
-      DATA6=${DATA6:-data/world6}
-      DATA7=${DATA7:-data/world7}
+      phase7_data
       DATA8=${DATA8:-data/world8}
       filtered "$DATA4/shards/train" "$DATA8/draw4" drawing
       filtered "$DATA4/shards/val" "$DATA8/draw4-val" drawing
-      TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6,$DATA8/draw4"
-      VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val,$DATA8/draw4-val"
+      TRAIN="$TRAIN,$DATA8/draw4"
+      VAL="$VAL,$DATA8/draw4-val"
       if [ "${SLOTS:-1}" = 1 ]; then
         RUN=${RUN:-runs/world-p8}
         INIT=(model.image_pos_embed=true train.image_pos_lr_mult=${SLOT_LR_MULT:-50})
@@ -181,10 +187,7 @@ else
       # control kept spoken arithmetic at 0.74 but lost vqa, edit and asr; this goes on from its
       # step-180 weights (new optimizer) over phase 7's data (every task, arithmetic restated,
       # drawing at its phase-4 weight) at a low rate, to see whether the lost tasks come back
-      DATA6=${DATA6:-data/world6}
-      DATA7=${DATA7:-data/world7}
-      TRAIN="$DATA6/keep4,$DATA7/vqa4,$DATA7/math6"
-      VAL="$DATA6/keep4-val,$DATA7/vqa4-val,$DATA7/math6-val"
+      phase7_data
       RUN=${RUN:-runs/world-p9}
       STEPS=${STEPS:-520}
       LR=${LR:-5e-5}
