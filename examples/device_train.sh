@@ -88,14 +88,29 @@ stamp "generated $N samples"
   --cfg-drop 0.1 --out "$WORK/shards" --val-fraction "${VAL_FRACTION:-0.01}" --workers "$WORKERS"
 stamp "tokenized"
 # 3. train until the budget is spent (a checkpoint and an eval are written when it is)
-TRAIN_S=$(( START + BUDGET - RESERVE - $(date +%s) ))
-[ "$TRAIN_S" -ge 30 ] || { stamp "only $TRAIN_S s left for training: lower N or raise BUDGET"; exit 1; }
-stamp "training for up to $TRAIN_S s"
-"${OMNI[@]}" train --preset world --stop-after-minutes "$(awk "BEGIN {print $TRAIN_S / 60}")" ${INIT:+train.init_from="$INIT"} \
-  data.train="$WORK/shards/train" data.val="$WORK/shards/val" train.out_dir="$WORK/run" \
-  train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$BATCH" train.lr="$LR" \
-  train.warmup_steps="${WARMUP:-100}" train.eval_every="${EVAL_EVERY:-500}" train.eval_batches=8 \
-  train.ckpt_every="${CKPT_EVERY:-500}" train.log_every=50 train.compile="$COMPILE" train.progress=false
+train() {  # $1: train.compile
+  TRAIN_S=$(( START + BUDGET - RESERVE - $(date +%s) ))
+  [ "$TRAIN_S" -ge 30 ] || { stamp "only $TRAIN_S s left for training: lower N or raise BUDGET"; return 1; }
+  stamp "training for up to $TRAIN_S s (train.compile=$1)"
+  "${OMNI[@]}" train --preset world --stop-after-minutes "$(awk "BEGIN {print $TRAIN_S / 60}")" ${INIT:+train.init_from="$INIT"} \
+    data.train="$WORK/shards/train" data.val="$WORK/shards/val" train.out_dir="$WORK/run" \
+    train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$BATCH" train.lr="$LR" \
+    train.warmup_steps="${WARMUP:-100}" train.eval_every="${EVAL_EVERY:-500}" train.eval_batches=8 \
+    train.ckpt_every="${CKPT_EVERY:-500}" train.log_every=50 train.compile="$1" train.progress=false
+}
+# never run on a GPU yet, so a failure must not lose the call: a run that fails after a checkpoint
+# exports that checkpoint; one that fails before any (a torch.compile problem on the device's
+# torch, say) spends the rest of the budget training uncompiled
+if ! train "$COMPILE"; then
+  if [ -f "$WORK/run/ckpt/latest" ]; then
+    stamp "training failed after a checkpoint; exporting $(cat "$WORK/run/ckpt/latest")"
+  elif [ "$COMPILE" != false ]; then
+    stamp "training failed before its first checkpoint; once more without torch.compile"
+    train false
+  else
+    exit 1
+  fi
+fi
 stamp "trained"
 # 4. bf16 weights, in parts that come back (at most 8 files of 16 MiB)
 last=$(cat "$WORK/run/ckpt/latest")

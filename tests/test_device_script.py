@@ -1,6 +1,7 @@
 """examples/device_train.sh, the one call prepared for a lent GPU machine, dry-run on the CPU:
 every stage runs (data, tokens, training from the shipped weights, bf16 export split into parts
-that fit the device tool's 16 MiB a file), and --collect rebuilds a model directory that loads."""
+that fit the device tool's 16 MiB a file), a first training attempt that fails before any
+checkpoint is retried without torch.compile, and --collect rebuilds a model directory that loads."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("bash") is None,
 
 def test_device_script_dry_run_and_collect(tmp_path):
     pytest.importorskip("espeakng_loader")
-    env = dict(os.environ, N="200", VAL_FRACTION="0.2", STEPS="2", BATCH="2", BUDGET="600", COMPILE="false",
+    env = dict(os.environ, N="200", VAL_FRACTION="0.2", STEPS="2", BATCH="2", BUDGET="600",
+               COMPILE="not-a-bool",  # the first attempt fails before a checkpoint, as a broken compile would
                WORKERS="2", PY=sys.executable, OUT=str(tmp_path / "out"), WORK=str(tmp_path / "work"),
                EVAL_EVERY="1000", CKPT_EVERY="1000")
     run = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
@@ -32,6 +34,8 @@ def test_device_script_dry_run_and_collect(tmp_path):
     assert len(list(out.iterdir())) <= 8  # the device tool returns at most 8 files
     log = (out / "device.log").read_text()
     assert "generated 200 samples" in log and "exported step_0000002" in log  # the whole log came back
+    assert "train.compile: expected a boolean" in log and "once more without torch.compile" in log
+    assert "(train.compile=false)" in log
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 2
     col = subprocess.run(["bash", str(SCRIPT), "--collect", str(out), str(tmp_path / "model")],
