@@ -9,7 +9,9 @@ scorer then picks one candidate per prompt, and its accuracy is reported beside 
 * ``caption``: the model's log-likelihood of the request's description as the image's caption
   (what ``image_candidates`` uses; ``draw`` only, an edit has no description of its result);
 * ``cond``: the model's log-likelihood of the image codes given the prompt;
-* ``pmi``: the same minus their log-likelihood given the unconditional (null) prompt.
+* ``pmi``: the same minus their log-likelihood given the unconditional (null) prompt;
+* ``mbr``: consensus (minimum Bayes risk with code agreement): the candidate whose image codes agree
+  most, position by position, with the other candidates'.
 
     python bench/rerank_oracle.py --task draw --candidates 8 --json docs/bench/rerank_oracle_draw.json
 
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
               for sp in spans]
         cond = image_logprob(prompt, spans)
         scores = {"cond": cond, "pmi": list(np.subtract(cond, image_logprob(uncond, spans)))}
+        codes = np.array(spans)  # (N, L): consensus, the candidate agreeing most with the others code by code
+        agree = (codes[:, None, :] == codes[None, :, :]).mean(-1)
+        scores["mbr"] = list((agree.sum(1) - 1.0) / (len(spans) - 1))
         if args.task == "draw":
             scores["caption"] = caption_logprobs(omni, [[t - lo for t in sp] for sp in spans],
                                                  drawing_description(s["truth"]["prompt"]))
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = np.array([r["ok"] for r in rows])
     summary = {"task": args.task, "n": len(rows), "candidates": args.candidates, "temperature": args.temperature,
                "cfg_scale": args.cfg_scale, "greedy": float(ok[:, 0].mean()), "oracle": float(ok.max(1).mean())}
-    for k in [k for k in ("caption", "cond", "pmi") if k in rows[0]]:
+    for k in [k for k in ("caption", "cond", "pmi", "mbr") if k in rows[0]]:
         summary[k] = float(np.mean([r["ok"][int(np.argmax(r[k]))] for r in rows]))
     print(json.dumps(summary))
     if args.json:
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps({"summary": summary, "rows": rows}))
         tmp.replace(out)
         print(f"wrote {out}")
-    print(" ".join(f"{k}={summary[k]:.2f}" for k in ("greedy", "oracle", "caption", "cond", "pmi") if k in summary))
+    print(" ".join(f"{k}={summary[k]:.2f}" for k in ("greedy", "oracle", "caption", "cond", "pmi", "mbr") if k in summary))
     return 0
 
 

@@ -10,6 +10,7 @@ an image; asr and tts have text in the user turn).
     python examples/filter_shards.py data/world4/shards/train data/world6/keep4
     python examples/filter_shards.py data/world4/shards/train data/world7/vqa4 --keep spoken_vqa
     python examples/filter_shards.py data/world4/shards/train data/world8/draw4 --keep drawing
+    python examples/filter_shards.py data/world4/shards/train data/world10/noedit4 --keep not-edit
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def answers_with_image(ids: np.ndarray, vocab: Vocab) -> bool:
     return asst.size > 0 and asst[0] + 1 < ids.size and int(ids[asst[0] + 1]) == vocab.special("image")
 
 
+def is_edit(ids: np.ndarray, vocab: Vocab) -> bool:
+    """An image answer to a turn that holds an image: the edit task (draw and spoken_draw have none)."""
+    asst = np.flatnonzero(ids == vocab.special("assistant"))
+    return answers_with_image(ids, vocab) and bool((ids[:asst[0]] == vocab.special("image")).any())
+
+
 def kind_of(ids: np.ndarray, vocab: Vocab) -> str:
     """"spoken_vqa" (the question comes with an image), "spoken_math" (speech only) or "other"."""
     if not is_spoken_question(ids, vocab):
@@ -49,15 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="shard directory to read (holds manifest.json)")
     ap.add_argument("out", help="new shard directory (must not exist yet)")
-    ap.add_argument("--keep", default="other", choices=["other", "spoken_vqa", "spoken_math", "drawing"],
+    ap.add_argument("--keep", default="other", choices=["other", "spoken_vqa", "spoken_math", "drawing", "not-edit"],
                     help="which documents to keep: everything but spoken questions (default), only "
-                         "the spoken questions with an image (spoken_vqa) or without (spoken_math), or "
-                         "the documents answered with an image (drawing: draw, edit, spoken_draw)")
+                         "the spoken questions with an image (spoken_vqa) or without (spoken_math), "
+                         "the documents answered with an image (drawing: draw, edit, spoken_draw), or "
+                         "everything but edits (not-edit)")
     args = ap.parse_args(argv)
     try:
         vocab = Vocab.load(ShardSet.open(args.src, verify=False).vocab_path())
         if args.keep == "drawing":
             def keep(ids): return answers_with_image(ids, vocab)
+        elif args.keep == "not-edit":
+            def keep(ids): return not is_edit(ids, vocab)
         else:
             def keep(ids): return kind_of(ids, vocab) == args.keep
         kept, total = filter_shards(args.src, args.out, keep,

@@ -14,6 +14,7 @@
 #   PHASE=7 STOP_AFTER=200 bash examples/train_reference.sh   # phase 7 (not shipped): from phase 6, arithmetic restated, spoken_vqa bare again; planned for 400 steps, stopped at 200
 #   PHASE=8 bash examples/train_reference.sh        # phase 8 (not shipped): from phase 7's step 200 with the image slot embedding, drawing weighted twice, 180 steps; SLOTS=0 is its control
 #   PHASE=9 EVAL=0 bash examples/train_reference.sh   # phase 9 (not shipped): a rehearsal pass from phase 8's control at lr 5e-5, 520 steps
+#   PHASE=10 EVAL=0 bash examples/train_reference.sh  # phase 10 (not shipped): edits described in text before they are drawn, from phase 5, 300 steps
 #   (EVAL=0 skips the evaluation at the end)
 # Longer runs:
 #   N=200000 STEPS=20000 BATCH=32 WARMUP=500 bash examples/train_reference.sh   # one long phase
@@ -195,6 +196,25 @@ else
       EVAL_EVERY=130
       EVAL_BATCHES=8
       INIT=(train.init_from="${FROM_CKPT:-runs/world-p8-control/ckpt/step_0000180}")
+    elif [ "$PHASE" = 10 ]; then
+      # phase 10 (an experiment of 2026-12-02): edits described before they are drawn (the caption
+      # of the edited scene in text, then the image; `world generate --restate edit`). From the
+      # shipped phase-5 weights (new optimizer) on phase 4's data without its image-only edits and
+      # 25k fresh described edits
+      DATA10=${DATA10:-data/world10}
+      TOKENIZER="$MODEL/tokenizer.json" VOCAB="$MODEL/vocab.json" \
+        TASKS6=edit RESTATE6=edit more_data "$DATA10" "${N10:-25000}" 10 "edit=1" 0.01
+      filtered "$DATA4/shards/train" "$DATA10/noedit4" not-edit
+      filtered "$DATA4/shards/val" "$DATA10/noedit4-val" not-edit
+      TRAIN="$DATA10/noedit4,$DATA10/shards/train"
+      VAL="$DATA10/noedit4-val,$DATA10/shards/val"
+      RUN=${RUN:-runs/world-p10}
+      STEPS=${STEPS:-300}
+      LR=${LR:-1e-4}
+      WARMUP=${WARMUP_P10:-20}
+      EVAL_EVERY=100
+      EVAL_BATCHES=8
+      INIT=(train.init_from="${FROM_CKPT:-runs/world-p5/ckpt/step_0000760}")
     else
       # phase 5: phase 4's run from its last checkpoint (step 300: weights, optimizer, data position)
       # on to 760 steps, about one pass over phase 4's 12.4M tokens. The schedule is re-planned at

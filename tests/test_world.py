@@ -201,3 +201,15 @@ def test_generate_restates_the_spoken_questions_it_is_told_to(tmp_path):
         assert b["truth"]["transcript"] == b["truth"]["answer"]
     with pytest.raises(ValueError, match="spoken_draw cannot restate"):
         generate(tmp_path / "c", "train", 2, restate=["spoken_draw"])
+
+
+def test_generate_describes_edits_before_drawing_them_when_told_to(tmp_path):
+    from omniloom.world.scene import Scene, caption
+
+    described = read_jsonl(generate(tmp_path / "a", "train", 8, seed=3, tasks=["edit"], restate=["edit"]))
+    plain = read_jsonl(generate(tmp_path / "b", "train", 8, seed=3, tasks=["edit"]))
+    for d, p in zip(described, plain):  # the same edits; only the answer's form differs
+        assert d["truth"] == p["truth"]
+        said, drawn = d["messages"][1]["content"]
+        assert said == {"type": "text", "text": caption(Scene.from_dict(d["truth"]["target"]))}
+        assert drawn["type"] == "image" and [c["type"] for c in p["messages"][1]["content"]] == ["image"]

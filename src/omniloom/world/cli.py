@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mixture", default=None, help="task=weight,... overriding the default weights (0 drops a task)")
     g.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
     g.add_argument("--restate", default=None,
-                   help="spoken-question tasks whose replies restate the question before the answer "
-                        "('three plus four is seven'), comma-separated, or 'none' (default: spoken_math)")
+                   help="tasks whose replies state something first, comma-separated, or 'none' (default: "
+                        "spoken_math): spoken_math / spoken_vqa restate the question before the answer ('three "
+                        "plus four is seven'); edit describes the edited scene in text before drawing it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     f = sub.add_parser("judge-floor", help="measure the speech judge's error on eSpeak renders in held-out voices")

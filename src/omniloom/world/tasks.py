@@ -36,7 +36,9 @@ SPOKEN_DRAW_REPLY = "here is the image"
 # spoken questions whose replies may restate the question (`scene.spoken_reply`), and those that do by
 # default: arithmetic only. Phase 6 of the reference model restated spoken_vqa too and lost held-out
 # pairs (docs/reference-model.md)
-RESTATABLE: tuple[str, ...] = ("spoken_math", "spoken_vqa")
+# "edit" restates differently: its answer states the edited scene in text (its caption) before
+# drawing it, so the model works the edit out in words first and can judge its drawings against them
+RESTATABLE: tuple[str, ...] = ("spoken_math", "spoken_vqa", "edit")
 DEFAULT_RESTATE: tuple[str, ...] = ("spoken_math",)
 TASKS: tuple[str, ...] = (
     "caption", "vqa", "draw", "edit", "video", "math",
@@ -287,7 +289,8 @@ def task_edit(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     scene, etype, instr, target = _edit_scene(rng, ctx)
     src = ctx.sink.image(render.render_scene(scene, rng))
     dst = ctx.sink.image(render.render_scene(target, rng))
-    msgs = [_user(src, _text(instr)), _assistant(dst)]
+    answer = (_text(caption(target)), dst) if "edit" in ctx.restate else (dst,)
+    msgs = [_user(src, _text(instr)), _assistant(*answer)]
     return Sample("edit", msgs, {"scene": scene.to_dict(), "edit": etype, "instruction": instr,
                                  "target": target.to_dict()})
 
