@@ -170,9 +170,12 @@ def test_generation_json_is_read_validated_and_applied(tmp_path):
     assert read_generation(tmp_path) == {}
     (tmp_path / "generation.json").write_text('{"cfg_scale": 2, "image_candidates": 16}')
     assert read_generation(tmp_path) == {"cfg_scale": 2.0, "image_candidates": 16}
+    (tmp_path / "generation.json").write_text('{"describe_edits": true}')
+    assert read_generation(tmp_path) == {"describe_edits": True}
     for bad, word in [('{"cfg": 2}', "unknown key 'cfg'"), ('{"image_candidates": 0}', "image_candidates must be"),
                       ('{"image_candidates": 2.5}', "image_candidates must be int"), ('[1]', "JSON object"),
-                      ('{"cfg_scale": true}', "cfg_scale must be"), ('{', "not valid JSON")]:
+                      ('{"cfg_scale": true}', "cfg_scale must be"), ('{', "not valid JSON"),
+                      ('{"describe_edits": 1}', "describe_edits must be true or false")]:
         (tmp_path / "generation.json").write_text(bad)
         with pytest.raises(ValueError, match=word):
             read_generation(tmp_path)
@@ -188,3 +191,69 @@ def test_image_options_prefer_the_caller_then_the_model(tiny):
 
 def test_shipped_model_recommends_guidance_and_search(world):
     assert world.image_options() == (2.0, 16)
+
+
+# --- edits described before they are drawn (generation.json: describe_edits) -----------------------
+
+def _edit_request(vocab, codes=None):
+    codes = codes or [3] * vocab.image_tokens
+    return [{"role": "user", "content": [{"type": "image_codes", "codes": codes},
+                                         {"type": "text", "text": "make the circle blue"}]}]
+
+
+def test_a_describe_edits_model_writes_its_description_before_the_drawing(tiny):
+    from omniloom.infer.generate import TextDelta, _describe_edit
+    from omniloom.infer.sampling import SamplingParams
+
+    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs, generation={"describe_edits": True})
+    v = omni.vocab
+    header = omni.processor.prompt_ids(_edit_request(v), None)
+    said = _describe_edit(omni, header, SamplingParams(temperature=0.0, max_new_tokens=400))
+    assert said and all(t < v.text_size for t in said)  # the random model writes text first
+    events = list(generate(omni, _edit_request(v), output_modality="image",
+                           sampling=SamplingParams(temperature=0.0, max_new_tokens=400)))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "TextDelta" and kinds.count("ImageOut") == 1 and kinds[-1] == "Done"
+    assert events[0].text == omni.tok.decode(said)  # the same greedy description
+    usage = events[-1].usage
+    assert usage["text_tokens"] >= len(said) and usage["image_tokens"] == v.image_tokens  # (text may follow)
+    # a caller that wants the image alone still gets the drawing made after the description, without its text
+    only = list(generate(omni, _edit_request(v), output_modality="image", outputs=("image",),
+                         sampling=SamplingParams(temperature=0.0, max_new_tokens=400)))
+    assert not any(isinstance(e, TextDelta) for e in only) and only[-1].usage["text_tokens"] == len(said)
+    # the drawing continues the description: the same image as decoding after header + description
+    from omniloom.infer.engine import Request
+    from omniloom.infer.grammar import SpanGrammar
+
+    prefix = header + said + [v.special("image")]
+    span = omni.engine.generate([Request(prefix, SamplingParams(temperature=0.0, max_new_tokens=v.image_tokens + 1),
+                                         SpanGrammar(v, omni.model.cfg.vocab_size, outputs=("image",),
+                                                     prefix=prefix))])[0][:v.image_tokens]
+    image = [e for e in events if isinstance(e, ImageOut)][0]
+    assert image.codes == [t - v.range_of("image")[0] for t in span]
+    # not for a drawing from text, and not for a model without the flag
+    assert not any(isinstance(e, TextDelta) for e in generate(
+        omni, [{"role": "user", "content": "draw a red circle"}], output_modality="image",
+        sampling=SamplingParams(temperature=0.0, max_new_tokens=100)))
+    assert not any(isinstance(e, TextDelta) for e in generate(
+        tiny, _edit_request(v), output_modality="image", sampling=SamplingParams(temperature=0.0, max_new_tokens=100)))
+
+
+def test_a_described_edit_is_searched_against_its_own_description(tiny, monkeypatch):
+    import omniloom.infer.rerank as rerank
+    from omniloom.infer.generate import TextDelta
+
+    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs, generation={"describe_edits": True})
+    seen = {}
+    real = rerank.best_image
+
+    def spy(omni_, prompt, n, description, *a, **kw):
+        seen.update(prompt=prompt, description=description)
+        return real(omni_, prompt, n, description, *a, **kw)
+
+    monkeypatch.setattr(rerank, "best_image", spy)
+    events = list(generate(omni, _edit_request(omni.vocab), output_modality="image", image_candidates=2,
+                           sampling=SamplingParams(temperature=0.0, max_new_tokens=400)))
+    said = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert said and seen["description"] == said.strip()
+    assert seen["prompt"][-1] == omni.vocab.special("image")  # candidates are drawn after the description

@@ -105,8 +105,11 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
                      "`python -m omniloom.serve.tiny DIR`")
 
 
-#: keys of a model directory's generation.json: type and inclusive range
-GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64)}
+#: keys of a model directory's generation.json: type and inclusive range. ``describe_edits``: the
+#: model was trained to answer an edit of a given image by describing the edited scene in text
+#: before drawing it (``omniloom world generate --restate edit``); :func:`generate` then lets it
+#: write that description first, and judges its candidate drawings against it
+GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1)}
 
 
 def read_generation(path: str | Path) -> dict:
@@ -122,6 +125,11 @@ def read_generation(path: str | Path) -> dict:
         if key not in GENERATION_KEYS:
             raise ValueError(f"generation defaults {f}: unknown key {key!r} (known: {', '.join(GENERATION_KEYS)})")
         kind, lo, hi = GENERATION_KEYS[key]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"generation defaults {f}: {key} must be true or false, got {value!r}")
+            out[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
                 or not lo <= value <= hi:
             raise ValueError(f"generation defaults {f}: {key} must be {kind.__name__} in [{lo:g}, {hi:g}], "
@@ -202,6 +210,24 @@ class OmniModel:
         return cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path))
 
 
+def _edits_an_image(coded: Sequence[dict], vocab: Any) -> bool:
+    """Whether the last user turn holds an image: an image answer to it is an edit."""
+    users = [m for m in coded if m.get("role") == "user"]
+    content = users[-1].get("content") if users else None
+    return isinstance(content, list) and any(p.get("type") == "image_codes" for p in content if isinstance(p, dict))
+
+
+def _describe_edit(omni: OmniModel, header: list[int], sampling: SamplingParams) -> list[int]:
+    """The text ids a ``describe_edits`` model writes after the assistant header, up to (not
+    including) the image it opens next; empty when it opens the image at once."""
+    vocab = omni.vocab
+    grammar = SpanGrammar(vocab, omni.model.cfg.vocab_size, outputs=("text", "image"), prefix=header)
+    params = replace(sampling, max_new_tokens=min(sampling.max_new_tokens, 128),
+                     stop_ids=tuple(set(sampling.stop_ids) | {vocab.special("image"), vocab.end_id}))
+    out = omni.engine.generate([Request(header, params, grammar)])[0]
+    return [t for t in out if t < vocab.text_size]
+
+
 def generate(
     omni: OmniModel,
     messages: Sequence[dict],
@@ -226,6 +252,11 @@ def generate(
     default the request's own text without its drawing verb; see :mod:`omniloom.infer.rerank`).
     A request that gives no description (an edit of a given image), or whose ``max_new_tokens``
     leaves no room for a whole image, gets a single sample.
+
+    A model whose ``generation.json`` sets ``describe_edits`` answers an edit of a given image
+    (``output_modality="image"``, an image in the last user turn) as it was trained to: it first
+    writes the edited scene's description (a text event, when ``outputs`` holds text), then draws;
+    with ``image_candidates`` > 1 the candidates are judged against that description.
     """
     vocab, proc = omni.vocab, omni.processor
     if output_modality is not None and output_modality not in OUTPUTS:
@@ -248,11 +279,27 @@ def generate(
         uncond = null_condition(vocab) + build_prompt([], vocab, omni.tok, output_modality, voice, add_bos=False)
     usage = {"prompt_tokens": len(prompt), "completion_tokens": 0, "text_tokens": 0, "audio_tokens": 0,
              "image_tokens": 0}
+    said = None  # an edit's description of its result, written before the drawing
+    if output_modality == "image" and omni.generation.get("describe_edits") and _edits_an_image(coded, vocab):
+        said = _describe_edit(omni, prompt[:-1], sampling)  # the header without the opened image span
+        prompt = prompt[:-1] + said + [vocab.special("image")]
+        if uncond is not None:
+            uncond = uncond[:-1] + said + [vocab.special("image")]
+        usage["completion_tokens"] += len(said)
+        usage["text_tokens"] += len(said)
+        sampling = replace(sampling, max_new_tokens=max(1, sampling.max_new_tokens - len(said)))
+        if said and "text" in outputs:
+            yield TextDelta(omni.tok.decode(said))
     chosen = None
     if image_candidates > 1 and output_modality == "image" and sampling.max_new_tokens > vocab.image_tokens:
         from .rerank import best_image, request_description
 
-        desc = describe if describe is not None else request_description(omni, coded)
+        if describe is not None:
+            desc = describe
+        elif said is not None:
+            desc = omni.tok.decode(said).strip()  # the model's own account of the edited scene
+        else:
+            desc = request_description(omni, coded)
         if desc:
             span, _, drawn = best_image(omni, prompt, image_candidates, desc, sampling, uncond, cfg_scale)
             chosen = span[:-1]
