@@ -13,7 +13,8 @@
 #   schedule, default 4000), BUDGET (seconds for the whole script, default 560: training gets what
 #   data, tokens and a 45 s reserve for the last eval, checkpoint and export leave), BATCH
 #   (sequences of 1024 tokens per step, default 64), LR (default 5e-4), INIT (default world, the
-#   shipped weights; "" = from scratch). Each stage prints its finishing time, to size N next time.
+#   shipped weights; "" = from scratch), RESTATE (default spoken_math,edit: see world generate
+#   --restate; with edit, the collected model's generation.json sets describe_edits). Each stage prints its finishing time, to size N next time.
 # After it, here: bash examples/device_train.sh --collect FILES_AT runs/device-model
 #   (joins the parts, adds the shipped vocabulary, tokenizer, codecs and generation defaults, and
 #   loads the result once), then: omniloom eval --model runs/device-model --n 50
@@ -44,6 +45,7 @@ if [ "${1:-}" = "--collect" ]; then  # here: FILES_AT (the run's returned files)
   cat "$src"/model.safetensors.part-* > "$dst/model.safetensors.tmp" && mv "$dst/model.safetensors.tmp" "$dst/model.safetensors"
   cp "$src/config.json" "$dst/"
   for f in vocab.json tokenizer.json codecs.json generation.json; do cp "$MODEL/$f" "$dst/"; done
+  [ -f "$src/generation.json" ] && cp "$src/generation.json" "$dst/"  # the run's own (describe_edits)
   for d in "$MODEL"/*/; do [ -d "$d" ] && cp -r "$d" "$dst/"; done  # codec folders, if it has its own
   for f in metrics.jsonl device.log loss.png; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
   python3 -c "import sys; from omniloom.infer.generate import OmniModel; OmniModel.load(sys.argv[1]); print('loads:', sys.argv[1])" "$dst"
@@ -78,9 +80,11 @@ fi
 OMNI=("$PY" -m omniloom.cli)
 stamp "python $("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())'), $WORKERS workers"
 
-# 1. data: the default mixture, spoken arithmetic answered restating the question (phase 6-8's gain)
+# 1. data: the default mixture; spoken arithmetic restates the question before its answer (phases
+# 6-9) and edits describe the edited scene before drawing it (phase 10), unless RESTATE says otherwise
+RESTATE=${RESTATE:-spoken_math,edit}
 [ -f "$WORK/data/train.jsonl" ] || "${OMNI[@]}" world generate --out "$WORK/data" --split train --n "$N" \
-  --seed "${SEED:-11}" --restate spoken_math --workers "$WORKERS" --quiet
+  --seed "${SEED:-11}" --restate "$RESTATE" --workers "$WORKERS" --quiet
 stamp "generated $N samples"
 # 2. tokens, with the shipped model's tokenizer and vocabulary (so its weights fit)
 [ -f "$WORK/shards/train/manifest.json" ] || "${OMNI[@]}" tokenize --input "$WORK/data/train.jsonl" \
@@ -117,6 +121,9 @@ last=$(cat "$WORK/run/ckpt/latest")
 "${OMNI[@]}" export --checkpoint "$WORK/run/ckpt/$last" --format omniloom --dtype bfloat16 --out "$WORK/model"
 split -b 15m -d "$WORK/model/model.safetensors" "$OUT/model.safetensors.part-"
 cp "$WORK/model/config.json" "$WORK/run/metrics.jsonl" "$OUT/"
+# the shipped decoding defaults, and describe_edits when the model learnt to describe its edits
+"$PY" -c "import json, sys; g = json.load(open(sys.argv[1])); g.update({'describe_edits': True} if 'edit' in sys.argv[2].split(',') else {}); json.dump(g, open(sys.argv[3], 'w'))" \
+  "$MODEL/generation.json" "$RESTATE" "$OUT/generation.json"
 [ -f "$WORK/run/loss.png" ] && cp "$WORK/run/loss.png" "$OUT/"
 stamp "exported $last: $(ls "$OUT" | tr '\n' ' ')"
 exec >&- 2>&-

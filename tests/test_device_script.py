@@ -45,6 +45,9 @@ def test_device_script_dry_run_and_collect(tmp_path):
     model = tmp_path / "model"
     for name in ("model.safetensors", "config.json", "vocab.json", "tokenizer.json", "codecs.json"):
         assert (model / name).is_file(), name
+    # edits were trained described (RESTATE's default), so the model answers them that way
+    gen = json.loads((model / "generation.json").read_text())
+    assert gen["describe_edits"] is True and gen["cfg_scale"] == 2.0
     assert (model / "model.safetensors").stat().st_size == sum(p.stat().st_size for p in parts)
     # a missing part is refused, and names what is missing
     bad = subprocess.run(["bash", str(SCRIPT), "--collect", str(tmp_path / "nowhere"), str(tmp_path / "m2")],
