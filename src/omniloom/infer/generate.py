@@ -32,6 +32,7 @@ from ..tokens import Vocab, build_prompt, null_condition
 from ..utils.fileio import read_json
 from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
+from .rerank import edits_an_image
 from .sampling import SamplingParams
 
 __all__ = ["OmniModel", "GENERATION_KEYS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
@@ -210,13 +211,6 @@ class OmniModel:
         return cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path))
 
 
-def _edits_an_image(coded: Sequence[dict], vocab: Any) -> bool:
-    """Whether the last user turn holds an image: an image answer to it is an edit."""
-    users = [m for m in coded if m.get("role") == "user"]
-    content = users[-1].get("content") if users else None
-    return isinstance(content, list) and any(p.get("type") == "image_codes" for p in content if isinstance(p, dict))
-
-
 def _describe_edit(omni: OmniModel, header: list[int], sampling: SamplingParams) -> list[int]:
     """The text ids a ``describe_edits`` model writes after the assistant header, up to (not
     including) the image it opens next; empty when it opens the image at once."""
@@ -279,9 +273,10 @@ def generate(
         uncond = null_condition(vocab) + build_prompt([], vocab, omni.tok, output_modality, voice, add_bos=False)
     usage = {"prompt_tokens": len(prompt), "completion_tokens": 0, "text_tokens": 0, "audio_tokens": 0,
              "image_tokens": 0}
-    said = None  # an edit's description of its result, written before the drawing
-    if output_modality == "image" and omni.generation.get("describe_edits") and _edits_an_image(coded, vocab):
+    said = None  # an edit's description of its result (text ids), written before the drawing
+    if output_modality == "image" and omni.generation.get("describe_edits") and edits_an_image(coded):
         said = _describe_edit(omni, prompt[:-1], sampling)  # the header without the opened image span
+        said_text = omni.tok.decode(said)
         prompt = prompt[:-1] + said + [vocab.special("image")]
         if uncond is not None:
             uncond = uncond[:-1] + said + [vocab.special("image")]
@@ -289,7 +284,7 @@ def generate(
         usage["text_tokens"] += len(said)
         sampling = replace(sampling, max_new_tokens=max(1, sampling.max_new_tokens - len(said)))
         if said and "text" in outputs:
-            yield TextDelta(omni.tok.decode(said))
+            yield TextDelta(said_text)
     chosen = None
     if image_candidates > 1 and output_modality == "image" and sampling.max_new_tokens > vocab.image_tokens:
         from .rerank import best_image, request_description
@@ -297,7 +292,7 @@ def generate(
         if describe is not None:
             desc = describe
         elif said is not None:
-            desc = omni.tok.decode(said).strip()  # the model's own account of the edited scene
+            desc = said_text.strip()  # the model's own account of the edited scene
         else:
             desc = request_description(omni, coded)
         if desc:

@@ -45,17 +45,31 @@ def drawing_description(text: str) -> str:
     return _VERB.sub("", text.strip(), count=1).rstrip(" .!").strip()
 
 
+_IMAGE_PARTS = {"image", "image_url", "image_codes"}
+
+
+def _last_user_parts(messages: Sequence[dict]) -> list[dict] | None:
+    """The content parts of the last user turn, or None when there is no user turn."""
+    users = [m for m in messages if m.get("role") == "user"]
+    return normalize_content(users[-1].get("content"), "last user message") if users else None
+
+
+def edits_an_image(messages: Sequence[dict]) -> bool:
+    """Whether the last user turn holds an image: an image answer to it is an edit."""
+    parts = _last_user_parts(messages)
+    return parts is not None and any(p.get("type") in _IMAGE_PARTS for p in parts)
+
+
 def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Path | None = None) -> str | None:
     """What the last user turn asks to see, or None when that cannot be said (e.g. an edit).
 
     Text is used as written (without a leading drawing verb); speech is transcribed by the model.
     """
-    users = [m for m in messages if m.get("role") == "user"]
-    if not users:
+    parts = _last_user_parts(messages)
+    if parts is None:
         return None
-    parts = normalize_content(users[-1].get("content"), "last user message")
     kinds = {p.get("type") for p in parts}
-    if kinds & {"image", "image_url", "image_codes", "video", "video_codes"}:
+    if kinds & (_IMAGE_PARTS | {"video", "video_codes"}):
         return None  # an instruction about a given image: its text does not describe the result
     text = " ".join(p.get("text", "") for p in parts if p.get("type") == "text").strip()
     if not text:
