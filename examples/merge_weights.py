@@ -22,22 +22,16 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from omniloom.config import config_from_dict
 from omniloom.model import Transformer
-from omniloom.model.export_cli import _export_model_dir
+from omniloom.model.export_cli import _export_model_dir, _read_checkpoint
 from omniloom.model.hf import load_state_dict_checked
 from omniloom.utils.fileio import read_json
 
 
 def _load(d: Path):
-    for name in ("config.json", "model.safetensors"):
-        if not (d / name).is_file():
-            raise ValueError(f"{d / name} is missing (a checkpoint or model directory holds model.safetensors "
-                             "+ config.json)")
-    cfg = config_from_dict(read_json(d / "config.json", "model config"))
-    return cfg, {k.removeprefix("_orig_mod."): v for k, v in load_file(str(d / "model.safetensors")).items()}
+    cfg, sd = _read_checkpoint(d)  # names a missing directory or file
+    return cfg, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
 
 
 def merge(a: Path, b: Path, t: float) -> tuple:
