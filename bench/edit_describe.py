@@ -30,10 +30,10 @@ from pathlib import Path
 def description_errors(description: str, truth: dict) -> tuple[bool, bool]:
     """(an object the edit left alone is misstated or missing, the edit itself is misapplied) for a
     description of the edited scene, by the world's object phrases."""
-    from omniloom.world.scene import Scene, parse_object_phrase
+    from omniloom.world.scene import Scene, caption_phrases, parse_object_phrase
 
     said = set()
-    for part in (p.strip() for chunk in description.split(", ") for p in chunk.split(" and ")):
+    for part in caption_phrases(description):
         try:
             said.add(parse_object_phrase(part))
         except ValueError:

@@ -240,14 +240,18 @@ def parse_object_phrase(text: str) -> Object:
     return Object(cell=CELL_PHRASES.index(m["cell"]), size=m["size"], color=m["color"], shape=m["shape"])
 
 
+def caption_phrases(text: str) -> list[str]:
+    """Caption text -> its (normalised) phrases, split at `,` and `and`."""
+    return [p.strip() for p in re.split(r",\s*(?:and\s+)?|\s+and\s+", normalize_text(text)) if p.strip()]
+
+
 def parse_caption(text: str) -> Scene:
     """Caption text -> Scene. Accepts any order of phrases and `,`/`and` separators.
 
     Raises ValueError (naming the text) when something other than object phrases remains,
     or two objects share a cell.
     """
-    t = normalize_text(text)
-    parts = [p.strip() for p in re.split(r",\s*(?:and\s+)?|\s+and\s+", t) if p.strip()]
+    parts = caption_phrases(text)
     if not parts:
         raise ValueError(f"empty caption: {text!r}")
     return Scene(tuple(parse_object_phrase(p) for p in parts))
