@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from omniloom.eval.runner import LocalBackend, ensure_split, load_samples
     from omniloom.infer.generate import OmniModel
+    from omniloom.infer.rerank import answer_logprobs
     from omniloom.world import judges
 
     path = ensure_split(args.data, "test", "asr", args.n, 1234)
@@ -42,14 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = LocalBackend(omni)
     proc, model = omni.processor, omni.model
 
-    @torch.inference_mode()
     def logprob(sample: dict, text: str) -> float:
         msgs = sample["messages"][:-1] + [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-        enc = proc.encode_messages(msgs, base_dir=root)
-        ids = torch.tensor([enc.ids])
-        counted = torch.tensor([enc.loss_mask])[:, 1:].float()
-        lp = torch.log_softmax(model(ids[:, :-1]).float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
-        return float((lp * counted).sum())
+        return answer_logprobs(model, [proc.encode_messages(msgs, base_dir=root)])[0]
 
     t0 = time.perf_counter()
     wers, errors = [], []

@@ -99,11 +99,17 @@ def caption_logprobs(omni: Any, images: Sequence[Sequence[int]], description: st
 
     ``images``: local image codes (``vocab.image_tokens`` each). One batched forward, no KV cache.
     """
-    proc, model = omni.processor, omni.model
-    encs = [proc.encode_messages([
+    encs = [omni.processor.encode_messages([
         {"role": "user", "content": [{"type": "image_codes", "codes": list(c)},
                                      {"type": "text", "text": CAPTION_PROMPT}]},
         {"role": "assistant", "content": [{"type": "text", "text": description}]}]) for c in images]
+    return answer_logprobs(omni.model, encs)
+
+
+@torch.inference_mode()
+def answer_logprobs(model: Any, encs: Sequence[Any]) -> list[float]:
+    """Sum of the model's log-probabilities of each encoded conversation's answer (its loss-mask
+    positions); one batched forward, so the encodings must be of one length."""
     dev = next(model.parameters()).device
     ids = torch.tensor([e.ids for e in encs], device=dev)
     mask = torch.tensor([e.loss_mask for e in encs], device=dev)[:, 1:].float()
