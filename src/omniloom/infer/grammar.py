@@ -78,8 +78,8 @@ class SpanGrammar:
         self.count = 0  # image codes in the current image span / audio ids in the current frame
         self.in_video = False
         self._done = False
-        assistant = vocab.special("assistant")
-        start = max((i + 1 for i, t in enumerate(prefix) if t == assistant), default=len(prefix))
+        heads = [b for _, b, role in vocab.find_headers(prefix) if role == "assistant"]
+        start = heads[-1] if heads else len(prefix)
         for t in prefix[start:]:
             self.advance(int(t))
 

@@ -201,6 +201,11 @@ def _encode_turns(messages: Sequence[dict], vocab: Vocab, text_tokenizer: Any, m
         raise ValueError(f"messages must be a list of message dicts, got {type(messages).__name__}")
     ids: list[int] = []
     mask: list[int] = []
+    end = vocab.end_ids
+    default_system = vocab.default_system_ids
+    if default_system and not any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        ids += default_system  # the base's template opens every conversation without a system turn so
+        mask += [1 if mode == "pretrain" else 0] * len(default_system)
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
             raise ValueError(f"message {i}: must be a dict with 'role' and 'content', got {type(msg).__name__}")
@@ -210,10 +215,11 @@ def _encode_turns(messages: Sequence[dict], vocab: Vocab, text_tokenizer: Any, m
         body: list[int] = []
         for j, part in enumerate(normalize_content(msg.get("content"), f"message {i}")):
             body += encode_part(part, vocab, text_tokenizer, f"message {i} part {j}")
-        body.append(vocab.end_id)
+        body += end
         learn = 1 if (mode == "pretrain" or role == "assistant") else 0
-        ids.append(vocab.special(role))
-        mask.append(1 if mode == "pretrain" else 0)
+        head = vocab.header_ids(role)
+        ids += head
+        mask += [1 if mode == "pretrain" else 0] * len(head)
         ids += body
         mask += [learn] * len(body)
     return ids, mask
@@ -231,34 +237,34 @@ def encode_conversation(
     ids, mask = _encode_turns(messages, vocab, text_tokenizer, mode)
     full = 1 if mode == "pretrain" else 0
     if add_bos:
-        ids.insert(0, vocab.bos_id)
-        mask.insert(0, full)
+        bos = vocab.bos_ids
+        ids, mask = bos + ids, [full] * len(bos) + mask
     if add_eos:
-        ids.append(vocab.eos_id)
-        mask.append(full)
+        eos = vocab.eos_ids
+        ids, mask = ids + eos, mask + [full] * len(eos)
     return Encoded(ids=ids, loss_mask=mask)
 
 
 def null_condition(vocab: Vocab) -> list[int]:
     """The conversation prefix that stands for "no condition" in classifier-free guidance:
-    ``<|bos|> <|user|> <|null|> <|end|>``. Training replaces the turns before an image answer with
-    it (:func:`drop_condition`); generation uses it as the unconditional prompt."""
-    return [vocab.bos_id, vocab.special("user"), vocab.null_id, vocab.end_id]
+    ``<|bos|> <|user|> <|null|> <|end|>`` (in a grafted vocab: the base's begin, user header and turn
+    end around ``<|null|>``). Training replaces the turns before an image answer with it
+    (:func:`drop_condition`); generation uses it as the unconditional prompt."""
+    return vocab.bos_ids + vocab.header_ids("user") + [vocab.null_id] + vocab.end_ids
 
 
 def drop_condition(enc: Encoded, vocab: Vocab) -> Encoded | None:
     """``enc`` with everything before its last image-answering assistant turn replaced by
     :func:`null_condition` (mask 0 there, or 1 when ``enc`` is a pre-training document), so the
     model also learns images without their condition. ``None`` when no assistant turn holds an image."""
-    ids = list(enc.ids)
-    a_id, img_id = vocab.special("assistant"), vocab.special("image")
-    roles = {vocab.special(r) for r in ROLES}
-    start = cur = None
-    for i, t in enumerate(ids):
-        if t in roles:
-            cur = i if t == a_id else None
-        elif t == img_id and cur is not None:
-            start = cur
+    ids = [int(t) for t in enc.ids]
+    img_id = vocab.special("image")
+    heads = vocab.find_headers(ids)
+    start = None
+    for h, (a, b, role) in enumerate(heads):
+        stop = heads[h + 1][0] if h + 1 < len(heads) else len(ids)
+        if role == "assistant" and img_id in ids[b:stop]:
+            start = a
     if start is None:
         return None
     head = null_condition(vocab)
@@ -281,8 +287,8 @@ def build_prompt(
     """
     ids, _ = _encode_turns(messages, vocab, text_tokenizer, "sft")
     if add_bos:
-        ids.insert(0, vocab.bos_id)
-    ids.append(vocab.special("assistant"))
+        ids = vocab.bos_ids + ids
+    ids += vocab.header_ids("assistant")
     if output_modality in (None, "text"):
         return ids
     if output_modality == "image":
@@ -316,6 +322,19 @@ class _Parser:
         self.S = {n: s(n) for n in ("bos", "eos", "pad", "system", "user", "assistant", "end", "image", "/image",
                                     "audio", "/audio", "video", "/video", "frame", "null")}
         self.role_of = {self.S[r]: r for r in ROLES}
+        # a grafted vocab's headers, turn end and begin/end of text are runs of text ids
+        self.runs: list[tuple[list[int], str | None]] = []
+        if vocab.chat:
+            self.runs = [(vocab.header_ids(r), r) for r in ROLES] + [(vocab.end_ids, None)]
+            self.runs += [(ids, None) for ids in (vocab.bos_ids, vocab.eos_ids) if ids]
+            self.runs.sort(key=lambda r: -len(r[0]))
+
+    def run_at(self) -> tuple[int, str | None] | None:
+        """(length, role or None) of a chat-format run starting at ``pos``, if one does."""
+        for ids, role in self.runs:
+            if self.ids[self.pos:self.pos + len(ids)] == ids:
+                return len(ids), role
+        return None
 
     def bad(self, msg: str) -> None:
         if self.strict:
@@ -334,6 +353,15 @@ class _Parser:
         S, n = self.S, len(self.ids)
         while self.pos < n:
             i, m = self.ids[self.pos], self.mod[self.pos]
+            hit = self.run_at() if (m == 0 and self.runs) else None
+            if hit is not None:
+                self.flush_text()
+                length, role = hit
+                if role is not None:
+                    self.turn += 1
+                self.role = role
+                self.pos += length
+                continue
             if m == 0:
                 self.text.append(i)
                 self.pos += 1

@@ -10,6 +10,12 @@ Layout (see ``docs/token-format.md``)::
 
 Local codes are a codec's own integers; ``to_global``/``to_local`` map them. Audio local codes are
 either given per codebook (``codebook=k``) or "flat" (``k * audio_codebook_size + code``).
+
+A vocabulary grafted onto a pretrained text model carries a **chat format** (``chat``): the base's
+own role headers, turn end and begin-of-text as *text ids* (e.g. ``<|im_start|>user\n`` ...
+``<|im_end|>\n``), used instead of the ``<|user|>``/``<|end|>`` specials so that a text-only
+conversation is the very id sequence the base was tuned on. ``header_ids``, ``end_ids``,
+``bos_ids`` and ``eos_ids`` give whichever form the vocabulary uses.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 
 from ..utils.fileio import atomic_write_text, read_json
 
-__all__ = ["Vocab", "VOCAB_FORMAT", "VOCAB_VERSION", "NAMED_SPECIALS"]
+__all__ = ["Vocab", "VOCAB_FORMAT", "VOCAB_VERSION", "NAMED_SPECIALS", "CHAT_KEYS"]
 
 VOCAB_FORMAT = "omniloom-vocab"
 VOCAB_VERSION = 1
@@ -38,6 +44,13 @@ NAMED_SPECIALS: tuple[str, ...] = (
     "null",  # classifier-free guidance: the null condition
     "voice:none",  # audio whose speaker is not one of the named voices (e.g. user speech)
 )
+
+
+#: keys of a chat format: each a list of text ids. ``system``/``user``/``assistant``: a role's header;
+#: ``end``: after each turn (its first id is the one generation stops at); ``bos``/``eos``: before and
+#: after a conversation (may be empty); ``default_system``: a whole system turn put first when a
+#: conversation has none (the base's template does so), or empty
+CHAT_KEYS = ("bos", "system", "user", "assistant", "end", "eos", "default_system")
 
 
 def _bracket(name: str) -> str:
@@ -66,6 +79,8 @@ class Vocab:
     reserve: int = 0  # extra ids after the audio range (future modalities)
     pad_multiple: int = 64  # total size rounded up to this
     speech_interleave: tuple[int, int] = (6, 12)  # (text tokens, audio frames) per chunk
+    chat: dict[str, list[int]] | None = None  # the base's chat format in text ids (see CHAT_KEYS), or None
+    chat_strings: dict[str, str] | None = None  # the same as text, for people reading vocab.json
 
     # ------------------------------------------------------------------ construction
 
@@ -85,6 +100,8 @@ class Vocab:
         reserve: int = 0,
         pad_multiple: int = 64,
         speech_interleave: tuple[int, int] = (6, 12),
+        chat: dict[str, list[int]] | None = None,
+        chat_strings: dict[str, str] | None = None,
     ) -> "Vocab":
         """Lay out a vocabulary. ``voices`` names the first voice slots (others are ``voice:i``)."""
         names = list(voices or [])
@@ -104,6 +121,8 @@ class Vocab:
             reserve=int(reserve),
             pad_multiple=int(pad_multiple),
             speech_interleave=(int(speech_interleave[0]), int(speech_interleave[1])),
+            chat=chat,
+            chat_strings=chat_strings,
         )
         return v
 
@@ -121,6 +140,8 @@ class Vocab:
     def __post_init__(self) -> None:
         self.voices = list(self.voices)
         self.speech_interleave = (int(self.speech_interleave[0]), int(self.speech_interleave[1]))
+        if self.chat is not None:
+            self.chat = {k: [int(i) for i in v] for k, v in self.chat.items()}
         self._validate()
         specials = [_bracket(n) for n in NAMED_SPECIALS]
         specials += [f"<|voice:{i}|>" for i in range(len(self.voices))]
@@ -171,6 +192,21 @@ class Vocab:
         t, a = self.speech_interleave
         if t <= 0 or a <= 0:
             raise ValueError(f"vocab speech_interleave must be two positive ints, got {self.speech_interleave}")
+        if self.chat is not None:
+            unknown = sorted(set(self.chat) - set(CHAT_KEYS))
+            if unknown:
+                raise ValueError(f"vocab chat format: unknown key(s) {unknown} (known: {', '.join(CHAT_KEYS)})")
+            for key in ("system", "user", "assistant", "end"):
+                if not self.chat.get(key):
+                    raise ValueError(f"vocab chat format: {key!r} must be a non-empty list of text ids")
+            for key, ids in self.chat.items():
+                bad = [i for i in ids if not 0 <= i < self.text_size]
+                if bad:
+                    raise ValueError(f"vocab chat format: {key!r} holds ids {bad[:3]} outside the text range "
+                                     f"[0, {self.text_size})")
+            heads = [tuple(self.chat[r]) for r in ("system", "user", "assistant")]
+            if len(set(heads)) != 3:
+                raise ValueError("vocab chat format: the system, user and assistant headers must differ")
 
     # ------------------------------------------------------------------ specials
 
@@ -205,12 +241,59 @@ class Vocab:
         return self._special_ids["<|pad|>"]
 
     @property
-    def end_id(self) -> int:
-        return self._special_ids["<|end|>"]
-
-    @property
     def null_id(self) -> int:
         return self._special_ids["<|null|>"]
+
+    # chat format ------------------------------------------------------------
+
+    def header_ids(self, role: str) -> list[int]:
+        """Ids that open a turn of ``role``: ``[<|role|>]``, or the base's header in a grafted vocab."""
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"role {role!r} is not one of system, user, assistant")
+        return list(self.chat[role]) if self.chat else [self._special_ids[_bracket(role)]]
+
+    @property
+    def end_ids(self) -> list[int]:
+        """Ids that close a turn: ``[<|end|>]``, or the base's turn end (e.g. ``<|im_end|>\\n``)."""
+        return list(self.chat["end"]) if self.chat else [self._special_ids["<|end|>"]]
+
+    @property
+    def end_id(self) -> int:
+        """The id an answer stops at: ``<|end|>``, or the first id of the base's turn end."""
+        return self.chat["end"][0] if self.chat else self._special_ids["<|end|>"]
+
+    @property
+    def bos_ids(self) -> list[int]:
+        return list(self.chat.get("bos", [])) if self.chat else [self._special_ids["<|bos|>"]]
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return list(self.chat.get("eos", [])) if self.chat else [self._special_ids["<|eos|>"]]
+
+    @property
+    def default_system_ids(self) -> list[int]:
+        """A whole system turn that a conversation without one starts with (empty: none)."""
+        return list(self.chat.get("default_system", [])) if self.chat else []
+
+    def find_headers(self, ids: Sequence[int]) -> list[tuple[int, int, str]]:
+        """``(start, stop, role)`` of every turn header in ``ids``, in order."""
+        ids = [int(i) for i in ids]
+        heads = [(self.header_ids(r), r) for r in ("system", "user", "assistant")]
+        heads.sort(key=lambda h: -len(h[0]))  # the longest first, should one header begin another
+        firsts = {h[0] for h, _ in heads}
+        out, i, n = [], 0, len(ids)
+        while i < n:
+            if ids[i] in firsts:
+                for h, role in heads:
+                    if ids[i:i + len(h)] == h:
+                        out.append((i, i + len(h), role))
+                        i += len(h)
+                        break
+                else:
+                    i += 1
+            else:
+                i += 1
+        return out
 
     # voices ---------------------------------------------------------------
 
@@ -354,6 +437,8 @@ class Vocab:
             "reserve": self.reserve,
             "pad_multiple": self.pad_multiple,
             "speech_interleave": list(self.speech_interleave),
+            **({"chat": {k: list(v) for k, v in self.chat.items()}} if self.chat else {}),
+            **({"chat_strings": dict(self.chat_strings)} if self.chat and self.chat_strings else {}),
             # derived, for readers; checked on load
             "size": self.size,
             "special_tokens": list(self.special_tokens),
@@ -381,6 +466,8 @@ class Vocab:
                 reserve=int(d["reserve"]),
                 pad_multiple=int(d["pad_multiple"]),
                 speech_interleave=tuple(d["speech_interleave"]),
+                chat=d.get("chat"),
+                chat_strings=d.get("chat_strings"),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: missing or malformed key {e}") from e

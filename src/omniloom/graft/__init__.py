@@ -1,0 +1,1 @@
+"""Graft a pretrained text LLM into an omni model directory (``omniloom graft``)."""
