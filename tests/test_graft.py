@@ -328,3 +328,38 @@ def test_smollm2_graft_answers_as_the_base(smol_dir, capsys):
                  str(smol_dir.parent / "out"), "What is the capital of France?"]) == 0
     assert "Paris" in capsys.readouterr().out
     np.testing.assert_equal(json.loads((smol_dir / "graft.json").read_text())["text_size"], 49152)
+
+
+def test_kept_knowledge_question_set_is_usable():
+    """The fixed general-question set of the kept-knowledge benchmark: >= 50 questions, each with
+    accepted answers, and the answer check matches whole words only."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("kept_knowledge", root / "bench" / "kept_knowledge.py")
+    kk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kk)
+    qs = [json.loads(x) for x in (root / "bench" / "data" / "general_questions.jsonl").read_text().splitlines()]
+    assert len(qs) >= 50 and len({q["q"] for q in qs}) == len(qs)
+    assert all(isinstance(q["a"], list) and q["a"] and all(isinstance(a, str) and a for a in q["a"]) for q in qs)
+    assert kk.correct("The capital of France is Paris.", ["Paris"])
+    assert not kk.correct("The first letter of the alphabet is 'E'.", ["A"])
+    assert not kk.correct("It freezes at -18.0000001 degrees.", ["0", "zero"])
+    assert kk.correct("A week has 7 days.", ["seven", "7"])
+
+
+@smollm2
+@pytest.mark.slow
+def test_smollm2_graft_answers_the_kept_knowledge_questions(smol_dir):
+    """The pristine graft is the base: it answers the first questions of the set (chosen as the ones
+    the base answers) right, through the grafted chat format."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("kept_knowledge", root / "bench" / "kept_knowledge.py")
+    kk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kk)
+    qs = [json.loads(x) for x in (root / "bench" / "data" / "general_questions.jsonl").read_text().splitlines()]
+    omni = OmniModel.load(smol_dir)
+    for q in qs[:4]:
+        assert kk.correct(kk.ask(omni, q["q"], 24), q["a"]), q

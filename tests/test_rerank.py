@@ -243,7 +243,7 @@ def test_a_described_edit_is_searched_against_its_own_description(tiny, monkeypa
     import omniloom.infer.rerank as rerank
     from omniloom.infer.generate import TextDelta
 
-    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs, generation={"describe_edits": True})
+    omni = OmniModel(tiny.model, tiny.vocab, tiny.tok, tiny.codecs, generation={"describe_edits": True, **tiny.generation})
     seen = {}
     real = rerank.best_image
 

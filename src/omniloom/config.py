@@ -115,6 +115,10 @@ class ModelConfig:
         self.image_tokens, self.image_open_id, self.image_code_start, self.image_code_end = ids
 
 
+#: projections a LoRA may target (the decoder's linear layers, by attribute name)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclass
 class DataConfig:
     """Where token shards live and how they become batches."""
@@ -163,6 +167,16 @@ class TrainConfig:
     # a fresh run (no checkpoint in out_dir yet) starts from these weights with a new optimizer: a
     # bundled model name ('world'), a model directory, a checkpoint or a run's out_dir ('' = random init)
     init_from: str = ""
+    # train only what must be trained (a grafted base): freeze_base freezes every weight except the
+    # LoRA adapters and the embedding/output rows from train_rows_from on (-1: the vocabulary's
+    # first id after the text ids, i.e. the rows a graft appended); those two matrices then get no
+    # weight decay, so the frozen rows stay bit-identical. lora_rank > 0 adds adapters of that rank
+    # (scale lora_alpha / lora_rank) to the comma-separated lora_targets projections
+    freeze_base: bool = False
+    train_rows_from: int = -1
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "ckpt_every"):
@@ -180,6 +194,17 @@ class TrainConfig:
             raise ValueError(f"train.dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.lora_rank < 0:
+            raise ValueError(f"train.lora_rank must be >= 0 (0 = no adapters), got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"train.lora_alpha must be positive, got {self.lora_alpha}")
+        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        bad = [t for t in targets if t not in LORA_TARGETS]
+        if bad or (self.lora_rank and not targets):
+            raise ValueError(f"train.lora_targets {self.lora_targets!r}: choose among {', '.join(LORA_TARGETS)}")
+        if self.train_rows_from < -1:
+            raise ValueError(f"train.train_rows_from must be >= 0, or -1 (the vocab's first non-text id), "
+                             f"got {self.train_rows_from}")
 
 
 @dataclass

@@ -141,6 +141,14 @@ def tokenize_files(
     if "val" in writers and counts["val"] == 0:
         raise ValueError(f"--val-fraction {val_fraction} left the validation split empty; use more data or 0")
     manifests = {k: w.close() for k, w in writers.items()}
+    # task prompts written beside the input (e.g. by `omniloom world generate`) travel with the
+    # shards into every checkpoint, so the trained model can name them (generation.json "prompts")
+    prompts = Path(inputs[0]).parent / "generation.json"
+    if prompts.is_file():
+        from ..utils.fileio import atomic_write_text
+
+        for k in writers:
+            atomic_write_text(out / k / "generation.json", prompts.read_text())
     return {k: {"docs": m["total_docs"], "tokens": m["total_tokens"], "shards": len(m["shards"]),
                 "dir": str(out / k)} for k, m in manifests.items()} | {"vocab_size": vocab.size,
                                                                      "condition_dropped": counts["dropped"]}

@@ -35,7 +35,7 @@ from .grammar import OUTPUTS, SpanGrammar
 from .rerank import edits_an_image
 from .sampling import SamplingParams
 
-__all__ = ["OmniModel", "GENERATION_KEYS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
+__all__ = ["OmniModel", "GENERATION_KEYS", "TASK_PROMPTS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
            "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
 
 
@@ -110,7 +110,18 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 #: model was trained to answer an edit of a given image by describing the edited scene in text
 #: before drawing it (``omniloom world generate --restate edit``); :func:`generate` then lets it
 #: write that description first, and judges its candidate drawings against it
-GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1)}
+GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1),
+                   "prompts": (dict, 0, 0)}
+
+#: the task prompts a model directory may name in generation.json's ``prompts``: the instruction it
+#: was trained to answer for each job the server and the drawing search give it (``speak`` holds
+#: ``{text}``, where the words to say go). A model without one cannot do that job; the server says so
+TASK_PROMPTS = {
+    "caption": "describe a given image in text (the drawing search's judge)",
+    "transcribe": "transcribe given speech (/v1/audio/transcriptions, Realtime input transcription, spoken "
+                  "drawing requests)",
+    "speak": "say {text} aloud (/v1/audio/speech)",
+}
 
 
 def read_generation(path: str | Path) -> dict:
@@ -126,6 +137,19 @@ def read_generation(path: str | Path) -> dict:
         if key not in GENERATION_KEYS:
             raise ValueError(f"generation defaults {f}: unknown key {key!r} (known: {', '.join(GENERATION_KEYS)})")
         kind, lo, hi = GENERATION_KEYS[key]
+        if kind is dict:
+            if not isinstance(value, dict):
+                raise ValueError(f"generation defaults {f}: {key} must be an object of task -> prompt")
+            for task, prompt in value.items():
+                if task not in TASK_PROMPTS:
+                    raise ValueError(f"generation defaults {f}: unknown task prompt {task!r} "
+                                     f"(known: {', '.join(TASK_PROMPTS)})")
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise ValueError(f"generation defaults {f}: prompts.{task} must be a non-empty string")
+                if task == "speak" and "{text}" not in prompt:
+                    raise ValueError(f"generation defaults {f}: prompts.speak must contain {{text}}, got {prompt!r}")
+            out[key] = dict(value)
+            continue
         if kind is bool:
             if not isinstance(value, bool):
                 raise ValueError(f"generation defaults {f}: {key} must be true or false, got {value!r}")
@@ -165,6 +189,18 @@ class OmniModel:
         self.generation = dict(generation or {})
         self.on_prompt: Callable[[list[int]], None] | None = None
 
+    def task_prompt(self, task: str, text: str | None = None) -> str:
+        """The instruction this model was trained to answer for ``task`` (see :data:`TASK_PROMPTS`),
+        from its generation.json; ValueError naming the missing key when it has none."""
+        prompt = (self.generation.get("prompts") or {}).get(task)
+        if prompt is None:
+            raise ValueError(f"this model names no {task!r} prompt (generation.json \"prompts\": "
+                             f"{{\"{task}\": ...}}), so it cannot {TASK_PROMPTS[task].split(' (')[0]}")
+        return prompt.replace("{text}", text) if task == "speak" else prompt
+
+    def has_task(self, task: str) -> bool:
+        return task in (self.generation.get("prompts") or {})
+
     def image_options(self, cfg_scale: float | None = None, image_candidates: int | None = None) -> tuple[float, int]:
         """(guidance, candidates) for an image answer: what the caller asked for, else the model's defaults."""
         g = self.generation
@@ -192,6 +228,10 @@ class OmniModel:
         cfg = config_from_dict(read_json(path / "config.json", "model config"))
         model = Transformer(cfg.model)
         state = load_file(str(path / "model.safetensors"), device=device)
+        from ..model.lora import has_lora, merge_lora_state
+
+        if has_lora(state):  # a checkpoint of a run with adapters: fold them into the weights
+            state = merge_lora_state(state, cfg.train.lora_alpha)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path / 'model.safetensors'} does not fit config.json: missing {missing[:3]}, "
@@ -286,7 +326,8 @@ def generate(
         if said and "text" in outputs:
             yield TextDelta(said_text)
     chosen = None
-    if image_candidates > 1 and output_modality == "image" and sampling.max_new_tokens > vocab.image_tokens:
+    if image_candidates > 1 and output_modality == "image" and sampling.max_new_tokens > vocab.image_tokens \
+            and omni.has_task("caption"):  # the search judges drawings by the model's own captions
         from .rerank import best_image, request_description
 
         if describe is not None:

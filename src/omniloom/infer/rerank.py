@@ -28,13 +28,11 @@ from .engine import Request
 from .grammar import SpanGrammar
 from .sampling import SamplingParams
 
-__all__ = ["CAPTION_PROMPT", "ASR_PROMPT", "drawing_description", "request_description", "caption_logprobs",
+__all__ = ["drawing_description", "request_description", "caption_logprobs",
            "best_image"]
 
-#: the instruction the model was trained to caption an image with (the world's ``caption`` task)
-CAPTION_PROMPT = "describe the image"
-#: the instruction the model was trained to transcribe speech with (the world's ``asr`` task)
-ASR_PROMPT = "transcribe the audio"
+# the instructions the model was trained to caption an image and to transcribe speech with come
+# from its own generation.json (OmniModel.task_prompt("caption" / "transcribe"))
 
 _VERB = re.compile(r"^\s*(?:please\s+)?(?:draw|paint|sketch|render|show(?:\s+me)?|"
                    r"(?:make|create|generate)\s+(?:an?\s+)?(?:image|picture|drawing)\s+of)\s+", re.I)
@@ -74,7 +72,7 @@ def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Pat
     text = " ".join(p.get("text", "") for p in parts if p.get("type") == "text").strip()
     if not text:
         audio = [p for p in parts if p.get("type") in ("audio", "input_audio", "audio_codes")]
-        if not audio:
+        if not audio or not omni.has_task("transcribe"):
             return None
         text = _transcribe(omni, audio[-1], base_dir)
     desc = drawing_description(text)
@@ -84,7 +82,7 @@ def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Pat
 def _transcribe(omni: Any, part: dict, base_dir: str | Path | None) -> str:
     from .generate import TextDelta, generate
 
-    msgs = [{"role": "user", "content": [part, {"type": "text", "text": ASR_PROMPT}]}]
+    msgs = [{"role": "user", "content": [part, {"type": "text", "text": omni.task_prompt("transcribe")}]}]
     out = []
     for ev in generate(omni, msgs, output_modality="text", outputs=("text",),
                        sampling=SamplingParams(max_new_tokens=96, temperature=0.0), base_dir=base_dir):
@@ -101,7 +99,7 @@ def caption_logprobs(omni: Any, images: Sequence[Sequence[int]], description: st
     """
     encs = [omni.processor.encode_messages([
         {"role": "user", "content": [{"type": "image_codes", "codes": list(c)},
-                                     {"type": "text", "text": CAPTION_PROMPT}]},
+                                     {"type": "text", "text": omni.task_prompt("caption")}]},
         {"role": "assistant", "content": [{"type": "text", "text": description}]}]) for c in images]
     return answer_logprobs(omni.model, encs)
 

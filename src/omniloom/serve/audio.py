@@ -1,8 +1,9 @@
 """``POST /v1/audio/speech`` and ``POST /v1/audio/transcriptions``, through the omni model itself.
 
-Speech asks the model ``say {input}`` and forces a spoken answer in the chosen voice; transcription
-sends the audio with ``transcribe the audio`` and keeps the text answer (the prompts of the
-bundled world's ``tts`` and ``asr`` tasks). ``speed`` resamples the result (tempo and pitch move
+Speech asks the model its ``speak`` prompt with the input (``say {text}`` for the bundled world
+model) and forces a spoken answer in the chosen voice; transcription sends the audio with its
+``transcribe`` prompt and keeps the text answer. The prompts come from the model directory's
+generation.json (``prompts``); a model without one answers 400 for that endpoint. ``speed`` resamples the result (tempo and pitch move
 together). With ``stream_format: "sse"`` the speech arrives as ``speech.audio.delta`` events
 carrying base64 pcm16 at 24 kHz, then ``speech.audio.done`` with usage.
 """
@@ -20,16 +21,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..infer.generate import AudioChunk, Done, TextDelta, generate
-from ..infer.rerank import ASR_PROMPT
 from ..infer.sampling import SamplingParams
 from .chat import watch_disconnect
 from .errors import bad_request
 from .media import API_RATE, AUDIO_MIME, Resampler, audio_seconds, encode_audio, pcm16_bytes
 
-__all__ = ["router", "SpeechRequest", "TTS_PROMPT", "ASR_PROMPT"]
+__all__ = ["router", "SpeechRequest"]
 
 router = APIRouter()
-TTS_PROMPT = "say {text}"
 
 
 class SpeechRequest(BaseModel):
@@ -46,7 +45,7 @@ class SpeechRequest(BaseModel):
 
 def _speech_job(text: str, voice: str, max_tokens: int, seed: int | None):
     def fn(omni):
-        yield from generate(omni, [{"role": "user", "content": TTS_PROMPT.format(text=text)}],
+        yield from generate(omni, [{"role": "user", "content": omni.task_prompt("speak", text)}],
                             output_modality="audio", outputs=("audio",), voice=voice,
                             sampling=SamplingParams(max_new_tokens=max_tokens, temperature=1.0, seed=seed))
     return fn
@@ -57,6 +56,7 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     st = request.app.state.omni
     st.check_model(body.model)
     st.need("audio", "model")
+    st.need_task("speak", "model")
     voice = st.check_voice(body.voice, "voice") or st.voices[0]
     max_tokens = min(st.settings.max_tokens or st.context, st.context) - len(body.input) - 16
     if max_tokens < 8:
@@ -116,7 +116,7 @@ async def _speech_stream(job, rate: int, out_rate: int, sse: bool, st):
 
 def _transcribe_job(data: bytes, max_tokens: int, temperature: float):
     def fn(omni):
-        msgs = [{"role": "user", "content": [{"type": "audio", "audio": data}, {"type": "text", "text": ASR_PROMPT}]}]
+        msgs = [{"role": "user", "content": [{"type": "audio", "audio": data}, {"type": "text", "text": omni.task_prompt("transcribe")}]}]
         yield from generate(omni, msgs, outputs=("text",),
                             sampling=SamplingParams(max_new_tokens=max_tokens, temperature=temperature))
     return fn
@@ -143,6 +143,7 @@ async def transcriptions(
     st = request.app.state.omni
     st.check_model(model)
     st.need("audio", "file")
+    st.need_task("transcribe", "model")
     data = await file.read()
     if not data:
         raise bad_request("file is empty", "file")

@@ -240,15 +240,14 @@ class RealtimeSession:
                 "content": [{"type": "input_audio", "transcript": None}]}
         self.extra[iid] = {"audio": [pcm]}
         await self._add_item(item, prev)
-        if self.session["audio"]["input"]["transcription"] is not None and len(pcm):
+        if self.session["audio"]["input"]["transcription"] is not None and len(pcm) \
+                and self.st.omni.has_task("transcribe"):
             self._tasks.add(asyncio.create_task(self._transcribe(item, pcm)))
 
     async def _transcribe(self, item: dict, pcm: np.ndarray) -> None:
-        """Input transcription by the same model (the world's ``transcribe the audio`` prompt)."""
-        from .audio import ASR_PROMPT
-
+        """Input transcription by the same model (its ``transcribe`` prompt)."""
         msgs = [{"role": "user", "content": [{"type": "audio", "audio": pcm, "sample_rate": API_RATE},
-                                             {"type": "text", "text": ASR_PROMPT}]}]
+                                             {"type": "text", "text": self.st.omni.task_prompt("transcribe")}]}]
         sampling = self.st.sampling(min(self.st.settings.default_max_tokens, self.st.context // 2), 0.0)
 
         def fn(omni):

@@ -88,6 +88,13 @@ class ServerState:
             raise bad_request(f"this model has no {modality} codec, so it cannot handle {modality}", param,
                               "unsupported_modality")
 
+    def need_task(self, task: str, param: str) -> None:
+        """400 when the model's generation.json names no prompt for ``task`` (see TASK_PROMPTS)."""
+        try:
+            self.omni.task_prompt(task, "")
+        except ValueError as e:
+            raise bad_request(str(e), param, "unsupported_task") from None
+
     def sampling(self, max_tokens: int | None, temperature: float | None = None, top_p: float | None = None,
                  seed: int | None = None, param: str = "max_tokens") -> SamplingParams:
         cap = min(self.settings.max_tokens or self.context, self.context)

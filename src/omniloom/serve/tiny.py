@@ -36,7 +36,9 @@ def build_tiny_model(seed: int = 0, voices: tuple[str, ...] = ("nova", "atlas"))
     vocab = Vocab.for_codecs(tok.vocab_size, image, audio, voices=list(voices))
     cfg = preset("debug")
     cfg.model.vocab_size = vocab.size
-    omni = OmniModel(Transformer(cfg.model), vocab, tok, {"image": image, "audio": audio})
+    prompts = {"caption": "describe the image", "transcribe": "transcribe the audio", "speak": "say {text}"}
+    omni = OmniModel(Transformer(cfg.model), vocab, tok, {"image": image, "audio": audio},
+                     generation={"prompts": prompts})
     omni.full_config = cfg  # type: ignore[attr-defined]  # kept for save_model
     return omni
 
@@ -60,6 +62,8 @@ def save_model(omni: OmniModel, directory: str | Path) -> Path:
         codec.save(d / f"codec-{kind}")
         names[kind] = f"codec-{kind}"
     atomic_write_json(d / "codecs.json", names)
+    if omni.generation:
+        atomic_write_json(d / "generation.json", omni.generation)
     return d
 
 

@@ -114,6 +114,18 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     init_dir = None
     if resume_from is None and tc.init_from:  # a resumed run keeps its own weights
         init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
+    if tc.lora_rank:
+        from ..model.lora import apply_lora
+
+        apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha)
+    if tc.freeze_base:
+        from .step import freeze_for_adapters
+
+        trainable = freeze_for_adapters(model)
+        if main:
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            say(f"freeze_base: training {len(trainable)} tensors ({n_train / 1e6:.2f}M parameters, rows from "
+                f"{tc.train_rows_from if tc.train_rows_from >= 0 else vocab.text_size} of the embedding/output)")
     if world > 1 and parallel == "fsdp":
         model = _shard_model(model, device)
     step = TrainStep(model, tc, vocab=vocab, device=device)
@@ -150,6 +162,12 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
                                      "tokenizer.json": train_set.path / "tokenizer.json"}
     if train_set.manifest.get("codecs"):
         assets["codecs.json"] = json.dumps(train_set.manifest["codecs"], indent=1)
+    # the model's decoding defaults and task prompts: those of the model it starts from, else the data's
+    for gen in ([init_dir / "generation.json"] if init_dir is not None else []) + \
+            [train_set.path / "generation.json"]:
+        if gen.is_file():
+            assets["generation.json"] = gen
+            break
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_root, step.step, model, step.optimizer, cfg, loader.state_dict(), tc.keep_checkpoints,
@@ -262,6 +280,10 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
                          f"{d} was trained with; tokenize the data with --vocab {d / 'vocab.json'} "
                          f"--tokenizer {d / 'tokenizer.json'}")
     state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
+    from ..model.lora import has_lora, merge_lora_state
+
+    if has_lora(state):  # a run with adapters: its weights as they answer (adapters folded in)
+        state = merge_lora_state(state, config_from_dict(read_json(d / "config.json")).train.lora_alpha)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if adding_slots:
         missing = [k for k in missing if k != "image_pos.weight"]

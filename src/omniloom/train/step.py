@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 
-__all__ = ["TrainStep", "lr_at", "resolve_dtype", "cpu_has_bf16", "build_optimizer", "masked_loss"]
+__all__ = ["TrainStep", "lr_at", "resolve_dtype", "cpu_has_bf16", "build_optimizer", "masked_loss",
+           "freeze_for_adapters", "zero_rows_below", "ROW_MASKED"]
 
 MODALITIES_FALLBACK = ("text", "special", "image", "audio")
 
@@ -81,6 +82,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: str | torch.devi
             continue
         if name.removeprefix("_orig_mod.") == "image_pos.weight":
             slots.append(p)
+        elif cfg.freeze_base and name.removeprefix("_orig_mod.") in ROW_MASKED:
+            no_decay.append(p)  # decay would move the frozen rows, whose gradient is masked to zero
         else:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -91,6 +94,38 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: str | torch.devi
     fused = torch.device(device).type in ("cuda", "cpu")
     kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **kwargs)
+
+
+#: the matrices whose rows below ``train.train_rows_from`` stay frozen under ``train.freeze_base``
+ROW_MASKED = ("embed_tokens.weight", "lm_head.weight")
+
+
+def freeze_for_adapters(model: nn.Module) -> list[str]:
+    """``train.freeze_base``: every parameter frozen but the adapters and the row-masked matrices.
+    Returns the names left trainable."""
+    keep = []
+    for name, p in model.named_parameters():
+        bare = name.removeprefix("_orig_mod.")
+        trainable = bare.endswith((".lora_a", ".lora_b")) or bare in ROW_MASKED
+        p.requires_grad_(trainable)
+        if trainable:
+            keep.append(bare)
+    return keep
+
+
+def zero_rows_below(grad: torch.Tensor, rows_from: int) -> None:
+    """Zero the gradient rows ``[0, rows_from)`` in place (a full tensor, or an FSDP2 Shard(0) DTensor)."""
+    if hasattr(grad, "to_local"):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        local = grad.to_local()
+        _, offset = compute_local_shape_and_global_offset(grad.shape, grad.device_mesh, grad.placements)
+        start = int(offset[0])
+    else:
+        local, start = grad, 0
+    n = min(max(rows_from - start, 0), local.shape[0])
+    if n:
+        local[:n].zero_()
 
 
 def masked_loss(
@@ -167,6 +202,12 @@ class TrainStep:
         self.device = torch.device(device)
         self.vocab = vocab
         self.optimizer = optimizer or build_optimizer(model, train_cfg, self.device)
+        # train.freeze_base: embedding/output rows below this id get no gradient (resolved from the
+        # vocabulary when train_rows_from is -1)
+        self.rows_from = 0
+        if train_cfg.freeze_base:
+            self.rows_from = train_cfg.train_rows_from if train_cfg.train_rows_from >= 0 else \
+                (vocab.text_size if vocab is not None else 0)
         self.amp_dtype = resolve_dtype(train_cfg.dtype, self.device)
         losses = TokenLosses(model)
         self.losses = torch.compile(losses) if train_cfg.compile else losses
@@ -273,6 +314,10 @@ class TrainStep:
 
         if self.distributed and not self.fsdp:
             self._sync_grads_manually()
+        if self.rows_from:
+            for name, p in self.model.named_parameters():
+                if p.grad is not None and name.removeprefix("_orig_mod.") in ROW_MASKED:
+                    zero_rows_below(p.grad, self.rows_from)
 
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0
                                             else float("inf"))

@@ -16,6 +16,7 @@ under DIR/media/<split>/ (paths in the jsonl are relative to DIR). Sample i depe
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import os
 
 
@@ -58,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
             kw["restate"] = [] if args.restate.strip() == "none" else [t.strip() for t in args.restate.split(",") if t.strip()]
         path = generate(args.out, args.split, args.n, seed=args.seed, tasks=tasks, mixture=args.mixture,
                         workers=args.workers, progress=not args.quiet, **kw)
+        from ..utils.fileio import atomic_write_json
+        from .tasks import TASK_PROMPTS
+
+        # the task prompts, for `omniloom tokenize` to carry into the shards and the checkpoints
+        atomic_write_json(Path(args.out) / "generation.json", {"prompts": TASK_PROMPTS})
         print(f"wrote {args.n} samples to {path}")
         return 0
     if cmd == "judge-floor":

@@ -33,6 +33,12 @@ from .scene import (
 )
 
 SPOKEN_DRAW_REPLY = "here is the image"
+# the world's instructions for captioning, transcribing and speaking: a model trained on the world
+# names them in its generation.json ("prompts"), and the server and the drawing search ask with them
+CAPTION_PROMPT = "describe the image"
+ASR_PROMPT = "transcribe the audio"
+TTS_PROMPT = "say {text}"
+TASK_PROMPTS = {"caption": CAPTION_PROMPT, "transcribe": ASR_PROMPT, "speak": TTS_PROMPT}
 # spoken questions whose replies may restate the question (`scene.spoken_reply`), and those that do by
 # default: arithmetic only. Phase 6 of the reference model restated spoken_vqa too and lost held-out
 # pairs (docs/reference-model.md)
@@ -263,7 +269,7 @@ def task_caption(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     scene = ctx.scene(rng)
     img = ctx.sink.image(render.render_scene(scene, rng))
     cap = caption(scene)
-    msgs = [_user(img, _text("describe the image")), _assistant(_text(cap))]
+    msgs = [_user(img, _text(CAPTION_PROMPT)), _assistant(_text(cap))]
     return Sample("caption", msgs, {"scene": scene.to_dict(), "answer": cap})
 
 
@@ -271,7 +277,7 @@ def task_vqa(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     scene = ctx.scene(rng)
     qtype, q, a = make_vqa_question(rng, scene, ctx.pairs())
     if rng.random() < 0.15:
-        qtype, q, a = "describe", "describe the image", caption(scene)
+        qtype, q, a = "describe", CAPTION_PROMPT, caption(scene)
     img = ctx.sink.image(render.render_scene(scene, rng))
     msgs = [_user(img, _text(q)), _assistant(_text(a))]
     return Sample("vqa", msgs, {"scene": scene.to_dict(), "qtype": qtype, "question": q, "answer": a})
@@ -315,14 +321,14 @@ def task_math(rng: np.random.Generator, ctx: TaskContext) -> Sample:
 def task_asr(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     kind, text = _compositional_sentence(rng, ctx)
     audio, voice = _user_speech(rng, ctx, text)
-    msgs = [_user(audio, _text("transcribe the audio")), _assistant(_text(text))]
+    msgs = [_user(audio, _text(ASR_PROMPT)), _assistant(_text(text))]
     return Sample("asr", msgs, {"transcript": text, "kind": kind, "voice": voice, "answer": text})
 
 
 def task_tts(rng: np.random.Generator, ctx: TaskContext) -> Sample:
     kind, text = _compositional_sentence(rng, ctx)
     audio = _assistant_speech(rng, ctx, text)
-    msgs = [_user(_text("say " + text)), _assistant(audio)]
+    msgs = [_user(_text(TTS_PROMPT.replace("{text}", text))), _assistant(audio)]
     return Sample("tts", msgs, {"transcript": text, "kind": kind, "voice": audio["voice"]})
 
 

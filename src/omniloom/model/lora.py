@@ -1,0 +1,91 @@
+"""Low-rank adapters (LoRA) on the decoder's projections, and merging them back.
+
+``apply_lora(model, targets, rank, alpha)`` swaps each targeted ``nn.Linear`` (``q_proj``,
+``v_proj``, ``gate_proj``, ...) for a :class:`LoRALinear` that keeps the frozen weight under the
+same name (``...q_proj.weight``, so base checkpoints load unchanged) and adds ``lora_a`` (r, in)
+and ``lora_b`` (out, r)::
+
+    y = x W^T + (alpha / r) * (x A^T) B^T          A ~ Kaiming-uniform, B = 0 (starts as the base)
+
+A state dict with adapters holds ``<name>.lora_a`` / ``<name>.lora_b`` beside ``<name>.weight``;
+:func:`merge_lora_state` folds them into the weights (``W + (alpha / r) B A``) for inference and
+export, so nothing downstream needs to know adapters existed.
+
+Why not ``peft``: peft wraps the model and renames every parameter (``base_model.model...``,
+``lora_A.default``), which our checkpoints, FSDP2 wrapping, ``torch.compile`` of the loss and the
+HF export would all have to undo; this module is ~80 lines and keeps our names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import LORA_TARGETS
+
+__all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora"]
+
+class LoRALinear(nn.Module):
+    """A frozen bias-free linear layer plus a trainable low-rank update."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        if base.bias is not None:
+            raise ValueError("LoRA here wraps bias-free linear layers only")
+        self.weight = base.weight
+        self.weight.requires_grad_(False)
+        self.rank, self.alpha = int(rank), float(alpha)
+        self.scale = self.alpha / self.rank
+        out_f, in_f = base.weight.shape
+        self.lora_a = nn.Parameter(torch.empty(self.rank, in_f, device=base.weight.device))
+        self.lora_b = nn.Parameter(torch.zeros(out_f, self.rank, device=base.weight.device))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, rank={self.rank}, alpha={self.alpha}"
+
+
+def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float) -> list[str]:
+    """Replace the targeted linear layers in place; returns the names of the wrapped modules."""
+    targets = list(targets)
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad:
+        raise ValueError(f"LoRA target(s) {bad} unknown; choose from {', '.join(LORA_TARGETS)}")
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for t in targets:
+            child = getattr(module, t, None)
+            if isinstance(child, nn.Linear):
+                setattr(module, t, LoRALinear(child, rank, alpha))
+                wrapped.append(f"{name}.{t}" if name else t)
+    if not wrapped:
+        raise ValueError(f"no linear layer named {targets} in the model")
+    return wrapped
+
+
+def has_lora(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.endswith(".lora_a") for k in state)
+
+
+def merge_lora_state(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """A state dict with adapters -> plain weights ``W + (alpha / r) B A`` (in W's dtype)."""
+    out = {k: v for k, v in state.items() if not k.endswith((".lora_a", ".lora_b"))}
+    for k, a in state.items():
+        if not k.endswith(".lora_a"):
+            continue
+        stem = k.removesuffix(".lora_a")
+        b, w = state.get(stem + ".lora_b"), state.get(stem + ".weight")
+        if b is None or w is None:
+            raise ValueError(f"adapter {stem} is incomplete (lora_b or weight missing)")
+        r = a.shape[0]
+        out[stem + ".weight"] = (w.float() + (alpha / r) * (b.float() @ a.float())).to(w.dtype)
+    return out

@@ -1,0 +1,171 @@
+"""Train only what must be trained: LoRA adapters + the appended vocabulary rows, the base frozen
+bit for bit; adapters merge for inference and export, and a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from omniloom.config import Config, ModelConfig, config_to_dict
+from omniloom.data.shards import ShardWriter
+from omniloom.model import Transformer
+from omniloom.model.lora import LoRALinear, apply_lora, merge_lora_state
+from omniloom.tokens.vocab import Vocab
+
+TEXT = 100  # the "base" text ids; everything after is appended rows
+
+
+def _setup(root: Path) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+    """Shards whose targets use both base ids and appended ids, and a random 'base' model dir."""
+    vocab = Vocab.build(text_size=TEXT)
+    rng = np.random.default_rng(1)
+    with ShardWriter(root / "data" / "train", vocab, shard_tokens=2000) as w:
+        for _ in range(150):
+            L, a = int(rng.integers(8, 40)), int(rng.integers(0, 100))
+            ids = [(a + 7 * k) % 100 if k % 3 else vocab.special_start + (a + k) % 40 for k in range(L)]
+            w.add(ids, [0] + [1] * (L - 1))
+    cfg = Config()
+    cfg.model = ModelConfig(vocab_size=vocab.size, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64,
+                            max_seq_len=64, tie_embeddings=True)
+    torch.manual_seed(5)
+    base = Transformer(cfg.model)
+    d = root / "base"
+    d.mkdir()
+    sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    save_file(sd, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    vocab.save(d / "vocab.json")
+    return root / "data" / "train", d, sd
+
+
+ARGS = ["model.vocab_size=0", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+        "model.ffn_dim=64", "model.max_seq_len=64", "data.seq_len=32", "train.batch_size=4",
+        "train.micro_batch_size=2", "train.dtype=fp32", "train.warmup_steps=1", "train.log_every=1",
+        "train.progress=false", "train.ckpt_every=3", "train.eval_every=100000", "train.lr=0.01",
+        "train.freeze_base=true", "train.lora_rank=4", "train.lora_targets=q_proj,v_proj,down_proj"]
+
+
+def _cmd(data: Path, base: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "omniloom.cli", "train", "--preset", "debug", *extra, *ARGS,
+            f"data.train={data}", f"train.out_dir={out}", f"train.init_from={base}"]
+
+
+def _latest(out: Path) -> Path:
+    root = out / "ckpt"
+    return root / (root / "latest").read_text().strip()
+
+
+@pytest.mark.slow
+def test_frozen_base_rows_and_weights_stay_bit_identical(tmp_path):
+    data, base, ref = _setup(tmp_path)
+    out = tmp_path / "run"
+    r = subprocess.run(_cmd(data, base, out, "--stop-after", "6") + ["train.steps=100"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "freeze_base: training" in r.stderr
+    sd = load_file(str(_latest(out) / "model.safetensors"))
+    emb = sd["embed_tokens.weight"]
+    assert torch.equal(emb[:TEXT], ref["embed_tokens.weight"][:TEXT])  # the base rows, bit for bit
+    assert not torch.equal(emb[TEXT:], ref["embed_tokens.weight"][TEXT:])  # the appended rows learnt
+    for k, v in ref.items():
+        if k != "embed_tokens.weight":
+            assert torch.equal(sd[k], v), k  # every base weight untouched
+    lora_b = [k for k in sd if k.endswith(".lora_b")]
+    assert len(lora_b) == 2 * 3  # 2 layers x (q, v, down)
+    assert all(sd[k].abs().sum() > 0 for k in lora_b)  # the adapters learnt (they start at zero)
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0]
+
+
+def test_merged_adapters_answer_as_the_adapted_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=32)
+    model = Transformer(cfg).eval()
+    apply_lora(model, ["q_proj", "o_proj", "up_proj"], rank=4, alpha=8.0)
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_b, std=0.1)  # as if trained
+    ids = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        want = model(ids)
+    plain = Transformer(cfg).eval()
+    plain.load_state_dict(merge_lora_state(model.state_dict(), alpha=8.0))
+    with torch.no_grad():
+        got = plain(ids)
+    assert (got - want).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="unknown"):
+        apply_lora(Transformer(cfg), ["qproj"], rank=4, alpha=8.0)
+
+
+def test_bad_adapter_settings_are_refused():
+    from omniloom.config import apply_overrides
+
+    for bad, msg in (("train.lora_rank=-1", "lora_rank"), ("train.lora_targets=attn", "lora_targets"),
+                     ("train.lora_alpha=0", "lora_alpha"), ("train.train_rows_from=-5", "train_rows_from")):
+        with pytest.raises(ValueError, match=msg):
+            apply_overrides(Config(), [bad]).validate()
+
+
+@pytest.mark.slow
+def test_adapter_run_killed_then_resumed_matches_uninterrupted(tmp_path):
+    data, base, _ = _setup(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(data, base, killed) + ["train.steps=100000"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = killed / "ckpt" / "latest"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert latest.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    k = int(latest.read_text().split("_")[-1])
+    r = subprocess.run(_cmd(data, base, killed, "--stop-after", str(k + 3)) + ["train.steps=100000"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stderr
+    ref = tmp_path / "ref"
+    r = subprocess.run(_cmd(data, base, ref, "--stop-after", str(k + 3)) + ["train.steps=100000"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    a = load_file(str(_latest(killed) / "model.safetensors"))
+    b = load_file(str(_latest(ref) / "model.safetensors"))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # bit-identical, adapters and rows included
+
+
+@pytest.mark.slow
+def test_adapter_checkpoint_loads_and_exports_merged(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from omniloom.cli import main
+    data, base, _ = _setup(tmp_path)
+    out = tmp_path / "run"
+    r = subprocess.run(_cmd(data, base, out, "--stop-after", "3") + ["train.steps=100"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ck = _latest(out)
+    cfg = json.loads((ck / "config.json").read_text())
+    merged = merge_lora_state(load_file(str(ck / "model.safetensors")), cfg["train"]["lora_alpha"])
+    plain = Transformer(ModelConfig(**{k: v for k, v in cfg["model"].items()})).eval()
+    plain.load_state_dict(merged)
+    ids = torch.tensor([[1, 5, 9, TEXT + 3, 40, 41]])
+    with torch.no_grad():
+        want = plain(ids)
+    assert main(["export", "--checkpoint", str(ck), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = hf(ids).logits
+    assert (got - want).abs().max().item() <= 1e-4
