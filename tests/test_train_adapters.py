@@ -169,3 +169,36 @@ def test_adapter_checkpoint_loads_and_exports_merged(tmp_path):
     with torch.no_grad():
         got = hf(ids).logits
     assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_init_from_a_run_with_adapters_keeps_or_folds_them(tmp_path):
+    from omniloom.train.loop import init_weights
+
+    data, base, _ = _setup(tmp_path)
+    cfg = Config()
+    cfg.model = ModelConfig(vocab_size=Vocab.load(base / "vocab.json").size, dim=32, n_layers=2, n_heads=2,
+                            n_kv_heads=1, ffn_dim=64, max_seq_len=64, tie_embeddings=True)
+    cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.lora_targets = 4, 8.0, "q_proj,v_proj"
+    src = Transformer(cfg.model)
+    apply_lora(src, ["q_proj", "v_proj"], 4, 8.0)
+    for m in src.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_b, std=0.1)
+    d = tmp_path / "src"
+    d.mkdir()
+    sd = {k: v.detach().clone() for k, v in src.state_dict().items()}
+    save_file(sd, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    (d / "vocab.json").write_text((base / "vocab.json").read_text())
+    # the same adapters: they load as adapters and go on training
+    same = Transformer(cfg.model)
+    apply_lora(same, ["q_proj", "v_proj"], 4, 8.0)
+    init_weights(same, str(d), cfg, base / "vocab.json")
+    for k, v in same.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    # no adapters here: the source's are folded into its weights
+    plain = Transformer(cfg.model)
+    init_weights(plain, str(d), cfg, base / "vocab.json")
+    merged = merge_lora_state(sd, 8.0)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, merged[k]), k

@@ -79,3 +79,36 @@ def test_two_ranks_match_one_rank(tmp_path):
         assert w1.keys() == w2.keys()
         for k in w1:
             np.testing.assert_allclose(w1[k], w2[k], atol=1e-4, err_msg=f"{parallel}: {k}")
+
+
+@pytest.mark.slow
+def test_two_ranks_with_a_frozen_base_and_adapters(tmp_path):
+    """train.freeze_base + LoRA under FSDP2 (frozen and trainable parameters in one sharded block,
+    the row mask applied to each rank's shard of the embedding): the same losses as one rank, and
+    the frozen rows and weights unchanged from step 1 to step 4 on both."""
+    data = _shards(tmp_path / "data")
+    args = ["train", "--preset", "debug"]
+    overrides = [*TINY, f"data.train={data}", "train.ckpt_every=1", "train.keep_checkpoints=10",
+                 "train.freeze_base=true", "train.lora_rank=2", "train.lora_targets=q_proj,down_proj"]
+    _run([sys.executable, "-m", "omniloom.cli", *args, *overrides, f"train.out_dir={tmp_path / 'one'}"])
+    out = tmp_path / "two"
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+          "--master-port", str(_free_port()), "-m", "omniloom.cli", *args, "--parallel", "fsdp",
+          *overrides, f"train.out_dir={out}"])
+    one, two = _losses(tmp_path / "one"), _losses(out)
+    assert sorted(two) == [1, 2, 3, 4]
+    for s in one:
+        assert abs(one[s] - two[s]) <= TOL, (s, one[s], two[s])
+    from safetensors.numpy import load_file
+
+    for run in (tmp_path / "one", out):
+        a = load_file(str(run / "ckpt" / "step_0000001" / "model.safetensors"))
+        b = load_file(str(run / "ckpt" / "step_0000004" / "model.safetensors"))
+        for k in a:
+            if k.endswith((".lora_a", ".lora_b")):
+                assert not np.array_equal(a[k], b[k]), (run.name, k)  # adapters train
+            elif k == "embed_tokens.weight":
+                np.testing.assert_array_equal(a[k][:100], b[k][:100])  # the text rows are frozen
+                assert not np.array_equal(a[k][100:], b[k][100:])  # the appended rows train
+            else:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{run.name}: {k}")

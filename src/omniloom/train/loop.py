@@ -112,12 +112,12 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     torch.manual_seed(tc.seed)
     model = Transformer(cfg.model).to(device)
     init_dir = None
-    if resume_from is None and tc.init_from:  # a resumed run keeps its own weights
-        init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
-    if tc.lora_rank:
+    if tc.lora_rank:  # before the weights load, so that a source's adapters load as adapters
         from ..model.lora import apply_lora
 
         apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha)
+    if resume_from is None and tc.init_from:  # a resumed run keeps its own weights
+        init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
     if tc.freeze_base:
         from .step import freeze_for_adapters
 
@@ -282,9 +282,18 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
     state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
     from ..model.lora import has_lora, merge_lora_state
 
-    if has_lora(state):  # a run with adapters: its weights as they answer (adapters folded in)
-        state = merge_lora_state(state, config_from_dict(read_json(d / "config.json")).train.lora_alpha)
+    own = model.state_dict()
+    lora_keys = [k for k in state if k.endswith((".lora_a", ".lora_b"))]
+    src_train = config_from_dict(read_json(d / "config.json")).train
+    same_adapters = lora_keys and all(k in own and own[k].shape == state[k].shape for k in lora_keys) \
+        and src_train.lora_alpha == cfg.train.lora_alpha
+    if has_lora(state) and not same_adapters:  # the source's weights as they answer (adapters folded in)
+        state = merge_lora_state(state, src_train.lora_alpha)
+    # the source's adapters go on training when this run has the same ones; a run with adapters
+    # from a source without them starts its adapters fresh (B = 0: the source's function)
+    fresh = [k for k in own if k.endswith((".lora_a", ".lora_b")) and k not in state]
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in fresh]
     if adding_slots:
         missing = [k for k in missing if k != "image_pos.weight"]
     if missing or unexpected:
