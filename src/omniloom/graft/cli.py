@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .base import read_base
+    from ..model.base_lm import read_base
     from .graft import graft
 
     t0 = time.time()

@@ -28,7 +28,7 @@ import torch
 
 from ..config import Config, config_to_dict
 from ..tokens.vocab import Vocab
-from .base import BaseLM
+from ..model.base_lm import BaseLM
 
 __all__ = ["graft", "new_rows", "GRAFT_FILE"]
 

@@ -96,9 +96,10 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
                 return root / (root / "latest").read_text().strip()
         return p
     bundled = MODELS_DIR / str(name_or_path)
-    if "/" not in str(name_or_path) and (bundled / "model.safetensors").is_file():
+    shipped = ("model.safetensors", "delta.safetensors")  # a whole model, or a delta over a base
+    if "/" not in str(name_or_path) and any((bundled / f).is_file() for f in shipped):
         return bundled
-    names = sorted(d.name for d in MODELS_DIR.iterdir() if (d / "model.safetensors").is_file()) \
+    names = sorted(d.name for d in MODELS_DIR.iterdir() if any((d / f).is_file() for f in shipped)) \
         if MODELS_DIR.is_dir() else []
     raise ValueError(f"model {str(name_or_path)!r} is neither a directory nor a bundled model (bundled: "
                      f"{', '.join(names) or 'none'}); pass the directory "
@@ -222,19 +223,28 @@ class OmniModel:
         from ..codecs.text import TextTokenizer
 
         path = resolve_model_dir(path)
-        for name in ("model.safetensors", "config.json") + MODEL_DIR_REQUIRED:
-            if not (path / name).is_file():
-                raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")
-        cfg = config_from_dict(read_json(path / "config.json", "model config"))
-        model = Transformer(cfg.model)
-        state = load_file(str(path / "model.safetensors"), device=device)
-        from ..model.lora import has_lora, merge_lora_state
+        from ..model.delta import is_delta_dir, read_delta
 
-        if has_lora(state):  # a checkpoint of a run with adapters: fold them into the weights
-            state = merge_lora_state(state, cfg.train.lora_alpha)
+        tok = None
+        if is_delta_dir(path):  # only adapters + new rows here; the weights are rebuilt from the base
+            if not (path / "vocab.json").is_file():
+                raise ValueError(f"{path} is not an omniloom model directory: vocab.json is missing")
+            cfg, state, base_tok = read_delta(path)
+            tok = TextTokenizer(base_tok)
+        else:
+            for name in ("model.safetensors", "config.json") + MODEL_DIR_REQUIRED:
+                if not (path / name).is_file():
+                    raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")
+            cfg = config_from_dict(read_json(path / "config.json", "model config"))
+            state = load_file(str(path / "model.safetensors"), device=device)
+            from ..model.lora import has_lora, merge_lora_state
+
+            if has_lora(state):  # a checkpoint of a run with adapters: fold them into the weights
+                state = merge_lora_state(state, cfg.train.lora_alpha)
+        model = Transformer(cfg.model)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path / 'model.safetensors'} does not fit config.json: missing {missing[:3]}, "
+            raise ValueError(f"{path} weights do not fit config.json: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
         codecs: dict[str, Any] = {}
         if (path / "codecs.json").is_file():
@@ -242,7 +252,7 @@ class OmniModel:
                 ref = path / name if (path / name).is_dir() else name
                 codecs[kind] = load_codec(ref)
         vocab = Vocab.load(path / "vocab.json")
-        tok = TextTokenizer.load(path / "tokenizer.json")
+        tok = tok or TextTokenizer.load(path / "tokenizer.json")
         model = model.to(device)
         if int8:
             from ..model.quant import quantize_int8

@@ -28,9 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="omniloom checkpoint directory (model.safetensors + config.json) to export")
     src.add_argument("--from-hf", metavar="DIR", dest="from_hf",
                      help="Hugging Face Llama/Qwen3 directory (config.json + model.safetensors) to import")
-    p.add_argument("--format", choices=["hf", "omniloom"], default="hf",
+    p.add_argument("--format", choices=["hf", "omniloom", "delta"], default="hf",
                    help="hf: transformers' layout (default); omniloom: an inference model directory (weights, "
-                        "config, vocab, tokenizer, codecs; no optimizer state), e.g. to bundle a model")
+                        "config, vocab, tokenizer, codecs; no optimizer state), e.g. to bundle a model; delta: "
+                        "only the adapters and appended rows of a frozen-base run over --base (tens of MB), the "
+                        "base rebuilt from its own file at load time")
+    p.add_argument("--base", default=None, metavar="NAME|PATH",
+                   help="--format delta: the base the run was grafted from (e.g. smollm2-135m)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory (written atomically)")
     p.add_argument("--drop-image-pos", action="store_true", dest="drop_image_pos",
                    help="--format hf of a model with an image slot embedding (model.image_pos_embed): leave it out "
@@ -47,6 +51,11 @@ def _read_checkpoint(d: Path):
 
     if not d.is_dir():
         raise ValueError(f"checkpoint directory {d} does not exist")
+    from .delta import is_delta_dir, read_delta
+
+    if is_delta_dir(d):  # adapters + new rows over a base: the whole weights, rebuilt
+        cfg, state, _ = read_delta(d)
+        return cfg, state
     cfg_path, w_path = d / "config.json", d / "model.safetensors"
     for f in (cfg_path, w_path):
         if not f.is_file():
@@ -106,6 +115,27 @@ def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
     return 0
 
 
+def _export_delta(src: Path, out: Path, base: str | None, dtype: str) -> int:
+    """A frozen-base run's checkpoint -> a delta directory (adapters + new rows over ``base``)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ..config import config_from_dict
+    from .delta import write_delta
+
+    if not base:
+        raise ValueError("--format delta needs --base, the base the model was grafted from (e.g. smollm2-135m)")
+    for name in ("model.safetensors", "config.json", "vocab.json"):
+        if not (src / name).is_file():
+            raise ValueError(f"{src / name} is missing (a checkpoint of a frozen-base run)")
+    cfg = config_from_dict(read_json(src / "config.json", "checkpoint config"))
+    extra = {n: src / n for n in ("vocab.json",) + MODEL_DIR_OPTIONAL}
+    info = write_delta(cfg, load_file(str(src / "model.safetensors")), base, out, extra, getattr(torch, dtype))
+    print(f"exported {src} -> {out} (delta over {base}: {info['tensors']} tensors, "
+          f"{info['bytes'] / 1e6:.1f} MB)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -114,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     from .llama import Transformer
 
     out = Path(args.out)
+    if args.checkpoint and args.format == "delta":
+        return _export_delta(Path(args.checkpoint), out, args.base, args.dtype or "bfloat16")
     if args.checkpoint:
         src = Path(args.checkpoint)
         cfg, sd = _read_checkpoint(src)

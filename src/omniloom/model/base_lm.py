@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..model.hf import from_hf
+from .hf import from_hf
 from ..utils.fileio import read_json
 
 __all__ = ["BaseLM", "read_base", "read_hf_folder", "read_gguf", "unpermute_qk", "NAMED_BASES", "locate_named_base"]
