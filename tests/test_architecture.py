@@ -1,4 +1,4 @@
-"""The layer table of ARCHITECTURE.md, checked: import-linter contracts + rules it cannot express."""
+"""The layer table of docs/architecture.md, checked: import-linter contracts + rules it cannot express."""
 
 import ast
 import shutil

@@ -227,6 +227,7 @@ def test_cli_export_model_directory_for_bundling(tmp_path, capsys):
     from omniloom.serve.tiny import build_tiny_model, save_model
 
     src = save_model(build_tiny_model(), tmp_path / "ckpt")
+    (src / "generation.json").unlink()  # a training checkpoint of data without task prompts
     (src / "optimizer.pt").write_bytes(b"not for inference")
     out = tmp_path / "bundled"
     assert main(["export", "--checkpoint", str(src), "--format", "omniloom", "--dtype", "bfloat16",

@@ -1,6 +1,6 @@
 """Scenes of the shapes world: vocabulary, sampling, canonical phrasing and parsing.
 
-Everything here follows the public contract in WORLD.md (vocabulary and phrasings).
+Everything here is the world's public contract (vocabulary and phrasings; docs/world.md).
 A scene is 1 to 3 objects, each in its own cell of a 3x3 grid; cells are numbered
 row-major 0..8 (0 = top left, 4 = center, 8 = bottom right).
 """
