@@ -85,9 +85,20 @@ class PackedLoader:
         self.rows_per_epoch = self.data.num_tokens // (seq_len + 1)
         self.batches_per_epoch = self.rows_per_epoch // batch_size
         if self.batches_per_epoch == 0:
+            rows = self.rows_per_epoch
+            fit_seq = self.data.num_tokens // batch_size - 1  # the longest rows that fill one batch
+            fit_batch = rows // (self.micro * world_size) * self.micro * world_size  # a whole number of micro-batches
+            hints = []
+            if fit_seq >= 8:
+                hints.append(f"data.seq_len={fit_seq} or less")
+            if fit_batch >= 1:
+                hints.append(f"train.batch_size={fit_batch} (with train.micro_batch_size={self.micro})")
+            elif rows >= world_size:
+                hints.append(f"train.batch_size={world_size} train.micro_batch_size=1")
             raise ValueError(
-                f"{self.data.path} has {self.data.num_tokens} tokens = {self.rows_per_epoch} rows of "
-                f"seq_len+1={seq_len + 1}, fewer than one global batch of {batch_size} rows")
+                f"{self.data.path} has {self.data.num_tokens} tokens = {rows} rows of "
+                f"seq_len+1={seq_len + 1}, fewer than one global batch of {batch_size} rows: give more data, or "
+                + (" or ".join(hints) if hints else "far more data (the set is smaller than one row per rank)"))
         self.epoch, self.batch_index = 0, 0
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
 

@@ -100,10 +100,19 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     resolve_vocab_size(cfg, vocab.size, str(train_set.vocab_path()))
     cfg.model.image_slots_from_vocab(vocab)
     cfg.validate()
+    if tc.warmup_steps >= tc.steps:  # the LR would still be rising when the run ends
+        clipped = tc.steps // 10
+        say(f"train.warmup_steps={tc.warmup_steps} is not shorter than train.steps={tc.steps}: warming up for "
+            f"{clipped} steps instead (a tenth of the run)")
+        tc.warmup_steps = clipped
     loader = PackedLoader(train_set, cfg.data.seq_len, tc.batch_size, tc.micro_batch_size, rank, world, tc.seed)
     val_set = ShardSet.open(cfg.data.val) if cfg.data.val else None
     if val_set is not None:  # checked before training, not after it
         val_batch, val_micro = _val_batch(val_set, cfg, world)
+        if not any(bool(sh["loss_mask"].any()) for sh in val_set.shards):
+            raise ValueError(f"validation set {val_set.path} holds no loss tokens (no assistant turns with "
+                             f"data.mode={cfg.data.mode!r}?), so it cannot measure an eval loss; tokenize it with "
+                             "answers, or leave data.val empty")
 
     out = Path(tc.out_dir)
     ckpt_root = out / "ckpt"
@@ -309,7 +318,12 @@ def validation_loss(step: TrainStep, val_set: ShardSet, cfg: Config, batch: int,
     ``batch``/``micro`` come from ``_val_batch``."""
     vl = PackedLoader(val_set, cfg.data.seq_len, batch, micro, rank, world, cfg.train.seed, shuffle=False)
     n = min(cfg.train.eval_batches, vl.batches_per_epoch)
-    return step.eval_loss(_flat([vl.batch_at(0, i) for i in range(n)])), n
+    batches = _flat([vl.batch_at(0, i) for i in range(n)])
+    if not any(int(b["loss_mask"].sum()) for b in batches):
+        raise ValueError(f"validation set {val_set.path}: its first {n} batch(es) hold no loss tokens (no assistant "
+                         f"turns with data.mode={cfg.data.mode!r}?), so there is no eval loss to measure; tokenize it "
+                         "with answers, or leave data.val empty")
+    return step.eval_loss(batches), n
 
 
 def _val_batch(val_set: ShardSet, cfg: Config, world: int) -> tuple[int, int]:
