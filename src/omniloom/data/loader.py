@@ -87,14 +87,13 @@ class PackedLoader:
         if self.batches_per_epoch == 0:
             rows = self.rows_per_epoch
             fit_seq = self.data.num_tokens // batch_size - 1  # the longest rows that fill one batch
-            fit_batch = rows // (self.micro * world_size) * self.micro * world_size  # a whole number of micro-batches
+            local = rows // world_size  # rows each rank can fill, in micro-batches that divide them
             hints = []
             if fit_seq >= 8:
                 hints.append(f"data.seq_len={fit_seq} or less")
-            if fit_batch >= 1:
-                hints.append(f"train.batch_size={fit_batch} (with train.micro_batch_size={self.micro})")
-            elif rows >= world_size:
-                hints.append(f"train.batch_size={world_size} train.micro_batch_size=1")
+            if local >= 1:
+                micro = max(m for m in range(1, min(self.micro, local) + 1) if local % m == 0)
+                hints.append(f"train.batch_size={local * world_size} train.micro_batch_size={micro}")
             raise ValueError(
                 f"{self.data.path} has {self.data.num_tokens} tokens = {rows} rows of "
                 f"seq_len+1={seq_len + 1}, fewer than one global batch of {batch_size} rows: give more data, or "
