@@ -59,3 +59,14 @@ def test_validation_set_without_answers_is_refused_before_training(tmp_path, cap
     assert rc == 2
     assert "holds no loss tokens" in capsys.readouterr().err
     assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_serve_help_shows_every_default(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, default in (("--host", "127.0.0.1"), ("--port", "8000"), ("--workers", "1"), ("--max-queue", "8"),
+                          ("--max-body-mb", "25.0"), ("--max-audio-seconds", "120.0"), ("--device", "cpu")):
+        assert f"default: {default}" in out.split(flag, 1)[1], flag
