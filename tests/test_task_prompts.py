@@ -88,3 +88,19 @@ def test_no_caption_prompt_means_no_self_judged_search():
                                 image_candidates=4, sampling=SamplingParams(temperature=1.0, max_new_tokens=80))
             if isinstance(e, Done)][0]
     assert done.usage["image_candidates"] == 4
+
+
+def test_a_run_is_found_inside_its_parent_folder(tmp_path):
+    from omniloom.infer.generate import resolve_model_dir
+
+    run = tmp_path / "qs" / "run" / "ckpt"
+    save_model(build_tiny_model(), run / "step_0000010")
+    (run / "latest").write_text("step_0000010")
+    (tmp_path / "qs" / "world").mkdir()  # the quickstart's other outputs beside the run
+    assert resolve_model_dir(tmp_path / "qs") == run / "step_0000010"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no model"):
+        resolve_model_dir(tmp_path / "empty")
+    save_model(build_tiny_model(), tmp_path / "qs" / "other")
+    with pytest.raises(ValueError, match="several models"):
+        resolve_model_dir(tmp_path / "qs")

@@ -94,7 +94,18 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         for root in (p, p / "ckpt"):
             if (root / "latest").is_file():
                 return root / (root / "latest").read_text().strip()
-        return p
+        if any((p / f).is_file() for f in ("model.safetensors", "delta.safetensors", "config.json")):
+            return p
+        # a folder that holds a run or a model one level down (e.g. examples/quickstart.sh's OUT)
+        inside = sorted(c for c in p.iterdir() if c.is_dir() and (
+            (c / "ckpt" / "latest").is_file() or (c / "latest").is_file()
+            or any((c / f).is_file() for f in ("model.safetensors", "delta.safetensors"))))
+        if len(inside) == 1:
+            return resolve_model_dir(inside[0])
+        if inside:
+            raise ValueError(f"{p} holds several models: {', '.join(str(c) for c in inside)}; pass one of them")
+        raise ValueError(f"{p} holds no model: a model directory has model.safetensors (or delta.safetensors), "
+                         "a training run has ckpt/latest; is the run still before its first checkpoint?")
     bundled = MODELS_DIR / str(name_or_path)
     shipped = ("model.safetensors", "delta.safetensors")  # a whole model, or a delta over a base
     if "/" not in str(name_or_path) and any((bundled / f).is_file() for f in shipped):
