@@ -185,8 +185,13 @@ def _atomic_dir_write(out_dir: Path, files: dict[str, Any]) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would keep the output from other users
         for name, write in files.items():
             write(tmp / name)
+            if (tmp / name).is_file():
+                os.chmod(tmp / name, 0o666 & ~umask)
         if not out_dir.exists():
             os.replace(tmp, out_dir)
             return
