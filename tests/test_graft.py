@@ -466,3 +466,34 @@ def test_serve_answers_with_a_grafted_model(tmp_path):
         r = client.chat.completions.create(model="smol", messages=CONV, max_tokens=6, temperature=0)
         assert r.choices[0].message.content == omni.tok.decode(want)
         assert client.models.retrieve("smol").id == "smol"
+
+
+def test_rehearsal_data_is_the_base_own_answers_and_resumes(tmp_path):
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("rehearsal_data", root / "examples" / "rehearsal_data.py")
+    rd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rd)
+    held = {json.loads(x)["q"].lower() for f in (root / "bench" / "data").glob("general_questions*.jsonl")
+            for x in f.read_text().splitlines()}
+    ps = rd.prompts(300)
+    assert len(set(ps)) == 300 and not {p.lower() for p in ps} & held
+    graft(read_base(make_hf_base(tmp_path / "base")), tmp_path / "omni")
+    out = tmp_path / "r.jsonl"
+    assert rd.main(["--model", str(tmp_path / "omni"), "--out", str(out), "--n", "2", "--max-new-tokens", "4"]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    omni = OmniModel.load(tmp_path / "omni")
+    for rec in lines:  # each answer is the graft's (= the base's) greedy answer
+        q, a = rec["messages"][0]["content"], rec["messages"][1]["content"]
+        ids = build_prompt([{"role": "user", "content": q}], omni.vocab, omni.tok)
+        want = []
+        with torch.no_grad():
+            for _ in range(4):
+                nxt = int(omni.model(torch.tensor([ids + want]))[0, -1, :omni.vocab.text_size].argmax())
+                if nxt == omni.vocab.end_id:
+                    break
+                want.append(nxt)
+        assert a == omni.tok.decode(want).strip()
+    assert rd.main(["--model", str(tmp_path / "omni"), "--out", str(out), "--n", "2"]) == 0
+    assert len(out.read_text().splitlines()) == len(lines)  # resumed: nothing answered twice
