@@ -70,3 +70,22 @@ def test_serve_help_shows_every_default(capsys):
     for flag, default in (("--host", "127.0.0.1"), ("--port", "8000"), ("--workers", "1"), ("--max-queue", "8"),
                           ("--max-body-mb", "25.0"), ("--max-audio-seconds", "120.0"), ("--device", "cpu")):
         assert f"default: {default}" in out.split(flag, 1)[1], flag
+
+
+def test_tokenize_takes_tokenizer_vocab_and_codecs_from_a_model(tmp_path, capsys):
+    import json
+
+    from omniloom.data.shards import ShardSet
+    from omniloom.infer.generate import resolve_model_dir
+
+    src = tmp_path / "chats.jsonl"
+    src.write_text(json.dumps({"messages": [{"role": "user", "content": "what is two plus three?"},
+                                            {"role": "assistant", "content": "five"}]}) + "\n")
+    assert main(["tokenize", "--input", str(src), "--model", "world", "--out", str(tmp_path / "s"),
+                 "--no-progress", "--workers", "1"]) == 0
+    world = resolve_model_dir("world")
+    shards = ShardSet.open(tmp_path / "s" / "train")
+    assert json.loads(shards.vocab_path().read_text()) == json.loads((world / "vocab.json").read_text())
+    assert shards.manifest["codecs"] == json.loads((world / "codecs.json").read_text())
+    assert main(["tokenize", "--input", str(src), "--out", str(tmp_path / "t")]) == 2
+    assert "--model" in capsys.readouterr().err

@@ -2,6 +2,11 @@
 
     omniloom tokenize --input chats.jsonl --tokenizer tok/tokenizer.json --out data/chats \\
         --mode sft --val-fraction 0.05
+    omniloom tokenize --input mine.jsonl --model world --out data/mine --val-fraction 0.02
+
+--model NAME|DIR takes the tokenizer, vocabulary and codecs of a model (the bundled `world`, a
+grafted model, a training run), so the shards fit it for `train.init_from=...`: fine-tuning needs
+no source checkout.
 
 Writes DIR/train (and DIR/val) holding safetensors shards, manifest.json (sha256 per shard),
 vocab.json and a copy of tokenizer.json. Train with ``data.train=DIR/train data.val=DIR/val``.
@@ -18,7 +23,10 @@ import json
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", action="append", required=True, metavar="FILE.jsonl",
                    help="message JSONL file (repeat for several)")
-    p.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json of the text BPE")
+    p.add_argument("--model", default=None, metavar="NAME|DIR",
+                   help="take --tokenizer, --vocab and --codec from this model (bundled name, model directory "
+                        "or run), for shards that fine-tune it")
+    p.add_argument("--tokenizer", default=None, metavar="PATH", help="tokenizer.json of the text BPE")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--mode", default="sft", choices=["sft", "pretrain"],
                    help="sft: loss on assistant turns only; pretrain: loss on everything")
@@ -42,6 +50,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .tokenize import tokenize_files
 
+    if args.model:
+        from ..utils.model_dir import resolve_model_dir
+        from ..utils.fileio import read_json
+
+        d = resolve_model_dir(args.model)
+        for name in ("tokenizer.json", "vocab.json"):
+            if not (d / name).is_file():
+                raise ValueError(f"--model {args.model}: {d / name} is missing (a delta directory keeps no "
+                                 "tokenizer: export the run with --format omniloom first)")
+        if args.tokenizer or args.vocab:
+            raise ValueError("--model gives the tokenizer and the vocabulary; drop --tokenizer / --vocab")
+        args.tokenizer, args.vocab = str(d / "tokenizer.json"), str(d / "vocab.json")
+        if not args.codec and (d / "codecs.json").is_file():
+            args.codec = [str(d / ref) if (d / ref).is_dir() else ref for ref in read_json(d / "codecs.json").values()]
+    if not args.tokenizer:
+        raise ValueError("give --tokenizer tokenizer.json, or --model to take a model's tokenizer, vocab and codecs")
     codecs, names = {}, {}
     if args.codec:
         from ..codecs import load_codec
