@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(cfg, resume=args.resume, parallel=args.parallel, stop_after=args.stop_after,
               stop_after_s=None if args.stop_after_minutes is None else args.stop_after_minutes * 60)
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # every rank done (rank 0 writes last) before any tears its group down;
+            dist.barrier()  # a rank leaving early aborted once at exit in gloo's teardown
     finally:
         import torch.distributed as dist
 
