@@ -11,7 +11,9 @@ the kept-knowledge benchmark (bench/data/general_questions*.jsonl), which must s
         --vocab data/smol-graft/vocab.json --out data/rehearsal/shards
     omniloom train ... data.train=data/smolworld/shards/train,data/rehearsal/shards/train
 
-Resumable: lines already in --out are kept and their prompts skipped.
+Only answers the base ends itself are kept (a cut one would teach ending mid-sentence); the prompts
+whose answers hit --max-new-tokens go to OUT.cut.txt. Resumable: prompts already in --out or in
+OUT.cut.txt are skipped.
 """
 
 from __future__ import annotations
@@ -55,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="the untrained graft (its text answers are the base's)")
     p.add_argument("--out", required=True, help="message JSONL to write (appended; resumable)")
     p.add_argument("--n", type=int, default=600, help="prompts to answer (default 600)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--max-new-tokens", type=int, default=192)
+    p.add_argument("--keep-cut", action="store_true", help="keep answers cut at --max-new-tokens too")
     args = p.parse_args(argv)
     from tqdm import tqdm
 
-    from omniloom.infer.generate import OmniModel, TextDelta, generate
+    from omniloom.infer.generate import Done, OmniModel, TextDelta, generate
     from omniloom.infer.sampling import SamplingParams
 
     todo = prompts(args.n)
@@ -71,16 +74,28 @@ def main(argv: list[str] | None = None) -> int:
             if line.strip():
                 done.add(json.loads(line)["messages"][0]["content"])
     omni = OmniModel.load(args.model)
-    with open(out, "a") as f:
+    skipped = out.with_suffix(".cut.txt")  # prompts whose answers hit the cap: not asked again
+    if skipped.is_file():
+        done |= set(skipped.read_text().splitlines())
+    with open(out, "a") as f, open(skipped, "a") as cut:
         for q in tqdm([q for q in todo if q not in done], desc="rehearsal", unit="answer"):
-            text = "".join(ev.text for ev in generate(
-                omni, [{"role": "user", "content": q}], output_modality="text", outputs=("text",),
-                sampling=SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens))
-                if isinstance(ev, TextDelta)).strip()
-            if text:  # one whole line per answer: a stop mid-run loses at most the one being written
+            parts, finish = [], "length"
+            for ev in generate(omni, [{"role": "user", "content": q}], output_modality="text", outputs=("text",),
+                               sampling=SamplingParams(temperature=0.0, max_new_tokens=args.max_new_tokens)):
+                if isinstance(ev, TextDelta):
+                    parts.append(ev.text)
+                elif isinstance(ev, Done):
+                    finish = ev.finish_reason
+            text = "".join(parts).strip()
+            # only answers the base ended itself: a cut one would teach the model to end mid-sentence
+            if text and (finish == "stop" or args.keep_cut):
+                # one whole line per answer: a stop mid-run loses at most the one being written
                 f.write(json.dumps({"messages": [{"role": "user", "content": q},
                                                  {"role": "assistant", "content": text}]}) + "\n")
                 f.flush()
+            else:
+                cut.write(q + "\n")
+                cut.flush()
     lines = sum(1 for x in out.read_text().splitlines() if x.strip())
     print(f"{out}: {lines} rehearsal conversations", file=sys.stderr)
     return 0

@@ -480,20 +480,29 @@ def test_rehearsal_data_is_the_base_own_answers_and_resumes(tmp_path):
     ps = rd.prompts(300)
     assert len(set(ps)) == 300 and not {p.lower() for p in ps} & held
     graft(read_base(make_hf_base(tmp_path / "base")), tmp_path / "omni")
-    out = tmp_path / "r.jsonl"
-    assert rd.main(["--model", str(tmp_path / "omni"), "--out", str(out), "--n", "2", "--max-new-tokens", "4"]) == 0
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
     omni = OmniModel.load(tmp_path / "omni")
-    for rec in lines:  # each answer is the graft's (= the base's) greedy answer
-        q, a = rec["messages"][0]["content"], rec["messages"][1]["content"]
+
+    def base_answer(q, n=4):  # the base's greedy answer and whether it ended within n tokens
         ids = build_prompt([{"role": "user", "content": q}], omni.vocab, omni.tok)
         want = []
         with torch.no_grad():
-            for _ in range(4):
+            for _ in range(n):
                 nxt = int(omni.model(torch.tensor([ids + want]))[0, -1, :omni.vocab.text_size].argmax())
                 if nxt == omni.vocab.end_id:
-                    break
+                    return omni.tok.decode(want).strip(), True
                 want.append(nxt)
-        assert a == omni.tok.decode(want).strip()
-    assert rd.main(["--model", str(tmp_path / "omni"), "--out", str(out), "--n", "2"]) == 0
-    assert len(out.read_text().splitlines()) == len(lines)  # resumed: nothing answered twice
+        return omni.tok.decode(want).strip(), False
+
+    expect = {q: base_answer(q) for q in rd.prompts(3)}
+    for keep_cut, out in ((False, tmp_path / "r.jsonl"), (True, tmp_path / "k.jsonl")):
+        args = ["--model", str(tmp_path / "omni"), "--out", str(out), "--n", "3", "--max-new-tokens", "4"]
+        assert rd.main(args + (["--keep-cut"] if keep_cut else [])) == 0
+        got = {r["messages"][0]["content"]: r["messages"][1]["content"]
+               for r in map(json.loads, out.read_text().splitlines())}
+        want = {q: a for q, (a, ended) in expect.items() if a and (ended or keep_cut)}
+        assert got == want  # the base's own answers; cut ones only when asked for
+        assert set(out.with_suffix(".cut.txt").read_text().splitlines()) == set(expect) - set(want)
+    out = tmp_path / "r.jsonl"
+    before = out.read_text()
+    assert rd.main(["--model", str(tmp_path / "omni"), "--out", str(out), "--n", "3"]) == 0
+    assert out.read_text() == before  # resumed: nothing asked twice, the cut ones included
