@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ("Tell me an interesting fact about {t}.", "Explain what {t} is in two sentences.",
-             "Write a short paragraph about {t}.", "What are {t} used for?", "Describe {t} to a child.",
-             "Give me three facts about {t}.")
+# short-answer prompts: the base is verbose, and only answers it ends itself are kept (of the first
+# prompts asked as "Tell me an interesting fact about X.", none ended within 192 tokens)
+TEMPLATES = ("Tell me one interesting fact about {t}, in one sentence.", "Explain {t} in one short sentence.",
+             "Write one short sentence about {t}.", "In a few words, why do people care about {t}?",
+             "Describe {t} to a child in two short sentences.", "Give me two quick facts about {t}.")
 TOPICS = ("volcanoes", "honeybees", "the violin", "glaciers", "bread", "photosynthesis", "the internet",
           "elephants", "the ocean tides", "rainbows", "bicycles", "coffee", "the human brain", "snow", "chess",
           "trains", "the printing press", "octopuses", "electricity", "deserts", "libraries", "clouds",
@@ -47,9 +50,8 @@ def prompts(n: int) -> list[str]:
     out = [p for p in out if p.strip().lower() not in held_out]
     if n > len(out):
         raise ValueError(f"--n {n}: only {len(out)} distinct prompts (templates x topics)")
-    # spread over topics and templates: topic-major order would cluster
-    order = sorted(range(len(out)), key=lambda i: (i % len(TEMPLATES), i // len(TEMPLATES)))
-    return [out[i] for i in order][:n]
+    random.Random(0).shuffle(out)  # any first n spread over topics and templates (fixed order)
+    return out[:n]
 
 
 def main(argv: list[str] | None = None) -> int:
