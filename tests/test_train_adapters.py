@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from omniloom.data.shards import ShardWriter
 from omniloom.model import Transformer
 from omniloom.model.lora import LoRALinear, apply_lora, merge_lora_state
 from omniloom.tokens.vocab import Vocab
+from test_train_resume import kill_after_first_checkpoint
 
 TEXT = 100  # the "base" text ids; everything after is appended rows
 
@@ -121,17 +120,7 @@ def test_adapter_run_killed_then_resumed_matches_uninterrupted(tmp_path):
     data, base, _ = _setup(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(data, base, killed) + ["train.steps=100000"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = killed / "ckpt" / "latest"
-    deadline = time.time() + 120
-    while not latest.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert latest.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    k = int(latest.read_text().split("_")[-1])
+    k = kill_after_first_checkpoint(_cmd(data, base, killed) + ["train.steps=100000"], killed, env)
     r = subprocess.run(_cmd(data, base, killed, "--stop-after", str(k + 3)) + ["train.steps=100000"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -44,13 +44,10 @@ def _losses_after_last_start(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in lines[last + 1:] if "loss" in r}
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    data = _shards(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(data, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = killed / "ckpt" / "latest"
+def kill_after_first_checkpoint(cmd: list[str], out: Path, env: dict[str, str]) -> int:
+    """Start a training ``cmd`` writing to ``out``, SIGKILL it once a checkpoint exists; returns that step."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = out / "ckpt" / "latest"
     deadline = time.time() + 120
     while not latest.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -58,7 +55,15 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
-    k = int(latest.read_text().split("_")[-1])
+    return int(latest.read_text().split("_")[-1])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    data = _shards(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    k = kill_after_first_checkpoint(_cmd(data, killed), killed, env)
     assert k >= 3 and k % 3 == 0
 
     r = subprocess.run(_cmd(data, killed, "--stop-after", str(k + 2)), env=env, capture_output=True, text=True,

@@ -26,7 +26,7 @@ import torch
 from ..config import Config, config_from_dict, config_to_dict
 from ..utils.fileio import read_json
 from .base_lm import NAMED_BASES, locate_named_base, read_base
-from .lora import has_lora, merge_lora_state
+from .lora import has_lora, is_adapter_key, merge_lora_state
 
 __all__ = ["DELTA_FILE", "BASE_FILE", "is_delta_dir", "write_delta", "read_delta", "base_files"]
 
@@ -81,7 +81,7 @@ def write_delta(cfg: Config, state: dict[str, torch.Tensor], base: str, out_dir:
                          "adapters and was not trained with train.freeze_base")
     delta: dict[str, torch.Tensor] = {}
     for k, v in state.items():
-        if k.endswith((".lora_a", ".lora_b")):
+        if is_adapter_key(k):
             delta[k] = v
             continue
         if k not in b.state:

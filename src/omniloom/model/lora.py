@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..config import LORA_TARGETS
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora"]
+__all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora", "is_adapter_key"]
 
 class LoRALinear(nn.Module):
     """A frozen bias-free linear layer plus a trainable low-rank update."""
@@ -72,13 +72,18 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float
     return wrapped
 
 
+def is_adapter_key(name: str) -> bool:
+    """Whether a parameter / state-dict name is an adapter's (``...lora_a`` or ``...lora_b``)."""
+    return name.endswith((".lora_a", ".lora_b"))
+
+
 def has_lora(state: dict[str, torch.Tensor]) -> bool:
-    return any(k.endswith(".lora_a") for k in state)
+    return any(is_adapter_key(k) for k in state)
 
 
 def merge_lora_state(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """A state dict with adapters -> plain weights ``W + (alpha / r) B A`` (in W's dtype)."""
-    out = {k: v for k, v in state.items() if not k.endswith((".lora_a", ".lora_b"))}
+    out = {k: v for k, v in state.items() if not is_adapter_key(k)}
     for k, a in state.items():
         if not k.endswith(".lora_a"):
             continue

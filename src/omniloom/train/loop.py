@@ -274,7 +274,8 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
         if not (d / name).is_file():
             raise ValueError(f"train.init_from={source}: {d / name} is missing (a model directory or checkpoint "
                              "holds model.safetensors + config.json)")
-    theirs = config_to_dict(config_from_dict(read_json(d / "config.json", "model config")).model)
+    src_cfg = config_from_dict(read_json(d / "config.json", "model config"))
+    theirs = config_to_dict(src_cfg.model)
     ours = config_to_dict(cfg.model)
     # the image slot embedding may be switched on for a model trained without it (zero-initialised)
     adding_slots = ours["image_pos_embed"] and not theirs.get("image_pos_embed", False)
@@ -289,18 +290,17 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
                          f"{d} was trained with; tokenize the data with --vocab {d / 'vocab.json'} "
                          f"--tokenizer {d / 'tokenizer.json'}")
     state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
-    from ..model.lora import has_lora, merge_lora_state
+    from ..model.lora import is_adapter_key, merge_lora_state
 
     own = model.state_dict()
-    lora_keys = [k for k in state if k.endswith((".lora_a", ".lora_b"))]
-    src_train = config_from_dict(read_json(d / "config.json")).train
-    same_adapters = lora_keys and all(k in own and own[k].shape == state[k].shape for k in lora_keys) \
-        and src_train.lora_alpha == cfg.train.lora_alpha
-    if has_lora(state) and not same_adapters:  # the source's weights as they answer (adapters folded in)
-        state = merge_lora_state(state, src_train.lora_alpha)
+    lora_keys = [k for k in state if is_adapter_key(k)]
+    same_adapters = all(k in own and own[k].shape == state[k].shape for k in lora_keys) \
+        and src_cfg.train.lora_alpha == cfg.train.lora_alpha
+    if lora_keys and not same_adapters:  # the source's weights as they answer (adapters folded in)
+        state = merge_lora_state(state, src_cfg.train.lora_alpha)
     # the source's adapters go on training when this run has the same ones; a run with adapters
     # from a source without them starts its adapters fresh (B = 0: the source's function)
-    fresh = [k for k in own if k.endswith((".lora_a", ".lora_b")) and k not in state]
+    fresh = [k for k in own if is_adapter_key(k) and k not in state]
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in fresh]
     if adding_slots:

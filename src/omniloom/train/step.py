@@ -103,10 +103,12 @@ ROW_MASKED = ("embed_tokens.weight", "lm_head.weight")
 def freeze_for_adapters(model: nn.Module) -> list[str]:
     """``train.freeze_base``: every parameter frozen but the adapters and the row-masked matrices.
     Returns the names left trainable."""
+    from ..model.lora import is_adapter_key
+
     keep = []
     for name, p in model.named_parameters():
         bare = name.removeprefix("_orig_mod.")
-        trainable = bare.endswith((".lora_a", ".lora_b")) or bare in ROW_MASKED
+        trainable = is_adapter_key(bare) or bare in ROW_MASKED
         p.requires_grad_(trainable)
         if trainable:
             keep.append(bare)
