@@ -98,6 +98,8 @@ class Processor:
             wav = load_audio(src, codec.sample_rate, base_dir, source_rate=source_rate)  # (samples,)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
+        if wav.numel() == 0:
+            raise ValueError(f"{where}: the audio has no samples")
         return codec.encode(wav[None])[0].tolist()  # (1, F, K) -> F x K
 
     def _video_frames(self, part: dict, base_dir: Path | None, where: str) -> tuple[torch.Tensor, float]:

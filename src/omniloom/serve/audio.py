@@ -24,7 +24,7 @@ from ..infer.generate import AudioChunk, Done, TextDelta, generate
 from ..infer.sampling import SamplingParams
 from .chat import watch_disconnect
 from .errors import bad_request
-from .media import API_RATE, AUDIO_MIME, Resampler, audio_seconds, encode_audio, pcm16_bytes
+from .media import API_RATE, AUDIO_MIME, Resampler, encode_audio, pcm16_bytes
 
 __all__ = ["router", "SpeechRequest"]
 
@@ -147,10 +147,7 @@ async def transcriptions(
     data = await file.read()
     if not data:
         raise bad_request("file is empty", "file")
-    secs = audio_seconds(data, "file")
-    if secs > st.settings.max_audio_seconds:
-        raise bad_request(f"file: {secs:.1f} s of audio exceeds the limit of {st.settings.max_audio_seconds:g} s",
-                          "file", "audio_too_long")
+    secs = st.check_audio(data, "file")
     max_tokens = min(st.settings.default_max_tokens, st.context // 2)
     job = st.scheduler.submit(_transcribe_job(data, max_tokens, temperature))
     watcher = asyncio.create_task(watch_disconnect(request, job))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import time
 from typing import Any, Literal
 
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..infer.generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta, generate
 from .errors import APIError, bad_request, error_body
-from .media import API_RATE, Resampler, encode_audio, pcm16_bytes, png_data_url
+from .media import API_RATE, Resampler, TempFiles, encode_audio, pcm16_bytes, png_data_url
 from .state import ServerState, new_id
 
 __all__ = ["router", "ChatRequest", "watch_disconnect", "plan_outputs"]
@@ -89,18 +88,11 @@ async def watch_disconnect(request: Request, job) -> None:
         await asyncio.sleep(0.1)
 
 
-def _job(messages: list[dict], output_modality, outputs, voice, sampling, tmp: list[str], guidance: float = 1.0,
+def _job(messages: list[dict], output_modality, outputs, voice, sampling, guidance: float = 1.0,
          candidates: int = 1):
     def fn(omni):
-        try:
-            yield from generate(omni, messages, output_modality=output_modality, outputs=outputs, voice=voice,
-                                sampling=sampling, cfg_scale=guidance, image_candidates=candidates)
-        finally:
-            for p in tmp:
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
+        yield from generate(omni, messages, output_modality=output_modality, outputs=outputs, voice=voice,
+                            sampling=sampling, cfg_scale=guidance, image_candidates=candidates)
     return fn
 
 
@@ -130,17 +122,17 @@ async def chat_completions(body: ChatRequest, request: Request):
         max_tokens = max(st.settings.default_max_tokens, st.omni.vocab.image_tokens + 8)
     sampling = st.sampling(max_tokens, body.temperature, body.top_p, body.seed,
                            "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-    tmp: list[str] = []
+    tmp = TempFiles()  # media the worker reads from disk (video): removed when the job ends, on every path
     try:
         messages = st.convert_messages([m.model_dump(exclude_none=True) for m in body.messages], tmp)
-    except Exception:
-        for p in tmp:
-            os.unlink(p)
+        guidance, candidates = st.omni.image_options(body.guidance_scale, body.image_candidates)
+    except BaseException:
+        tmp.close()
         raise
-    guidance, candidates = st.omni.image_options(body.guidance_scale, body.image_candidates)
     image_first = output_modality == "image"  # the search acts on an answer that opens with an image
-    job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling, tmp,
-                                   guidance if "image" in outputs else 1.0, candidates if image_first else 1))
+    job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling,
+                                   guidance if "image" in outputs else 1.0, candidates if image_first else 1),
+                              cleanup=tmp.close)
     try:
         await job.ready()
     except BaseException:

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=float, default=25.0, help="largest request body in MB (413 above; default: %(default)s)")
     p.add_argument("--max-audio-seconds", type=float, default=120.0, help="longest input audio in seconds (400 above; default: %(default)s)")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest input image in pixels (400 above; default: %(default)s)")
+    p.add_argument("--max-image-aspect", type=float, default=32.0,
+                   help="longest input image side over its shortest (400 above; default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=None, help="cap on max_tokens (default: the context)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--int8", action="store_true",
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
                              max_queue=args.max_queue, threads=args.threads or None,
                              max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                              max_audio_seconds=args.max_audio_seconds, max_image_pixels=args.max_image_pixels,
+                             max_image_aspect=args.max_image_aspect,
                              max_tokens=args.max_tokens)
     app = create_app(omni, settings)
     print(f"omniloom serve: model {settings.model_id!r} from {directory} on http://{args.host}:{args.port}/")

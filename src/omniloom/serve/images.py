@@ -110,7 +110,7 @@ async def edits(
     st.check_model(model)
     _check(st, size, response_format)
     data = await image.read()
-    check_image_bytes(data, st.settings.max_image_pixels, "image")
+    check_image_bytes(data, st.settings.max_image_pixels, "image", st.settings.max_image_aspect)
     url = "data:image/png;base64," + base64.b64encode(data).decode()
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                          {"type": "text", "text": prompt}]}]

@@ -16,11 +16,47 @@ from ..utils.media import parse_data_url, to_data_url
 from .errors import bad_request
 
 __all__ = ["API_RATE", "Resampler", "pcm16_bytes", "pcm16_to_float", "encode_audio", "png_data_url",
-           "check_image_bytes", "check_image_url", "audio_seconds", "b64decode", "AUDIO_MIME"]
+           "check_image_bytes", "check_image_url", "audio_seconds", "b64decode", "AUDIO_MIME", "TempFiles"]
 
 API_RATE = 24000  # the OpenAI API's pcm16 rate
 AUDIO_MIME = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "pcm": "audio/pcm",
               "pcm16": "audio/pcm"}
+
+
+class TempFiles:
+    """Temp files owned by one request. ``write(data, suffix)`` makes one; ``close()`` removes them all.
+
+    ``close()`` is idempotent and runs on every path: a refused request (400/429), a job cancelled
+    before a worker took it, a finished or failed job (the scheduler calls it when the job ends).
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def write(self, data: bytes, suffix: str) -> str:
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="omniloom-", suffix=suffix)
+        self.paths.append(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+
+    def close(self) -> None:
+        import os
+
+        while self.paths:
+            try:
+                os.unlink(self.paths.pop())
+            except OSError:
+                pass
+
+    def __enter__(self) -> "TempFiles":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Resampler:
@@ -74,21 +110,48 @@ def encode_audio(pcm: np.ndarray, rate: int, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def audio_seconds(data: bytes, what: str) -> float:
-    """Duration of an encoded audio file (wav, flac, mp3, ogg), or a 400 if it cannot be read."""
+def _wav_truncation(data: bytes) -> str | None:
+    """Why a RIFF/WAVE file's ``data`` chunk is cut short, or None (streaming sizes 0 / 0xFFFFFFFF pass)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if cid == b"data":
+            have = len(data) - pos - 8
+            if size not in (0, 0xFFFFFFFF) and size > have:
+                return f"WAV header promises {size} bytes of samples but only {have} follow (truncated or garbled)"
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def audio_seconds(data: bytes, what: str, min_seconds: float = 0.0) -> float:
+    """Duration of an encoded audio file (wav, flac, mp3, ogg); a 400 naming the problem when it is
+    unreadable, truncated, empty, or shorter than ``min_seconds`` (the codec's frame)."""
     import soundfile as sf
 
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:  # soundfile raises its own error types
-        raise bad_request(f"{what}: cannot read audio ({e})", what) from None
+        raise bad_request(f"{what}: cannot read audio ({e})", what, "invalid_audio") from None
     if not info.samplerate:
-        raise bad_request(f"{what}: audio has no sample rate", what)
-    return info.frames / info.samplerate
+        raise bad_request(f"{what}: audio has no sample rate", what, "invalid_audio")
+    cut = _wav_truncation(data)
+    if cut:
+        raise bad_request(f"{what}: {cut}", what, "invalid_audio")
+    if info.frames <= 0:
+        raise bad_request(f"{what}: the audio has no samples", what, "audio_too_short")
+    secs = info.frames / info.samplerate
+    if secs < min_seconds:
+        raise bad_request(f"{what}: {1000 * secs:.1f} ms of audio is shorter than the codec's frame of "
+                          f"{1000 * min_seconds:.0f} ms", what, "audio_too_short")
+    return secs
 
 
-def check_image_bytes(data: bytes, max_pixels: int, what: str) -> tuple[int, int]:
-    """(width, height) of an encoded image; 400 if unreadable or over ``max_pixels``."""
+def check_image_bytes(data: bytes, max_pixels: int, what: str, max_aspect: float = 32.0) -> tuple[int, int]:
+    """(width, height) of an encoded image; 400 if unreadable, over ``max_pixels`` or longer than
+    ``max_aspect`` : 1 (checked from the header, before anything is decoded or resized)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -96,13 +159,18 @@ def check_image_bytes(data: bytes, max_pixels: int, what: str) -> tuple[int, int
             w, h = im.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise bad_request(f"{what}: cannot read image ({e})", what) from None
+    if w < 1 or h < 1:
+        raise bad_request(f"{what}: image of {w}x{h} pixels is empty", what, "invalid_image")
     if w * h > max_pixels:
         raise bad_request(f"{what}: image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels", what,
                           "image_too_large")
+    if max(w, h) > max_aspect * min(w, h):
+        raise bad_request(f"{what}: image of {w}x{h} pixels is longer than the limit of {max_aspect:g}:1", what,
+                          "image_aspect_ratio")
     return w, h
 
 
-def check_image_url(url: str, max_pixels: int, what: str) -> bytes:
+def check_image_url(url: str, max_pixels: int, what: str, max_aspect: float = 32.0) -> bytes:
     """Bytes of a ``data:image/...`` URL (remote URLs and paths are refused), size-checked."""
     if not isinstance(url, str) or not url.startswith("data:"):
         raise bad_request(f"{what}: only data URLs (data:image/png;base64,...) are accepted", what,
@@ -111,7 +179,7 @@ def check_image_url(url: str, max_pixels: int, what: str) -> bytes:
         _, data = parse_data_url(url)
     except ValueError as e:
         raise bad_request(f"{what}: {e}", what, "invalid_image_url") from None
-    check_image_bytes(data, max_pixels, what)
+    check_image_bytes(data, max_pixels, what, max_aspect)
     return data
 
 

@@ -22,7 +22,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from ..infer.generate import AudioChunk, Done, TextDelta, TranscriptDelta, generate
 from .errors import APIError
-from .media import API_RATE, Resampler, check_image_url, pcm16_bytes, pcm16_to_float
+from .media import API_RATE, Resampler, pcm16_bytes, pcm16_to_float
 from .state import ServerState, new_id
 from .vad import ServerVAD
 
@@ -185,14 +185,13 @@ class RealtimeSession:
             elif kind == "input_audio":
                 self.st.need("audio", f"item.content[{j}]")
                 pcm = pcm16_to_float(base64.b64decode(c.get("audio") or "", validate=True))
-                if len(pcm) / API_RATE > self.st.settings.max_audio_seconds:
-                    raise ValueError(f"item.content[{j}]: audio longer than {self.st.settings.max_audio_seconds:g} s")
+                self.st.check_pcm(len(pcm), API_RATE, f"item.content[{j}].audio")
                 extra["audio"].append(pcm)
                 parts.append({"type": "input_audio", "transcript": c.get("transcript")})
             elif kind == "input_image":
                 self.st.need("image", f"item.content[{j}]")
                 url = c.get("image_url")
-                check_image_url(url, self.st.settings.max_image_pixels, f"item.content[{j}].image_url")
+                self.st.check_image(url, f"item.content[{j}].image_url")
                 parts.append({"type": "input_image", "image_url": url, "detail": c.get("detail", "auto")})
             elif kind in ("output_audio", "audio"):
                 parts.append({"type": kind, "transcript": c.get("transcript") or ""})

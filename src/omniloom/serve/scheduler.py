@@ -98,6 +98,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancelled: bool = False  # set when the job stopped because of cancel
+    cleanup: Callable[[], None] | None = None  # run once when the job ends, whether or not it ran
     _early: list = field(default_factory=list)
 
     def _put(self, item: Any) -> None:
@@ -167,16 +168,25 @@ class Scheduler:
             t.start()
             self._threads.append(t)
 
-    def submit(self, fn: Callable[[OmniModel], Iterator[Any]]) -> Job:
-        """Queue ``fn``; raises a 429 :class:`APIError` when ``max_queue`` jobs already wait."""
+    def submit(self, fn: Callable[[OmniModel], Iterator[Any]], cleanup: Callable[[], None] | None = None) -> Job:
+        """Queue ``fn``; raises a 429 :class:`APIError` when ``max_queue`` jobs already wait.
+
+        ``cleanup`` (e.g. removing the request's temp files) runs when the job ends, on every path:
+        at once on a 429, else in the worker after the job ran, failed or was cancelled unstarted.
+        """
         with self._lock:
-            if self.waiting >= self.max_queue + len(self._threads) - self.running:
+            full = self.waiting >= self.max_queue + len(self._threads) - self.running
+            if full:
                 self.stats["rejected"] += 1
-                raise APIError(429, f"server busy: {self.waiting} requests waiting (limit {self.max_queue}); "
-                                    "retry later", code="rate_limit_exceeded")
-            self.waiting += 1
-            self.stats["submitted"] += 1
-        job = Job(fn, asyncio.get_running_loop())
+            else:
+                self.waiting += 1
+                self.stats["submitted"] += 1
+        if full:
+            if cleanup is not None:
+                cleanup()
+            raise APIError(429, f"server busy: {self.waiting} requests waiting (limit {self.max_queue}); "
+                                "retry later", code="rate_limit_exceeded")
+        job = Job(fn, asyncio.get_running_loop(), cleanup=cleanup)
         self._q.put(job)
         return job
 
@@ -217,6 +227,11 @@ class Scheduler:
                     self.stats["failed"] += 1
                 job._put(_Raised(e))
             finally:
+                if job.cleanup is not None:
+                    try:
+                        job.cleanup()
+                    except Exception:  # never let cleanup kill the worker
+                        log.exception("job cleanup failed")
                 job.finished = time.perf_counter()
                 self._local.job = None
                 with self._lock:

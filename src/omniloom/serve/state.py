@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from typing import Any
 from ..infer.generate import OmniModel
 from ..infer.sampling import SamplingParams
 from .errors import APIError, bad_request
-from .media import audio_seconds, b64decode, check_image_url
+from .media import TempFiles, audio_seconds, b64decode, check_image_url
 from .scheduler import Scheduler
 
 __all__ = ["ServeSettings", "ServerState", "new_id"]
@@ -31,6 +29,7 @@ class ServeSettings:
     max_body_bytes: int = 25 * 1024 * 1024  # 413 above (OpenAI's own upload limit)
     max_audio_seconds: float = 120.0  # per input audio (400 above)
     max_image_pixels: int = 4096 * 4096  # per input image (400 above)
+    max_image_aspect: float = 32.0  # longest side / shortest side of an input image (400 above)
     max_tokens: int | None = None  # cap on max_tokens (default: the model's context)
     default_max_tokens: int = 256  # when a request gives none
     workers: int = 1
@@ -88,6 +87,35 @@ class ServerState:
             raise bad_request(f"this model has no {modality} codec, so it cannot handle {modality}", param,
                               "unsupported_modality")
 
+    @property
+    def min_audio_seconds(self) -> float:
+        """Input audio shorter than one code frame of the model's audio codec is refused."""
+        codec = self.omni.codecs.get("audio")
+        return 1.0 / codec.frame_rate if codec is not None and codec.frame_rate else 0.0
+
+    def check_audio(self, data: bytes, where: str) -> float:
+        """Seconds of an encoded audio file; 400 when unreadable, truncated, too short or too long."""
+        secs = audio_seconds(data, where, self.min_audio_seconds)
+        if secs > self.settings.max_audio_seconds:
+            raise bad_request(f"{where}: {secs:.1f} s of audio exceeds the limit of "
+                              f"{self.settings.max_audio_seconds:g} s", where, "audio_too_long")
+        return secs
+
+    def check_pcm(self, samples: int, rate: int, where: str) -> None:
+        """The same bounds for raw pcm (Realtime)."""
+        secs = samples / rate
+        if samples == 0:
+            raise bad_request(f"{where}: the audio has no samples", where, "audio_too_short")
+        if secs < self.min_audio_seconds:
+            raise bad_request(f"{where}: {1000 * secs:.1f} ms of audio is shorter than the codec's frame of "
+                              f"{1000 * self.min_audio_seconds:.0f} ms", where, "audio_too_short")
+        if secs > self.settings.max_audio_seconds:
+            raise bad_request(f"{where}: {secs:.1f} s of audio exceeds the limit of "
+                              f"{self.settings.max_audio_seconds:g} s", where, "audio_too_long")
+
+    def check_image(self, url: Any, where: str) -> bytes:
+        return check_image_url(url, self.settings.max_image_pixels, where, self.settings.max_image_aspect)
+
     def need_task(self, task: str, param: str) -> None:
         """400 when the model's generation.json names no prompt for ``task`` (see TASK_PROMPTS)."""
         try:
@@ -144,7 +172,7 @@ class ServerState:
         return aid, exp
 
     # ------------------------------------------------------------------ OpenAI content -> generate() parts
-    def convert_part(self, part: Any, where: str, tmp: list[str]) -> dict:
+    def convert_part(self, part: Any, where: str, tmp: TempFiles) -> dict:
         """One OpenAI content part -> a raw part the processor reads. Only inline media is accepted."""
         if isinstance(part, str):
             return {"type": "text", "text": part}
@@ -160,7 +188,7 @@ class ServerState:
             self.need("image", where)
             spec = part.get("image_url")
             url = spec.get("url") if isinstance(spec, dict) else spec
-            check_image_url(url, self.settings.max_image_pixels, f"{where}.image_url")
+            self.check_image(url, f"{where}.image_url")
             return {"type": "image_url", "image_url": {"url": url}}
         if kind == "input_audio":
             self.need("audio", where)
@@ -171,10 +199,7 @@ class ServerState:
             if fmt not in ("wav", "mp3", "flac"):
                 raise bad_request(f"{where}: input_audio format {fmt!r} is not wav, mp3 or flac", where)
             data = b64decode(spec["data"], f"{where}.input_audio.data")
-            secs = audio_seconds(data, f"{where}.input_audio")
-            if secs > self.settings.max_audio_seconds:
-                raise bad_request(f"{where}: {secs:.1f} s of audio exceeds the limit of "
-                                  f"{self.settings.max_audio_seconds:g} s", where, "audio_too_long")
+            self.check_audio(data, f"{where}.input_audio")
             return {"type": "input_audio", "input_audio": {"data": spec["data"], "format": fmt}}
         if kind == "video_url":
             self.need("image", where)
@@ -188,15 +213,11 @@ class ServerState:
                 _, data = parse_data_url(url)
             except ValueError as e:
                 raise bad_request(f"{where}: {e}", where) from None
-            fd, path = tempfile.mkstemp(suffix=".video")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            tmp.append(path)
-            return {"type": "video", "path": path}
+            return {"type": "video", "path": tmp.write(data, ".video")}
         raise bad_request(f"{where}: unsupported content part type {kind!r} (text, image_url, input_audio, "
                           "video_url)", where, "invalid_value")
 
-    def convert_messages(self, messages: list[Any], tmp: list[str]) -> list[dict]:
+    def convert_messages(self, messages: list[Any], tmp: TempFiles) -> list[dict]:
         """OpenAI chat messages -> messages for ``generate()`` (roles mapped, media checked)."""
         if not isinstance(messages, list) or not messages:
             raise bad_request("messages must be a non-empty list", "messages")

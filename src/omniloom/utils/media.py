@@ -68,13 +68,25 @@ def read_source_bytes(src: str | Path | bytes, base_dir: str | Path | None = Non
     return p.read_bytes()
 
 
+FIT_MAX_ASPECT = 4  # fit_square center-crops longer strips to this aspect before resizing
+
+
 def fit_square(im: Any, resolution: int) -> Any:
-    """PIL image -> resolution x resolution: shorter side to ``resolution`` (bicubic), center crop."""
+    """PIL image -> resolution x resolution: shorter side to ``resolution`` (bicubic), center crop.
+
+    Images longer than 4:1 are center-cropped to 4:1 first (the final square lies inside that crop),
+    so the resized image never holds more than 4 x resolution^2 pixels whatever the input's shape.
+    """
     from PIL import Image
 
     w, h = im.size
     if (w, h) == (resolution, resolution):
         return im
+    if max(w, h) > FIT_MAX_ASPECT * min(w, h):  # a 1 x 16M strip would grow to 64 x 1G pixels: cut it first
+        long = FIT_MAX_ASPECT * min(w, h)
+        left, top = (w - min(w, long)) // 2, (h - min(h, long)) // 2
+        im = im.crop((left, top, left + min(w, long), top + min(h, long)))
+        w, h = im.size
     s = resolution / min(w, h)
     nw, nh = max(resolution, round(w * s)), max(resolution, round(h * s))
     im = im.resize((nw, nh), Image.Resampling.BICUBIC)

@@ -1,0 +1,251 @@
+"""omniloom serve under hostile input (issue 21's hardening items): each test failed before its fix."""
+
+import asyncio
+import base64
+import io
+import os
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx2 as httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from omniloom.serve import ServeSettings, create_app
+from omniloom.serve.testing import serve_in_thread
+from omniloom.serve.tiny import build_tiny_model
+from omniloom.utils.media import FIT_MAX_ASPECT, fit_square
+
+
+@pytest.fixture(scope="module")
+def tmpdir_for_server(tmp_path_factory):
+    """The server's temp files go to a folder of their own, so a leak is seen exactly."""
+    d = tmp_path_factory.mktemp("server-tmp")
+    old = tempfile.tempdir
+    tempfile.tempdir = str(d)
+    yield d
+    tempfile.tempdir = old
+
+
+@pytest.fixture(scope="module")
+def server(tmpdir_for_server):
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny", max_queue=0))
+    with serve_in_thread(app) as url:
+        yield url, app
+
+
+def _wav_bytes(samples: int, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(samples, np.float32), rate, format="WAV")
+    return buf.getvalue()
+
+
+def _chat_audio(url, data: bytes):
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+    return httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [part]}]})
+
+
+def _transcribe(url, data: bytes):
+    return httpx.post(url + "/v1/audio/transcriptions", data={"model": "tiny"}, timeout=60,
+                      files={"file": ("a.wav", data, "audio/wav")})
+
+
+# ---------------------------------------------------------------- item 9: empty, short and garbled audio
+@pytest.mark.parametrize("samples,code", [(0, "audio_too_short"), (100, "audio_too_short"), (639, "audio_too_short")])
+def test_short_audio_is_a_400_naming_it(server, samples, code):
+    url, _ = server
+    for r in (_chat_audio(url, _wav_bytes(samples)), _transcribe(url, _wav_bytes(samples))):
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == code and ("no samples" in err["message"] or "shorter than the codec's frame" in
+                                        err["message"])
+    assert _chat_audio(url, _wav_bytes(640)).status_code == 200  # one whole frame (40 ms) is enough
+
+
+def test_wav_header_followed_by_garbage_is_a_400(server):
+    url, _ = server
+    bad = _wav_bytes(1000)[:44] + b"\x01garbage" * 20  # the header promises 2000 bytes; 160 follow
+    for r in (_chat_audio(url, bad), _transcribe(url, bad)):
+        assert r.status_code == 400 and "truncated or garbled" in r.json()["error"]["message"]
+    r = _transcribe(url, b"RIFF\x00\x00\x00\x00WAVEjunkjunkjunk")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_audio"
+
+
+def test_realtime_short_audio_item_is_an_error_event(server):
+    url, _ = server
+
+    async def go():
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        async with client.realtime.connect(model="tiny") as conn:
+            for n in (0, 50):  # pcm16 samples at 24 kHz
+                await conn.conversation.item.create(item={"type": "message", "role": "user", "content": [
+                    {"type": "input_audio", "audio": base64.b64encode(b"\x00\x00" * n).decode()}]})
+            errors = []
+            async for ev in conn:
+                if ev.type == "error":
+                    errors.append(ev.error)
+                    if len(errors) == 2:
+                        return errors
+
+    errors = asyncio.run(asyncio.wait_for(go(), 60))
+    assert [e.code for e in errors] == ["audio_too_short", "audio_too_short"]
+    assert "no samples" in errors[0].message and "2.1 ms" in errors[1].message
+
+
+# ---------------------------------------------------------------- item 8: pathological image shapes
+def _png(w, h) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_long_strip_image_is_refused_before_decoding(server):
+    url, _ = server
+    strip = _png(16777216, 1)  # 1 x 16M pixels: within the pixel limit, 877 MB of resizing before the fix
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(strip).decode()}}
+    r = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": [part]}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "image_aspect_ratio"
+    assert "16777216x1" in r.json()["error"]["message"]
+    r = httpx.post(url + "/v1/images/edits", timeout=60, data={"model": "tiny", "prompt": "x"},
+                   files={"image": ("s.png", strip, "image/png")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "image_aspect_ratio"
+
+
+def test_fit_square_never_resizes_to_a_huge_image(monkeypatch):
+    sizes = []
+    real = Image.Image.resize
+
+    def spy(self, size, *a, **kw):
+        sizes.append(size)
+        return real(self, size, *a, **kw)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    for w, h in [(100000, 2), (3, 90000), (640, 480), (64, 640)]:
+        out = fit_square(Image.new("RGB", (w, h)), 64)
+        assert out.size == (64, 64)
+    assert max(a * b for a, b in sizes) <= FIT_MAX_ASPECT * 64 * 64
+    # shapes within 4:1 are cut exactly as before (resize the shorter side, then center-crop)
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (40, 150, 3), dtype=np.uint8))
+    ref = real(im, (240, 64), Image.Resampling.BICUBIC).crop((88, 0, 152, 64))
+    assert np.array_equal(np.asarray(fit_square(im, 64)), np.asarray(ref))
+
+
+# ---------------------------------------------------------------- item 10: no temp file outlives its request
+def _video_url() -> str:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        s = out.add_stream("mpeg4", rate=4)
+        s.width = s.height = 64
+        s.pix_fmt = "yuv420p"
+        for i in range(2):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 80 * i, np.uint8), format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _leftovers(d):
+    return sorted(p.name for p in d.iterdir() if p.is_file())  # (torch may add a cache folder here)
+
+
+@contextmanager
+def _busy(sched):
+    """Hold the scheduler's only worker with a job of our own until the block ends."""
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(_):
+        started.set()
+        gate.wait(30)
+        yield "held"
+
+    async def run():
+        job = sched.submit(hold)
+        async for _ in job.events():
+            pass
+
+    t = threading.Thread(target=asyncio.run, args=(run(),))
+    t.start()
+    assert started.wait(10)
+    try:
+        yield
+    finally:
+        gate.set()
+        t.join(10)
+
+
+def test_video_temp_files_removed_on_429_400_and_success(server, tmpdir_for_server):
+    url, app = server
+    sched = app.state.omni.scheduler
+    video = {"type": "video_url", "video_url": {"url": _video_url()}}
+    msg = [{"role": "user", "content": [video, {"type": "text", "text": "what moves?"}]}]
+    # the only worker is busy and max_queue=0: each video request gets a 429
+    with _busy(sched):
+        statuses = [httpx.post(url + "/v1/chat/completions", timeout=60,
+                               json={"model": "tiny", "max_tokens": 2, "messages": msg}).status_code
+                    for _ in range(5)]
+    assert statuses == [429] * 5
+    # a bad part after the video: 400, and the video written before it is gone too
+    bad = [{"role": "user", "content": [video, {"type": "image_url", "image_url": {"url": "data:image/png;base64,!!"}}]}]
+    t0 = time.time()
+    while (sched.running or sched.waiting) and time.time() - t0 < 20:
+        time.sleep(0.01)
+    assert httpx.post(url + "/v1/chat/completions", timeout=60,
+                      json={"model": "tiny", "max_tokens": 2, "messages": bad}).status_code == 400
+    ok = httpx.post(url + "/v1/chat/completions", timeout=60, json={"model": "tiny", "max_tokens": 2, "messages": msg})
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens_details"]["image_tokens"] > 0
+    assert _leftovers(tmpdir_for_server) == []
+
+
+def test_a_job_cancelled_before_it_starts_still_cleans_up(tmp_path):
+    from omniloom.serve.media import TempFiles
+    from omniloom.serve.scheduler import Scheduler
+
+    omni = build_tiny_model()
+    sched = Scheduler(omni, workers=1, max_queue=4)
+    gate = threading.Event()
+
+    def blocker(_):
+        gate.wait(10)
+        yield "x"
+
+    def never(_):
+        raise AssertionError("a cancelled job must not run")
+        yield
+
+    async def go():
+        tmp = TempFiles()
+        old = tempfile.tempdir
+        tempfile.tempdir = str(tmp_path)
+        try:
+            path = tmp.write(b"data", ".video")
+        finally:
+            tempfile.tempdir = old
+        first = sched.submit(blocker)
+        second = sched.submit(never, cleanup=tmp.close)
+        second.stop()  # the client left while the job still waited for the worker
+        gate.set()
+        async for _ in first.events():
+            pass
+        async for _ in second.events():
+            pass
+        t0 = time.time()
+        while second.finished is None and time.time() - t0 < 10:
+            await asyncio.sleep(0.01)
+        return path, second
+
+    try:
+        path, second = asyncio.run(go())
+    finally:
+        sched.close()
+    assert second.cancelled and not os.path.exists(path) and list(tmp_path.iterdir()) == []
