@@ -249,3 +249,65 @@ def test_a_job_cancelled_before_it_starts_still_cleans_up(tmp_path):
     finally:
         sched.close()
     assert second.cancelled and not os.path.exists(path) and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- item 12: security defaults
+KEY = "sk-hardening"
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny", api_key=KEY,
+                                                       allowed_origins=("https://app.example.com",)))
+    with serve_in_thread(app) as url:
+        yield url
+
+
+def test_only_bearer_authorization_is_accepted(keyed):
+    def status(auth):
+        return httpx.get(keyed + "/v1/models", headers={"Authorization": auth} if auth else {}).status_code
+
+    assert status(f"Bearer {KEY}") == 200 and status(f"bearer {KEY}") == 200
+    assert status(KEY) == 401  # a bare key (accepted before the fix)
+    assert status(f"Basic {KEY}") == 401 and status(f"Token {KEY}") == 401 and status("Bearer") == 401
+    assert status(None) == 401
+
+
+def test_foreign_origins_cannot_drive_the_server(keyed):
+    port = keyed.rsplit(":", 1)[1]
+    auth = {"Authorization": f"Bearer {KEY}"}
+
+    def status(origin):
+        h = dict(auth, Origin=origin) if origin else auth
+        return httpx.get(keyed + "/v1/models", headers=h).status_code
+
+    assert status(None) == 200  # SDKs and curl send no Origin
+    for ok in (f"http://127.0.0.1:{port}", "http://localhost:5173", "http://[::1]:3000", "https://app.example.com"):
+        assert status(ok) == 200, ok
+    for bad in ("https://evil.example", "http://127.0.0.1.evil.example", "null", "file://", "https://app.example.com.x"):
+        assert status(bad) == 403, bad
+    # a cross-site form POST (no preflight) is refused before it reaches the model
+    r = httpx.post(keyed + "/v1/audio/transcriptions", headers=dict(auth, Origin="https://evil.example"),
+                   data={"model": "tiny"}, files={"file": ("a.wav", _wav_bytes(16000), "audio/wav")})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ws_url = keyed.replace("http://", "ws://") + "/v1/realtime?model=tiny"
+    proto = ["realtime", f"openai-insecure-api-key.{KEY}"]
+    with pytest.raises(InvalidStatus) as e:
+        connect(ws_url, subprotocols=proto, origin="https://evil.example")
+    assert e.value.response.status_code == 403
+    with connect(ws_url, subprotocols=proto, origin=f"http://127.0.0.1:{port}") as ws:
+        assert '"session.created"' in ws.recv(timeout=10)
+
+
+def test_serve_refuses_a_public_bind_without_a_key(capsys):
+    from omniloom.cli import main
+    from omniloom.serve.cli import is_loopback
+
+    assert main(["serve", "--host", "0.0.0.0", "--model", "/nonexistent"]) == 2
+    assert "refusing to bind 0.0.0.0 without --api-key" in capsys.readouterr().err
+    assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.4", "example.com"))

@@ -3,7 +3,9 @@
 ``create_app(omni, settings)`` builds it around an :class:`~omniloom.infer.generate.OmniModel`.
 Every route except the page (``/``, ``/static``) and ``/health`` needs ``Authorization: Bearer KEY``
 when ``settings.api_key`` is set (the WebSocket also takes the key as the subprotocol
-``openai-insecure-api-key.KEY``, which is how a browser sends it).
+``openai-insecure-api-key.KEY``, which is how a browser sends it). A request from a browser page
+(it carries ``Origin``) is refused with 403 unless the page is this server's own, on loopback, or in
+``settings.allowed_origins``: another web site the user visits cannot drive a local server.
 """
 
 from __future__ import annotations
@@ -39,11 +41,53 @@ def _ws_key(scope: Scope) -> str | None:
 
 
 def _bearer(scope: Scope) -> str | None:
+    """The key of ``Authorization: Bearer KEY``; any other scheme (or a bare key) is no key."""
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             v = value.decode("latin-1")
-            return v[7:].strip() if v.lower().startswith("bearer ") else v.strip()
+            return v[7:].strip() or None if v[:7].lower() == "bearer " else None
     return None
+
+
+def _header(scope: Scope, key: bytes) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == key:
+            return value.decode("latin-1")
+    return None
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser page at ``origin`` may call this server (requests without Origin: not a browser).
+
+    Allowed: the server's own origin (Origin's host:port equals the Host header), loopback origins
+    (``http://localhost:*``, ``127.0.0.1``, ``[::1]``) and the ``--allow-origin`` list (``*``: any).
+    """
+    if origin is None:
+        return True
+    if "*" in allowed or origin in allowed:
+        return True
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(origin)
+        hostname = u.hostname
+    except ValueError:
+        return False
+    if u.scheme not in ("http", "https") or not hostname:
+        return False  # "null" (sandboxed frames, file:// pages) and other schemes
+    if host is not None and u.netloc.lower() == host.lower():
+        return True
+    if hostname in LOOPBACK_HOSTS:
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:  # a name, not an address: only "localhost" counts
+        return False
 
 
 class GuardMiddleware:
@@ -62,6 +106,17 @@ class GuardMiddleware:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
+        origin = _header(scope, b"origin")
+        if not origin_allowed(origin, _header(scope, b"host"), self.settings.allowed_origins):
+            msg = (f"Origin {origin!r} may not call this server (allowed: same origin, loopback, and "
+                   "--allow-origin)")
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "websocket.http.response.body",
+                            "body": json.dumps(error_body(403, msg, code="origin_not_allowed")).encode()})
+                return
+            return await self._reject(send, 403, msg, "origin_not_allowed")
         key = self.settings.api_key
         if key and path not in PUBLIC and not path.startswith("/static/"):
             given = _bearer(scope) or (_ws_key(scope) if scope["type"] == "websocket" else None)

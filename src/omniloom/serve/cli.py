@@ -20,7 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-id", default=None, help="the name clients send as 'model' (default: --model's name)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API route")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API route "
+                   "(needed to bind anything but loopback)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow binding a non-loopback --host without --api-key (anyone who reaches the port can use it)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin (e.g. https://app.example.com) allowed to call the API besides this "
+                        "server's own page and loopback; repeatable; '*' allows any")
     p.add_argument("--workers", type=int, default=1, help="generation threads (each has its own KV cache; default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=8, help="requests waiting for a worker before 429 (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default; default: %(default)s)")
@@ -45,8 +51,26 @@ def resolve_model(name: str) -> tuple[Path, str]:
     return d, name if not Path(name).is_dir() else Path(name).resolve().name
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     import uvicorn
+
+    if not is_loopback(args.host) and not args.api_key and not args.insecure:
+        print(f"omniloom serve: refusing to bind {args.host} without --api-key: anyone who can reach the port could "
+              "use the model. Give --api-key KEY, or --insecure if that is what you want.", file=sys.stderr)
+        return 2
 
     from ..infer.generate import OmniModel
     from .app import create_app
@@ -55,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     directory, mid = resolve_model(args.model)
     omni = OmniModel.load(directory, device=args.device, int8=args.int8, compile=args.compile)
     settings = ServeSettings(model_id=args.model_id or mid, api_key=args.api_key, workers=args.workers,
+                             allowed_origins=tuple(args.allow_origin),
                              max_queue=args.max_queue, threads=args.threads or None,
                              max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                              max_audio_seconds=args.max_audio_seconds, max_image_pixels=args.max_image_pixels,

@@ -26,6 +26,7 @@ class ServeSettings:
 
     model_id: str = "world"
     api_key: str | None = None
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides same-origin and loopback ("*": any)
     max_body_bytes: int = 25 * 1024 * 1024  # 413 above (OpenAI's own upload limit)
     max_audio_seconds: float = 120.0  # per input audio (400 above)
     max_image_pixels: int = 4096 * 4096  # per input image (400 above)
