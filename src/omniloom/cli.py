@@ -7,6 +7,7 @@ Those modules keep heavy imports (torch, codecs, servers) inside ``run`` so that
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -69,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad user input: a clear message, no traceback
         print(f"omniloom {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"omniloom {args.verb}: error: {e.strerror}", file=sys.stderr)  # the disk filled up: say where
+        return 1
     except KeyboardInterrupt:
         print(f"omniloom {args.verb}: interrupted", file=sys.stderr)
         return 130

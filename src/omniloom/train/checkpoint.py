@@ -18,6 +18,7 @@ rank takes part in gathering the full state dicts; rank 0 writes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -96,36 +97,63 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: nn.Module, optimize
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".tmp-{name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        weights = {k.removeprefix("_orig_mod."): v.detach().contiguous().cpu() for k, v in msd.items()}
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
-        (tmp / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
-        torch.save(osd, tmp / "optimizer.pt")
-        torch.save(rngs, tmp / "rng.pt")
-        trainer = {"step": step, "loader": loader_state,
-                   "world_size": dist.get_world_size() if _dist() else 1, **(extra or {})}
-        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
-        for fname, src in (assets or {}).items():
-            if isinstance(src, Path):
-                if src.is_file():
-                    shutil.copyfile(src, tmp / fname)
-            else:
-                (tmp / fname).write_text(src)
-        sums = {f: sha256_file(tmp / f) for f in CKPT_FILES}
-        (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
-        for f in tmp.iterdir():  # make the content durable before it becomes visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():  # same step written again (e.g. the final save after a periodic one)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(root / "latest", name)
-        _prune(root, keep)
+        try:
+            _write_checkpoint(tmp, final, root, name, step, msd, osd, rngs, cfg, loader_state, extra, assets, keep)
+        except Exception as e:  # safetensors and torch.save report a full disk as their own error types
+            full = _disk_full(e, root)
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial checkpoint behind
+            if full:
+                raise OSError(errno.ENOSPC, f"no space left on device while writing checkpoint {final} "
+                                            f"(the partial {tmp.name} was removed; free space under {root}, then "
+                                            "the same command resumes from the last good checkpoint)") from e
+            raise
     if _dist():
         dist.barrier()
     return final
+
+
+def _disk_full(e: BaseException, root: Path) -> bool:
+    """Whether a failed write was the disk filling up: ENOSPC, its text (safetensors: "os error 28"),
+    or (torch.save only says "unexpected pos") under 1 MiB left where the checkpoint was going."""
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e) or "os error 28" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(root).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _write_checkpoint(tmp: Path, final: Path, root: Path, name: str, step: int, msd: dict, osd: dict,
+                      rngs: list, cfg: Config, loader_state: dict, extra: dict | None,
+                      assets: dict[str, Path | str] | None, keep: int) -> None:
+    """Rank 0's part of :func:`save_checkpoint`: write ``tmp``, make it durable, rename it to ``final``."""
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    weights = {k.removeprefix("_orig_mod."): v.detach().contiguous().cpu() for k, v in msd.items()}
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
+    (tmp / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=1))
+    torch.save(osd, tmp / "optimizer.pt")
+    torch.save(rngs, tmp / "rng.pt")
+    trainer = {"step": step, "loader": loader_state,
+               "world_size": dist.get_world_size() if _dist() else 1, **(extra or {})}
+    (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1))
+    for fname, src in (assets or {}).items():
+        if isinstance(src, Path):
+            if src.is_file():
+                shutil.copyfile(src, tmp / fname)
+        else:
+            (tmp / fname).write_text(src)
+    sums = {f: sha256_file(tmp / f) for f in CKPT_FILES}
+    (tmp / "checksums.json").write_text(json.dumps(sums, indent=1))
+    for f in tmp.iterdir():  # make the content durable before it becomes visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # same step written again (e.g. the final save after a periodic one)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", name)
+    _prune(root, keep)
 
 
 def _prune(root: Path, keep: int) -> None:

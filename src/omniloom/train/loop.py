@@ -151,9 +151,13 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(config_to_dict(cfg), indent=1))
+        replaced = _drop_replayed(metrics_path, step.step) if resume_from is not None else 0
         with open(metrics_path, "a") as f:
-            f.write(json.dumps({"event": "start" if resume_from is None else "resume", "step": step.step,
-                                "world_size": world, "time": time.time()}) + "\n")
+            event = {"event": "start" if resume_from is None else "resume", "step": step.step,
+                     "world_size": world, "time": time.time()}
+            if replaced:
+                event["replaced_records"] = replaced  # logged after the checkpoint; the replay logs them again
+            f.write(json.dumps(event) + "\n")
         say(f"training {cfg.model.num_params():,} parameters on {world} x {device.type}, "
             f"global batch {tc.batch_size} = {world} ranks x {loader.micro} micro x {loader.accumulation_steps} "
             f"accumulation, seq_len {cfg.data.seq_len}, autocast {step.amp_dtype}")
@@ -244,6 +248,27 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     if dist.is_initialized():
         dist.barrier()
     return record
+
+
+def _drop_replayed(metrics_path: Path, resumed_step: int) -> int:
+    """Remove the records of steps after ``resumed_step`` (a resumed run computes and logs them again,
+    bit-identically), so that each step is in metrics.jsonl once. Rewritten atomically; returns how many."""
+    if not metrics_path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in metrics_path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            dropped += 1
+            continue
+        if "event" not in r and int(r.get("step", 0)) > resumed_step:
+            dropped += 1
+            continue
+        keep.append(line)
+    if dropped:
+        atomic_write_text(metrics_path, "".join(x + "\n" for x in keep))
+    return dropped
 
 
 def _time_is_up(deadline: float, device: torch.device) -> bool:
