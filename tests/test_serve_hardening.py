@@ -311,3 +311,25 @@ def test_serve_refuses_a_public_bind_without_a_key(capsys):
     assert "refusing to bind 0.0.0.0 without --api-key" in capsys.readouterr().err
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.4", "example.com"))
+
+
+# ---------------------------------------------------------------- item 7: a cancel stops an image search
+@pytest.mark.parametrize("route", ["images", "chat"])
+def test_leaving_an_image_search_frees_the_worker_within_a_second(route):
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny"))
+    sched = app.state.omni.scheduler
+    if route == "images":  # 4 images x 64 candidates: many seconds of work on the tiny model
+        path, body = "/v1/images/generations", {"model": "tiny", "prompt": "a red circle", "n": 4,
+                                                 "image_candidates": 64}
+    else:
+        path, body = "/v1/chat/completions", {"model": "tiny", "modalities": ["image"], "image_candidates": 64,
+                                               "messages": [{"role": "user", "content": "draw a red circle"}]}
+    with serve_in_thread(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + path, json=body, timeout=httpx.Timeout(60, read=1.0))
+        left = time.time()
+        while sched.running and time.time() - left < 20:
+            time.sleep(0.01)
+        freed = time.time() - left
+        assert sched.running == 0 and freed < 1.0, f"worker still busy {freed:.1f} s after the client left"
+        assert sched.stats["cancelled"] == 1 and sched.stats["failed"] == 0

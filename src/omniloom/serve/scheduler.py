@@ -27,7 +27,7 @@ from ..model import Transformer
 from ..model.quant import is_quantized, quantize_int8
 from .errors import APIError
 
-__all__ = ["Job", "Scheduler"]
+__all__ = ["Job", "JobCancelled", "Scheduler"]
 
 log = logging.getLogger("omniloom.serve")
 _END = object()
@@ -48,12 +48,31 @@ class _CancellableEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
+    def _cancelled(self) -> bool:
+        job = getattr(self._local, "job", None)
+        return job is not None and job.cancel.is_set()
+
     def stream(self, requests):
+        if self._cancelled():
+            return
         for item in self._engine.stream(requests):
             yield item
-            job = getattr(self._local, "job", None)
-            if job is not None and job.cancel.is_set():
+            if self._cancelled():
                 return
+
+    def generate(self, requests):
+        """Whole answers (image candidates, transcriptions inside a search): a cancel mid-way raises
+        :class:`JobCancelled`, since a cut-off batch is no answer (the search must not go on)."""
+        out: list[list[int]] = [[] for _ in requests]
+        for i, tok in self.stream(requests):
+            out[i].append(tok)
+        if self._cancelled():
+            raise JobCancelled()
+        return out
+
+
+class JobCancelled(Exception):
+    """Raised inside a worker when its job is cancelled in the middle of a whole-answer search."""
 
 
 def _prompt_built(local: threading.local, ids: list[int]) -> None:
@@ -220,6 +239,11 @@ class Scheduler:
                 job._put(_END)
                 with self._lock:
                     self.stats["cancelled" if job.cancelled else "completed"] += 1
+            except JobCancelled:
+                job.cancelled = True
+                job._put(_END)
+                with self._lock:
+                    self.stats["cancelled"] += 1
             except Exception as e:  # bad input found while encoding, or a bug: report to the caller
                 if not isinstance(e, (ValueError, APIError)):
                     log.exception("generation failed")
