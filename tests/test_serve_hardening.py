@@ -333,3 +333,87 @@ def test_leaving_an_image_search_frees_the_worker_within_a_second(route):
         freed = time.time() - left
         assert sched.running == 0 and freed < 1.0, f"worker still busy {freed:.1f} s after the client left"
         assert sched.stats["cancelled"] == 1 and sched.stats["failed"] == 0
+
+
+# ---------------------------------------------------------------- item 11: bounded state
+def test_a_slow_client_holds_back_its_job_and_a_stalled_one_is_cancelled():
+    from omniloom.serve.scheduler import Scheduler
+
+    sched = Scheduler(build_tiny_model(), workers=1, max_queue=2, max_events=16, stall_timeout_s=0.5)
+    made = []
+
+    def many(_):
+        for i in range(10_000):
+            made.append(i)
+            yield i
+
+    async def slow_then_all():
+        job = sched.submit(many)
+        await asyncio.sleep(0.4)  # the client takes nothing for a while: the worker waits, it does not buffer
+        held = len(made)
+        got = [ev async for ev in job.events()]
+        return held, got
+
+    async def never_reads():
+        job = sched.submit(many)
+        await asyncio.sleep(1.5)
+        return job
+
+    try:
+        held, got = asyncio.run(slow_then_all())
+        assert held <= 17 and got == list(range(10_000))
+        made.clear()
+        job = asyncio.run(never_reads())
+        t0 = time.time()
+        while job.finished is None and time.time() - t0 < 10:
+            time.sleep(0.01)
+        assert job.stalled and job.cancelled and len(made) <= 17
+        assert sched.stats["cancelled"] == 1 and sched.running == 0
+    finally:
+        sched.close()
+
+
+def test_audio_ids_are_bounded_and_the_oldest_is_a_clean_400():
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny", max_audio_ids=3))
+    st = app.state.omni
+    ids = [st.remember_audio(f"said {i}")[0] for i in range(10)]
+    assert len(st.audio_store) == 3 and list(st.audio_store) == ids[-3:]
+    with serve_in_thread(app) as url:
+        def ask(aid):
+            return httpx.post(url + "/v1/chat/completions", timeout=60, json={"model": "tiny", "max_tokens": 2,
+                              "messages": [{"role": "assistant", "audio": {"id": aid}},
+                                           {"role": "user", "content": "and then?"}]})
+        assert ask(ids[-1]).status_code == 200
+        r = ask(ids[0])
+        assert r.status_code == 400 and "unknown or expired" in r.json()["error"]["message"]
+
+
+def test_realtime_conversation_limits_are_clean_errors():
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny", max_session_items=3,
+                                                       max_session_audio_seconds=1.0))
+    pcm = base64.b64encode(b"\x00\x01" * int(0.7 * 24000)).decode()  # 0.7 s of pcm16
+
+    async def go(url):
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        async with client.realtime.connect(model="tiny") as conn:
+            await conn.session.update(session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+            audio_item = {"type": "message", "role": "user", "content": [{"type": "input_audio", "audio": pcm}]}
+            await conn.conversation.item.create(item=audio_item)
+            await conn.conversation.item.create(item=audio_item)  # 1.4 s > 1.0 s: refused
+            for k in range(3):  # the third pushes past 3 items
+                await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                          "content": [{"type": "input_text", "text": f"t{k}"}]})
+            await conn.response.create()  # no room for the answer either
+            evs = []
+            async for ev in conn:
+                evs.append(ev)
+                if sum(e.type == "error" for e in evs) == 3:
+                    return evs
+
+    with serve_in_thread(app) as url:
+        evs = asyncio.run(asyncio.wait_for(go(url), 60))
+    errors = [e.error for e in evs if e.type == "error"]
+    assert [e.code for e in errors] == ["conversation_full"] * 3
+    assert "0.7 s of input audio" in errors[0].message and "limit of 1 s" in errors[0].message
+    assert "holds 3 items" in errors[1].message and "holds 3 items" in errors[2].message
+    assert sum(e.type == "conversation.item.done" for e in evs) == 3

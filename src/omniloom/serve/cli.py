@@ -35,6 +35,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest input image in pixels (400 above; default: %(default)s)")
     p.add_argument("--max-image-aspect", type=float, default=32.0,
                    help="longest input image side over its shortest (400 above; default: %(default)s)")
+    p.add_argument("--max-session-items", type=int, default=1000,
+                   help="items one Realtime conversation holds (an error event above; default: %(default)s)")
+    p.add_argument("--max-session-audio-seconds", type=float, default=600.0,
+                   help="input audio one Realtime conversation stores (default: %(default)s)")
+    p.add_argument("--max-audio-ids", type=int, default=4096,
+                   help="spoken answers' message.audio ids remembered at once, oldest dropped first (default: %(default)s)")
+    p.add_argument("--max-job-events", type=int, default=256,
+                   help="events an answer may run ahead of a slow client before generation waits (default: %(default)s)")
+    p.add_argument("--stall-timeout", type=float, default=60.0,
+                   help="seconds a client may take none of its answer's events before the answer is cancelled "
+                        "(default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=None, help="cap on max_tokens (default: the context)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--int8", action="store_true",
@@ -83,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
                              max_queue=args.max_queue, threads=args.threads or None,
                              max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                              max_audio_seconds=args.max_audio_seconds, max_image_pixels=args.max_image_pixels,
-                             max_image_aspect=args.max_image_aspect,
+                             max_image_aspect=args.max_image_aspect, max_session_items=args.max_session_items,
+                             max_session_audio_seconds=args.max_session_audio_seconds,
+                             max_audio_ids=args.max_audio_ids, max_job_events=args.max_job_events,
+                             stall_timeout_s=args.stall_timeout,
                              max_tokens=args.max_tokens)
     app = create_app(omni, settings)
     print(f"omniloom serve: model {settings.model_id!r} from {directory} on http://{args.host}:{args.port}/")

@@ -165,6 +165,22 @@ class RealtimeSession:
         await self.send("conversation.item.added", previous_item_id=prev, item=item)
         await self.send("conversation.item.done", previous_item_id=prev, item=item)
 
+    def _stored_audio_seconds(self) -> float:
+        return sum(len(a) for ex in self.extra.values() for a in ex.get("audio", ())) / API_RATE
+
+    def check_room(self, items: int = 1, audio_samples: int = 0) -> None:
+        """A clean error before the session would hold more than its limits (items, stored input audio)."""
+        lim = self.st.settings
+        if len(self.items) + items > lim.max_session_items:
+            raise APIError(400, f"the conversation holds {len(self.items)} items, the limit of this server "
+                                f"({lim.max_session_items}); delete some with conversation.item.delete",
+                           "item", "conversation_full")
+        have = self._stored_audio_seconds()
+        if audio_samples and have + audio_samples / API_RATE > lim.max_session_audio_seconds:
+            raise APIError(400, f"the conversation holds {have:.1f} s of input audio; {audio_samples / API_RATE:.1f} s "
+                                f"more would pass the limit of {lim.max_session_audio_seconds:g} s; delete items "
+                                "with conversation.item.delete", "item", "conversation_full")
+
     def _parse_item(self, item: Any) -> dict:
         if not isinstance(item, dict) or item.get("type", "message") != "message":
             raise ValueError("item must be a message ({'type': 'message', 'role', 'content': [...]})")
@@ -198,6 +214,7 @@ class RealtimeSession:
             else:
                 raise ValueError(f"item.content[{j}].type {kind!r} is not supported "
                                  "(input_text, input_audio, input_image, output_text, output_audio)")
+        self.check_room(1, sum(len(a) for a in extra["audio"]))
         self.extra[iid] = extra
         return {"id": iid, "object": "realtime.item", "type": "message", "status": "completed", "role": role,
                 "content": parts}
@@ -230,6 +247,7 @@ class RealtimeSession:
             pad = (self.turn_detection or DEFAULT_VAD)["prefix_padding_ms"]
             skip = max(0, self.speech_start_ms - pad - self.buffer_start_ms)
             pcm = pcm[int(skip * API_RATE / 1000):]
+        self.check_room(1, len(pcm))  # a full conversation: the error goes out, the buffer stays
         iid = self.pending_item_id or new_id("item")
         prev = self._prev_id()
         self.buffer, self.pending_item_id, self.speech_start_ms = [], None, None
@@ -241,7 +259,9 @@ class RealtimeSession:
         await self._add_item(item, prev)
         if self.session["audio"]["input"]["transcription"] is not None and len(pcm) \
                 and self.st.omni.has_task("transcribe"):
-            self._tasks.add(asyncio.create_task(self._transcribe(item, pcm)))
+            task = asyncio.create_task(self._transcribe(item, pcm))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)  # finished transcriptions do not pile up
 
     async def _transcribe(self, item: dict, pcm: np.ndarray) -> None:
         """Input transcription by the same model (its ``transcribe`` prompt)."""
@@ -314,6 +334,7 @@ class RealtimeSession:
                              "conversation_already_has_active_response", event_id=event_id)
             return
         params = params if isinstance(params, dict) else {}
+        self.check_room(1)  # room for the answer's item
         mods = params.get("output_modalities", params.get("modalities")) or self.session["output_modalities"]
         audio_out = "audio" in mods
         if audio_out:
@@ -491,6 +512,7 @@ class RealtimeSession:
             if not any(it["id"] == iid for it in self.items):
                 raise ValueError(f"item_id {iid!r} does not exist")
             self.items = [it for it in self.items if it["id"] != iid]
+            self.extra.pop(iid, None)  # its audio goes with it
             await self.send("conversation.item.deleted", item_id=iid)
         elif t == "conversation.item.retrieve":
             item = next((it for it in self.items if it["id"] == ev.get("item_id")), None)

@@ -118,7 +118,33 @@ class Job:
     finished: float | None = None
     cancelled: bool = False  # set when the job stopped because of cancel
     cleanup: Callable[[], None] | None = None  # run once when the job ends, whether or not it ran
+    max_events: int = 256  # events the worker may run ahead of the client
+    stall_timeout_s: float = 60.0  # a client that takes nothing this long: the job is cancelled
+    stalled: bool = False
     _early: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._space = threading.Semaphore(max(1, self.max_events))
+
+    def _emit(self, ev: Any) -> bool:
+        """Worker side: hand one event over, waiting while ``max_events`` are not yet taken (back-pressure).
+        False (and the job cancelled) when the client took nothing for ``stall_timeout_s`` or left."""
+        waited = 0.0
+        while not self._space.acquire(timeout=0.1):
+            waited += 0.1
+            if self.cancel.is_set():
+                return False
+            if waited >= self.stall_timeout_s:
+                self.stalled = True
+                self.cancel.set()
+                log.warning("cancelling a job whose client took no event for %.0f s", waited)
+                return False
+        self._put(ev)
+        return True
+
+    def _took(self, item: Any) -> None:
+        if not (item is _END or item is _READY or isinstance(item, _Raised)):
+            self._space.release()
 
     def _put(self, item: Any) -> None:
         try:
@@ -139,6 +165,7 @@ class Job:
         """
         while True:
             item = await self.queue.get()
+            self._took(item)
             if item is _READY:
                 return
             if isinstance(item, _Raised):
@@ -154,6 +181,7 @@ class Job:
             yield self._early.pop(0)
         while True:
             item = await self.queue.get()
+            self._took(item)
             if item is _READY:
                 continue
             if item is _END:
@@ -166,7 +194,8 @@ class Job:
 class Scheduler:
     """``workers`` threads over one model; at most ``max_queue`` jobs waiting (else 429)."""
 
-    def __init__(self, omni: OmniModel, workers: int = 1, max_queue: int = 8, threads: int | None = 1):
+    def __init__(self, omni: OmniModel, workers: int = 1, max_queue: int = 8, threads: int | None = 1,
+                 max_events: int = 256, stall_timeout_s: float = 60.0):
         if workers < 1 or max_queue < 0:
             raise ValueError(f"workers must be >= 1 and max_queue >= 0, got {workers}, {max_queue}")
         self._prev_threads = torch.get_num_threads()
@@ -177,6 +206,7 @@ class Scheduler:
         self._q: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self.max_queue = max_queue
+        self.max_events, self.stall_timeout_s = max_events, stall_timeout_s
         self.waiting = 0
         self.running = 0
         self.stats = {"submitted": 0, "completed": 0, "cancelled": 0, "rejected": 0, "failed": 0}
@@ -205,7 +235,8 @@ class Scheduler:
                 cleanup()
             raise APIError(429, f"server busy: {self.waiting} requests waiting (limit {self.max_queue}); "
                                 "retry later", code="rate_limit_exceeded")
-        job = Job(fn, asyncio.get_running_loop(), cleanup=cleanup)
+        job = Job(fn, asyncio.get_running_loop(), cleanup=cleanup, max_events=self.max_events,
+                  stall_timeout_s=self.stall_timeout_s)
         self._q.put(job)
         return job
 
@@ -231,8 +262,7 @@ class Scheduler:
                 else:
                     with torch.inference_mode():
                         for ev in job.fn(view):
-                            job._put(ev)
-                            if job.cancel.is_set():
+                            if not job._emit(ev) or job.cancel.is_set():
                                 job.cancelled = True
                                 break
                     job.cancelled = job.cancelled or job.cancel.is_set()

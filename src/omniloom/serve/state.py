@@ -37,6 +37,11 @@ class ServeSettings:
     max_queue: int = 8  # jobs waiting for a worker before 429
     threads: int | None = 1  # torch intra-op threads (None: leave torch's default)
     audio_ttl_s: int = 3600  # how long message.audio ids can be referred back to
+    max_audio_ids: int = 4096  # message.audio ids remembered at once (the oldest go first)
+    max_session_items: int = 1000  # items in one Realtime conversation (400 / error event above)
+    max_session_audio_seconds: float = 600.0  # input audio one Realtime conversation stores
+    max_job_events: int = 256  # events a job runs ahead of its client before its worker waits
+    stall_timeout_s: float = 60.0  # a client that takes none of its job's events this long: the job is cancelled
 
 
 @dataclass
@@ -48,7 +53,8 @@ class ServerState:
 
     @classmethod
     def build(cls, omni: OmniModel, settings: ServeSettings) -> "ServerState":
-        sched = Scheduler(omni, workers=settings.workers, max_queue=settings.max_queue, threads=settings.threads)
+        sched = Scheduler(omni, workers=settings.workers, max_queue=settings.max_queue, threads=settings.threads,
+                          max_events=settings.max_job_events, stall_timeout_s=settings.stall_timeout_s)
         return cls(omni, settings, sched)
 
     # ------------------------------------------------------------------ model facts
@@ -167,6 +173,8 @@ class ServerState:
         now = time.time()
         for k in [k for k, (_, exp) in self.audio_store.items() if exp < now]:
             del self.audio_store[k]
+        while len(self.audio_store) >= max(1, self.settings.max_audio_ids):  # oldest first (dicts keep order)
+            del self.audio_store[next(iter(self.audio_store))]
         aid = new_id("audio")
         exp = int(now + self.settings.audio_ttl_s)
         self.audio_store[aid] = (transcript, exp)
