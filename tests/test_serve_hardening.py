@@ -417,3 +417,72 @@ def test_realtime_conversation_limits_are_clean_errors():
     assert "0.7 s of input audio" in errors[0].message and "limit of 1 s" in errors[0].message
     assert "holds 3 items" in errors[1].message and "holds 3 items" in errors[2].message
     assert sum(e.type == "conversation.item.done" for e in evs) == 3
+
+
+# ---------------------------------------------------------------- item 5: OpenAI voice and model names
+OPENAI_NAMES = ["gpt-4o", "gpt-4o-mini", "gpt-4o-audio-preview", "gpt-4o-realtime-preview", "whisper-1",
+                "gpt-4o-mini-transcribe", "tts-1", "gpt-4o-mini-tts", "gpt-image-1"]
+
+
+@pytest.fixture(scope="module")
+def aliased():
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny", alias_openai_models=True))
+    with serve_in_thread(app) as url:
+        yield url, openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def test_openai_voice_names_are_accepted_everywhere(aliased):
+    from omniloom.serve.state import OPENAI_VOICES
+
+    url, client = aliased
+    for voice in OPENAI_VOICES:
+        r = client.audio.speech.create(model="tts-1", voice=voice, input="hi", response_format="wav",
+                                       extra_body={"seed": 1})
+        assert len(r.content) > 44, voice
+    c = client.chat.completions.create(model="gpt-4o-audio-preview", modalities=["text", "audio"], max_tokens=4,
+                                       audio={"voice": "shimmer", "format": "wav"},
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert c.choices[0].message.audio.data
+    with pytest.raises(openai.BadRequestError) as e:
+        client.audio.speech.create(model="tts-1", voice="nobody", input="hi")
+    assert "answers to alloy, ash" in str(e.value)
+    card = client.models.retrieve("tiny")
+    assert set(card.voice_aliases) == set(OPENAI_VOICES) - {"nova"}  # nova is the model's own
+
+    async def rt():
+        ac = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        async with ac.realtime.connect(model="gpt-4o-realtime-preview") as conn:
+            await conn.session.update(session={"type": "realtime", "audio": {"output": {"voice": "coral"}}})
+            async for ev in conn:
+                if ev.type in ("session.updated", "error"):
+                    return ev
+
+    ev = asyncio.run(asyncio.wait_for(rt(), 30))
+    assert ev.type == "session.updated" and ev.session.audio.output.voice in ("nova", "atlas")
+
+
+def test_openai_model_names_are_served_when_opted_in(aliased):
+    url, client = aliased
+    listed = [m.id for m in client.models.list().data]
+    assert listed[0] == "tiny" and set(OPENAI_NAMES) <= set(listed)
+    for name in OPENAI_NAMES:
+        assert client.models.retrieve(name).id == name
+    assert client.chat.completions.create(model="gpt-4o", max_tokens=2, messages=[
+        {"role": "user", "content": "hi"}]).choices[0].message is not None
+    assert client.chat.completions.create(model="gpt-4o-2024-08-06", max_tokens=2, messages=[
+        {"role": "user", "content": "hi"}]).model == "tiny"
+    assert client.audio.transcriptions.create(model="whisper-1", file=("a.wav", _wav_bytes(16000))).text is not None
+    assert client.audio.transcriptions.create(model="gpt-4o-mini-transcribe",
+                                              file=("a.wav", _wav_bytes(16000))).text is not None
+    assert client.audio.speech.create(model="gpt-4o-mini-tts", voice="alloy", input="hi").content
+    assert client.images.generate(model="gpt-image-1", prompt="a red circle").data[0].b64_json
+    assert client.embeddings.create(model="gpt-4o", input="hi").data[0].embedding
+
+
+def test_openai_model_names_are_refused_without_the_flag(server):
+    url, _ = server
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    assert "--alias-openai-models" in str(e.value)

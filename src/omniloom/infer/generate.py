@@ -91,7 +91,7 @@ from ..utils.model_dir import MODELS_DIR, resolve_model_dir  # noqa: E402  (re-e
 #: before drawing it (``omniloom world generate --restate edit``); :func:`generate` then lets it
 #: write that description first, and judges its candidate drawings against it
 GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1),
-                   "prompts": (dict, 0, 0)}
+                   "prompts": (dict, 0, 0), "voice_aliases": (dict, 0, 0)}
 
 #: the task prompts a model directory may name in generation.json's ``prompts``: the instruction it
 #: was trained to answer for each job the server and the drawing search give it (``speak`` holds
@@ -117,6 +117,12 @@ def read_generation(path: str | Path) -> dict:
         if key not in GENERATION_KEYS:
             raise ValueError(f"generation defaults {f}: unknown key {key!r} (known: {', '.join(GENERATION_KEYS)})")
         kind, lo, hi = GENERATION_KEYS[key]
+        if key == "voice_aliases":  # other names (OpenAI's) -> the model's own voices (checked when served)
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
+                                                      for k, v in value.items()):
+                raise ValueError(f"generation defaults {f}: voice_aliases must be an object of name -> voice name")
+            out[key] = dict(value)
+            continue
         if kind is dict:
             if not isinstance(value, dict):
                 raise ValueError(f"generation defaults {f}: {key} must be an object of task -> prompt")

@@ -190,19 +190,20 @@ def create_app(omni: OmniModel, settings: ServeSettings | None = None) -> FastAP
     app.include_router(realtime.router)
     created = int(time.time())
 
-    def _card() -> dict:
-        return {"id": settings.model_id, "object": "model", "created": created, "owned_by": "omniloom",
+    def _card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": created, "owned_by": "omniloom",
                 "input_modalities": state.input_modalities, "output_modalities": state.output_modalities,
-                "voices": state.voices, "context_length": state.context}
+                "voices": state.voices, "voice_aliases": state.voice_aliases, "context_length": state.context,
+                **({"served_by": settings.model_id} if name != settings.model_id else {})}
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": [_card()]}
+        return {"object": "list", "data": [_card(n) for n in state.model_names]}
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
         state.check_model(model_id)
-        return _card()
+        return _card(model_id)
 
     @app.get("/health")
     async def health() -> dict:

@@ -18,6 +18,9 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="world", help="bundled model name or model directory (default: world)")
     p.add_argument("--model-id", default=None, help="the name clients send as 'model' (default: --model's name)")
+    p.add_argument("--alias-openai-models", action="store_true",
+                   help="also answer to OpenAI's model names (gpt-4o*, whisper-1, tts-1, gpt-image-1, ...) so apps "
+                        "written for OpenAI work unchanged; /v1/models lists them then")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every API route "
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     omni = OmniModel.load(directory, device=args.device, int8=args.int8, compile=args.compile)
     settings = ServeSettings(model_id=args.model_id or mid, api_key=args.api_key, workers=args.workers,
                              allowed_origins=tuple(args.allow_origin),
+                             alias_openai_models=args.alias_openai_models,
                              max_queue=args.max_queue, threads=args.threads or None,
                              max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                              max_audio_seconds=args.max_audio_seconds, max_image_pixels=args.max_image_pixels,

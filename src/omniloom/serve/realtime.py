@@ -566,9 +566,10 @@ async def realtime(ws: WebSocket) -> None:
     beta = "realtime=v1" in ws.headers.get("openai-beta", "")
     model = ws.query_params.get("model")
     sess = RealtimeSession(st, ws, beta)
-    if model is not None and model != st.settings.model_id:
-        await sess.error(f"The model {model!r} does not exist; this server serves {st.settings.model_id!r}",
-                         "model_not_found", "model")
+    try:
+        st.check_model(model)
+    except APIError as e:
+        await sess.error(e.message, e.code, e.param)
         await ws.close(code=1008)
         return
     await sess.run()

@@ -13,7 +13,18 @@ from .errors import APIError, bad_request
 from .media import TempFiles, audio_seconds, b64decode, check_image_url
 from .scheduler import Scheduler
 
-__all__ = ["ServeSettings", "ServerState", "new_id"]
+__all__ = ["ServeSettings", "ServerState", "new_id", "OPENAI_VOICES", "OPENAI_MODEL_ALIASES"]
+
+
+#: OpenAI's voice names: accepted wherever a voice is, mapped onto the model's own voices by its
+#: generation.json "voice_aliases" (else in turn, in this order, onto its named voices)
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
+                 "marin", "cedar")
+#: OpenAI model names the loaded model answers to with ``--alias-openai-models`` (and any ``gpt-4o*``)
+OPENAI_MODEL_ALIASES = ("gpt-4o", "gpt-4o-mini", "gpt-4o-audio-preview", "gpt-4o-mini-audio-preview",
+                        "gpt-4o-realtime-preview", "gpt-4o-mini-realtime-preview", "gpt-realtime", "whisper-1",
+                        "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "tts-1", "tts-1-hd", "gpt-4o-mini-tts",
+                        "gpt-image-1")
 
 
 def new_id(prefix: str) -> str:
@@ -26,6 +37,7 @@ class ServeSettings:
 
     model_id: str = "world"
     api_key: str | None = None
+    alias_openai_models: bool = False  # also answer to OPENAI_MODEL_ALIASES (listed by /v1/models then)
     allowed_origins: tuple[str, ...] = ()  # browser origins allowed besides same-origin and loopback ("*": any)
     max_body_bytes: int = 25 * 1024 * 1024  # 413 above (OpenAI's own upload limit)
     max_audio_seconds: float = 120.0  # per input audio (400 above)
@@ -53,6 +65,10 @@ class ServerState:
 
     @classmethod
     def build(cls, omni: OmniModel, settings: ServeSettings) -> "ServerState":
+        bad = {k: v for k, v in (omni.generation.get("voice_aliases") or {}).items() if v not in omni.vocab.voices}
+        if bad:
+            raise ValueError(f"generation.json voice_aliases name voices this model does not have: {bad} "
+                             f"(its voices: {', '.join(omni.vocab.voices)})")
         sched = Scheduler(omni, workers=settings.workers, max_queue=settings.max_queue, threads=settings.threads,
                           max_events=settings.max_job_events, stall_timeout_s=settings.stall_timeout_s)
         return cls(omni, settings, sched)
@@ -76,18 +92,42 @@ class ServerState:
     def voices(self) -> list[str]:
         return [v for v in self.omni.vocab.voices if not v.startswith("voice:")] or list(self.omni.vocab.voices)
 
+    @property
+    def model_names(self) -> list[str]:
+        """The names clients may send as ``model``."""
+        return [self.settings.model_id] + ([a for a in OPENAI_MODEL_ALIASES if a != self.settings.model_id]
+                                           if self.settings.alias_openai_models else [])
+
     def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.settings.model_id:
-            raise APIError(404, f"The model {name!r} does not exist; this server serves "
-                                f"{self.settings.model_id!r}", "model", "model_not_found")
+        if name is None or name == self.settings.model_id:
+            return
+        if self.settings.alias_openai_models and (name in OPENAI_MODEL_ALIASES or name.startswith("gpt-4o")):
+            return
+        hint = "" if self.settings.alias_openai_models or name not in OPENAI_MODEL_ALIASES else \
+            " (start the server with --alias-openai-models to answer to OpenAI's model names)"
+        raise APIError(404, f"The model {name!r} does not exist; this server serves "
+                            f"{self.settings.model_id!r}{hint}", "model", "model_not_found")
+
+    @property
+    def voice_aliases(self) -> dict[str, str]:
+        """Other voice names -> the model's voices: generation.json's table, else OpenAI's names in turn."""
+        named = self.voices
+        table = self.omni.generation.get("voice_aliases")
+        if table is None:
+            table = {v: named[i % len(named)] for i, v in enumerate(OPENAI_VOICES)} if named else {}
+        return {k: v for k, v in table.items() if k not in named}
 
     def check_voice(self, voice: str | None, param: str = "voice") -> str | None:
+        """The model's voice for ``voice`` (its own name, or an alias such as OpenAI's 'alloy')."""
         if voice is None:
             return None
-        if voice not in self.voices:
-            raise bad_request(f"unknown voice {voice!r}; this model has {', '.join(self.voices)}", param,
-                              "invalid_value")
-        return voice
+        if voice in self.voices:
+            return voice
+        aliases = self.voice_aliases
+        if voice in aliases:
+            return aliases[voice]
+        raise bad_request(f"unknown voice {voice!r}; this model has {', '.join(self.voices)}"
+                          + (f" (and answers to {', '.join(aliases)})" if aliases else ""), param, "invalid_value")
 
     def need(self, modality: str, param: str) -> None:
         if modality not in self.omni.codecs:
