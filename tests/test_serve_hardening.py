@@ -486,3 +486,25 @@ def test_openai_model_names_are_refused_without_the_flag(server):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
     assert "--alias-openai-models" in str(e.value)
+
+
+# ---------------------------------------------------------------- item 6: the schema says what the server sends
+def test_openapi_schema_documents_the_errors_sent_and_the_model_names(keyed, aliased):
+    s = httpx.get(keyed + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert '"422"' not in str(s).replace("'", '"')
+    chat = s["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "404", "413", "429"} <= set(chat)
+    assert chat["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert s["components"]["schemas"]["ChatRequest"]["properties"]["model"]["enum"] == ["tiny"]
+    form = s["components"]["schemas"]["Body_transcriptions_v1_audio_transcriptions_post"]["properties"]["model"]
+    assert form["enum"] == ["tiny"]
+    r = httpx.post(keyed + "/v1/chat/completions", json={"model": "tiny", "messages": "x"},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_value"  # what the schema says
+    r = httpx.post(keyed + "/v1/chat/completions", json={"model": "tiny", "max_tokens": True, "messages": [
+        {"role": "user", "content": "hi"}]}, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400  # strict: true is not 1
+    r = httpx.get(keyed + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    aliased_schema = httpx.get(aliased[0] + "/openapi.json").json()
+    assert "gpt-4o" in aliased_schema["components"]["schemas"]["ChatRequest"]["properties"]["model"]["enum"]

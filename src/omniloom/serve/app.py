@@ -222,7 +222,60 @@ def create_app(omni: OmniModel, settings: ServeSettings | None = None) -> FastAP
             raise APIError(404, f"no static file {name!r}", code="not_found")
         return FileResponse(p)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = openai_shaped_schema(
+                get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes),
+                state.model_names, bool(settings.api_key))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(GuardMiddleware, settings=settings)
     return app
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+_ERRORS = {"400": "Invalid request: a bad value, missing field or unreadable media (OpenAI sends 400 where "
+                  "FastAPI would send 422)",
+           "401": "Missing or wrong API key (only when the server has --api-key)",
+           "403": "A browser Origin that may not call this server",
+           "404": "Unknown model", "413": "Request body over --max-body-mb",
+           "429": "Server busy: the queue of waiting requests is full (Retry-After: 1)"}
+
+
+def openai_shaped_schema(schema: dict, model_names: list[str], keyed: bool) -> dict:
+    """FastAPI's schema, made to match what the server sends: 400 (not 422) for invalid requests, the
+    401/403/404/413/429 errors in OpenAI's envelope, and ``model`` limited to the names served (so
+    clients and fuzzers know which to send)."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    comps["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        comps.pop(name, None)
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, ops in schema.get("paths", {}).items():
+        for op in ops.values():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            if not path.startswith("/v1/"):
+                continue
+            codes = ["400", "403", "404", "413"] + (["401"] if keyed else [])
+            if op.get("requestBody"):  # the generating routes queue for a worker
+                codes.append("429")
+            for code in codes:
+                responses[code] = {"description": _ERRORS[code], **ref}
+            for p in op.get("parameters", []):
+                if p.get("name") == "model_id":
+                    p["schema"] = {"type": "string", "enum": list(model_names), "title": "Model Id"}
+    for comp in comps.values():
+        props = comp.get("properties") or {}
+        if "model" in props:
+            props["model"] = {"type": "string", "enum": list(model_names), "title": "Model",
+                              "description": "the served model's name"}
+    return schema
 
 

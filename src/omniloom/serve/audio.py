@@ -32,7 +32,7 @@ router = APIRouter()
 
 
 class SpeechRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     model: str
     input: str = Field(min_length=1, max_length=4096)
     voice: str | None = None

@@ -32,25 +32,25 @@ router = APIRouter()
 
 
 class AudioParam(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     voice: str | None = None
     format: Literal["wav", "pcm16", "flac", "mp3"] = "wav"
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     include_usage: bool = False
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]] | None = None
     audio: dict[str, Any] | None = None
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False

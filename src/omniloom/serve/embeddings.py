@@ -23,7 +23,7 @@ MAX_INPUTS = 256
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: str = "float"

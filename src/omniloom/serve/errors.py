@@ -61,7 +61,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        return _resp(APIError(e.status_code, str(e.detail), code=code))
+        resp = _resp(APIError(e.status_code, str(e.detail), code=code))
+        for k, v in (e.headers or {}).items():  # e.g. 405's Allow
+            resp.headers[k] = v
+        return resp
 
     @app.exception_handler(Exception)
     async def _other(_: Request, e: Exception) -> JSONResponse:  # a bug of ours, never a traceback to clients

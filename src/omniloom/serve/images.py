@@ -31,7 +31,7 @@ router = APIRouter()
 
 
 class ImageRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)  # no coercion: true is not 1, "3" is not 3
     model: str
     prompt: str = Field(min_length=1, max_length=4000)
     n: int = Field(1, ge=1, le=4)
