@@ -19,6 +19,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),
     "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
     "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
+    "familiarity": ("omniloom.eval.familiarity_cli", "record how a model's training media look to its codecs, so that "
+                    "unlike input (real photos for a shapes model) is flagged"),
     "chat": ("omniloom.infer.chat_cli", "talk to a model: text, images, speech and video in; text, speech, images out"),
     "codec": ("omniloom.train.codec_cli", "train or evaluate the image and audio codecs"),
     "world": ("omniloom.world.cli", "generate the shapes world data set and run its judges"),

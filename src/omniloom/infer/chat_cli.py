@@ -87,6 +87,8 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
         elif isinstance(ev, Done):
             done = ev
     print()
+    for w in (done.warnings if done is not None else []):
+        print(f"warning: {w}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     content: list[dict] = []
     if text:

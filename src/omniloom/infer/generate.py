@@ -17,6 +17,7 @@ audio span is the answer's transcript and arrives as :class:`TranscriptDelta`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from ..config import config_from_dict
 from ..model import Transformer
 from ..model.export_cli import MODEL_DIR_REQUIRED
 from ..processor import Processor
+from ..processor.familiarity import read_familiarity
 from ..tokens import Vocab, build_prompt, null_condition
 from ..utils.fileio import read_json
 from .engine import Engine, Request
@@ -37,6 +39,8 @@ from .sampling import SamplingParams
 
 __all__ = ["OmniModel", "GENERATION_KEYS", "TASK_PROMPTS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
            "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
+
+log = logging.getLogger("omniloom.infer")
 
 
 @dataclass
@@ -66,6 +70,7 @@ class ImageOut:
 class Done:
     finish_reason: str  # "stop" (the model ended its turn) or "length"
     usage: dict[str, int]  # prompt_tokens, completion_tokens, and completion tokens per modality
+    warnings: list[str] = field(default_factory=list)  # e.g. input unlike the model's training data
 
 
 class _TextStream:
@@ -163,14 +168,14 @@ class OmniModel:
     """
 
     def __init__(self, model: Transformer, vocab: Vocab, text_tokenizer: Any, codecs: dict[str, Any] | None = None,
-                 compile: bool = False, generation: dict | None = None):
+                 compile: bool = False, generation: dict | None = None, familiarity: dict | None = None):
         if model.cfg.vocab_size < vocab.size:
             raise ValueError(f"model vocabulary ({model.cfg.vocab_size}) is smaller than vocab.json ({vocab.size})")
         self.model = model.eval()
         self.vocab = vocab
         self.tok = text_tokenizer
         self.codecs = dict(codecs or {})
-        self.processor = Processor(vocab, text_tokenizer, self.codecs)
+        self.processor = Processor(vocab, text_tokenizer, self.codecs, familiarity=familiarity)
         self.engine = Engine(model, compile=compile)
         self.generation = dict(generation or {})
         self.on_prompt: Callable[[list[int]], None] | None = None
@@ -243,7 +248,8 @@ class OmniModel:
             from ..model.quant import quantize_int8
 
             quantize_int8(model)
-        return cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path))
+        return cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path),
+                   familiarity=read_familiarity(path))
 
 
 def _describe_edit(omni: OmniModel, header: list[int], sampling: SamplingParams) -> list[int]:
@@ -300,6 +306,10 @@ def generate(
     # media encoded once, for the prompt and the drawing search
     coded = proc.to_code_messages(messages, base_dir)
     prompt = proc.prompt_ids(coded, output_modality, voice)
+    warnings = [p["unfamiliar"]["message"] for m in coded for p in m["content"]
+                if isinstance(p, dict) and "unfamiliar" in p]
+    for w in warnings:
+        log.warning(w)
     if omni.on_prompt is not None:
         omni.on_prompt(prompt)
     uncond = None
@@ -434,7 +444,7 @@ def generate(
         ev = flush_audio(final=True)
         if ev is not None:
             yield ev
-    yield Done(finish, usage)
+    yield Done(finish, usage, warnings)
 
 
 def _image_event(omni: OmniModel, codes: list[int]) -> ImageOut:

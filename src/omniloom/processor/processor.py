@@ -32,6 +32,7 @@ from ..tokens.template import (
 )
 from ..tokens.vocab import Vocab
 from ..utils.media import load_audio, load_image
+from .familiarity import audio_error, image_error, unfamiliar_note
 
 __all__ = ["Processor", "RAW_PART_TYPES"]
 
@@ -54,8 +55,10 @@ class Processor:
         codecs: dict[str, Any] | None = None,
         media_root: str | Path | None = None,
         max_video_frames: int = 64,
+        familiarity: dict | None = None,
     ) -> None:
         self.vocab = vocab
+        self.familiarity = familiarity  # familiarity.json: flag media unlike the training data
         self.text_tokenizer = text_tokenizer
         self.codecs = dict(codecs or {})
         self.media_root = Path(media_root) if media_root is not None else None
@@ -83,16 +86,24 @@ class Processor:
                              f"(codecs: {sorted(self.codecs) or 'none'})")
         return codec
 
-    def _image_codes(self, src: Any, base_dir: Path | None, where: str, part_type: str) -> list[int]:
+    def _image_codes(self, src: Any, base_dir: Path | None, where: str, part_type: str) -> tuple[list[int], dict]:
+        """(codes, extra keys for the code part: an ``unfamiliar`` note when familiarity.json flags it)."""
         codec = self._codec("image", where, part_type)
         try:
             x = load_image(src, getattr(codec, "resolution", None), base_dir)  # (3, H, W)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        return codec.encode(x[None])[0].tolist()  # (1, N) -> N
+        codes = codec.encode(x[None])  # (1, N)
+        extra = {}
+        entry = (self.familiarity or {}).get("image")
+        if entry is not None:
+            score = float(image_error(codec, x[None], codes)[0])
+            if score > entry["threshold"]:
+                extra["unfamiliar"] = unfamiliar_note("image", score, entry, where)
+        return codes[0].tolist(), extra
 
     def _audio_codes(self, src: Any, base_dir: Path | None, where: str, part_type: str,
-                     source_rate: int | None = None) -> list[list[int]]:
+                     source_rate: int | None = None) -> tuple[list[list[int]], dict]:
         codec = self._codec("audio", where, part_type)
         try:
             wav = load_audio(src, codec.sample_rate, base_dir, source_rate=source_rate)  # (samples,)
@@ -100,7 +111,14 @@ class Processor:
             raise ValueError(f"{where}: {e}") from None
         if wav.numel() == 0:
             raise ValueError(f"{where}: the audio has no samples")
-        return codec.encode(wav[None])[0].tolist()  # (1, F, K) -> F x K
+        codes = codec.encode(wav[None])  # (1, F, K)
+        extra = {}
+        entry = (self.familiarity or {}).get("audio")
+        if entry is not None:
+            score = audio_error(codec, wav, codes)
+            if score > entry["threshold"]:
+                extra["unfamiliar"] = unfamiliar_note("audio", score, entry, where)
+        return codes[0].tolist(), extra
 
     def _video_frames(self, part: dict, base_dir: Path | None, where: str) -> tuple[torch.Tensor, float]:
         """(F, 3, R, R) frames and their fps."""
@@ -145,12 +163,14 @@ class Processor:
             url = spec.get("url") if isinstance(spec, dict) else spec
             if not url:
                 raise ValueError(f"{where}: image_url part has no url")
-            return {"type": "image_codes", "codes": self._image_codes(url, base, where, kind)}
+            codes, extra = self._image_codes(url, base, where, kind)
+            return {"type": "image_codes", "codes": codes, **extra}
         if kind == "image":
             src = part.get("image", part.get("path"))
             if src is None:
                 raise ValueError(f"{where}: image part needs 'image' or 'path'")
-            return {"type": "image_codes", "codes": self._image_codes(src, base, where, kind)}
+            codes, extra = self._image_codes(src, base, where, kind)
+            return {"type": "image_codes", "codes": codes, **extra}
         if kind == "input_audio":
             spec = part.get("input_audio")
             if not isinstance(spec, dict) or not spec.get("data"):
@@ -160,16 +180,16 @@ class Processor:
                 data = base64.b64decode(spec["data"], validate=False)
             except (binascii.Error, ValueError) as e:
                 raise ValueError(f"{where}: input_audio data is not valid base64 ({e})") from None
-            codes = self._audio_codes(data, base, where, kind)
+            codes, extra = self._audio_codes(data, base, where, kind)
             return {"type": "audio_codes", "codes": codes, "voice": part.get("voice"),
-                    "transcript": part.get("transcript")}
+                    "transcript": part.get("transcript"), **extra}
         if kind == "audio":
             src = part.get("audio", part.get("path"))
             if src is None:
                 raise ValueError(f"{where}: audio part needs 'audio' or 'path'")
-            codes = self._audio_codes(src, base, where, kind, part.get("sample_rate"))
+            codes, extra = self._audio_codes(src, base, where, kind, part.get("sample_rate"))
             return {"type": "audio_codes", "codes": codes, "voice": part.get("voice"),
-                    "transcript": part.get("transcript")}
+                    "transcript": part.get("transcript"), **extra}
         if kind == "video":
             frames, fps = self._video_frames(part, base, where)
             codec = self.codecs.get("video") or self.codecs["image"]

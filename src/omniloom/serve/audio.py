@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..infer.generate import AudioChunk, Done, TextDelta, generate
 from ..infer.sampling import SamplingParams
 from .chat import watch_disconnect
+from .chat import _warnings
 from .errors import bad_request
 from .media import API_RATE, AUDIO_MIME, Resampler, encode_audio, pcm16_bytes
 
@@ -178,5 +179,6 @@ async def transcriptions(
         seg = {"id": 0, "seek": 0, "start": 0.0, "end": round(secs, 3), "text": out, "tokens": [],
                "temperature": temperature, "avg_logprob": 0.0, "compression_ratio": 1.0, "no_speech_prob": 0.0}
         return JSONResponse({"task": "transcribe", "language": language or "english", "duration": round(secs, 3),
-                             "text": out, "segments": [seg], "usage": {"type": "duration", "seconds": secs}})
-    return JSONResponse({"text": out, "usage": usage})
+                             "text": out, "segments": [seg], "usage": {"type": "duration", "seconds": secs},
+                             **_warnings(done)})
+    return JSONResponse({"text": out, "usage": usage, **_warnings(done)})

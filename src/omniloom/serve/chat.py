@@ -79,6 +79,11 @@ def plan_outputs(modalities: list[str] | None) -> tuple[str | None, tuple[str, .
     return None, ("text",)
 
 
+def _warnings(done) -> dict:
+    """omniloom's extension field: ``{"warnings": [...]}`` when the input was unlike the training data."""
+    return {"warnings": list(done.warnings)} if done is not None and done.warnings else {}
+
+
 async def watch_disconnect(request: Request, job) -> None:
     """Cancel ``job`` when the HTTP client goes away (non-streaming answers)."""
     while not job.cancel.is_set():
@@ -183,15 +188,16 @@ async def _whole(st: ServerState, job, request: Request, cid: str, created: int,
             "system_fingerprint": None, "service_tier": None,
             "choices": [{"index": 0, "message": message, "logprobs": None,
                          "finish_reason": done.finish_reason if done else "stop"}],
-            "usage": usage}
+            "usage": usage, **_warnings(done)}
 
 
 async def _stream(st: ServerState, job, cid: str, created: int, audio_out: bool, include_usage: bool):
-    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None,
+              extra: dict | None = None) -> str:
         obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": st.settings.model_id,
                "system_fingerprint": None,
                "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
-                                                     "finish_reason": finish}]}
+                                                     "finish_reason": finish}], **(extra or {})}
         if include_usage:
             obj["usage"] = usage
         return f"data: {json.dumps(obj)}\n\n"
@@ -231,7 +237,7 @@ async def _stream(st: ServerState, job, cid: str, created: int, audio_out: bool,
             if tail.size:
                 yield chunk({"audio": {"id": aid, "data": base64.b64encode(pcm16_bytes(tail)).decode()}})
             st.audio_store[aid] = ("".join(transcript), exp)
-        yield chunk({}, done.finish_reason if done else "stop")
+        yield chunk({}, done.finish_reason if done else "stop", extra=_warnings(done))
         if include_usage:
             yield chunk(None, usage=st.usage(done.usage if done else {}, job.prompt_ids))
         yield "data: [DONE]\n\n"

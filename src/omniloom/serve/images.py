@@ -65,7 +65,7 @@ def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float
 async def _run(st, request: Request, messages: list[dict], n: int, guidance: float, candidates: int = 1) -> dict:
     job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance, candidates))
     watcher = asyncio.create_task(watch_disconnect(request, job))
-    data, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+    data, usage, warnings = [], {"prompt_tokens": 0, "completion_tokens": 0}, []
     try:
         await job.ready()
         async for ev in job.events():
@@ -75,6 +75,7 @@ async def _run(st, request: Request, messages: list[dict], n: int, guidance: flo
             elif isinstance(ev, Done):
                 usage["prompt_tokens"] += ev.usage.get("prompt_tokens", 0)
                 usage["completion_tokens"] += ev.usage.get("completion_tokens", 0)
+                warnings += [w for w in ev.warnings if w not in warnings]
     finally:
         watcher.cancel()
         job.cancel.set()
@@ -83,7 +84,8 @@ async def _run(st, request: Request, messages: list[dict], n: int, guidance: flo
     return {"created": int(time.time()), "data": data, "output_format": "png",
             "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
                       "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"],
-                      "input_tokens_details": {"text_tokens": usage["prompt_tokens"], "image_tokens": 0}}}
+                      "input_tokens_details": {"text_tokens": usage["prompt_tokens"], "image_tokens": 0}},
+            **({"warnings": warnings} if warnings else {})}
 
 
 @router.post("/v1/images/generations")

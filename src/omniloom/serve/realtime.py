@@ -456,6 +456,8 @@ class RealtimeSession:
                              "input_token_details": {**u["prompt_tokens_details"]},
                              "output_token_details": {"text_tokens": u["completion_tokens_details"]["text_tokens"],
                                                       "audio_tokens": u["completion_tokens_details"]["audio_tokens"]}}
+            if done is not None and done.warnings:
+                resp["warnings"] = list(done.warnings)  # omniloom extension: input unlike the training data
             await self.send("response.done", response=resp)
         except (WebSocketDisconnect, RuntimeError):
             pass
