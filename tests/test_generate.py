@@ -155,3 +155,35 @@ def test_on_prompt_sees_the_prompt_before_any_token_and_never_for_bad_input(omni
         assert seen == []
     finally:
         omni.on_prompt = None
+
+
+def test_speak_via_text_writes_then_speaks():
+    """A spoken answer written first as text (streamed as the transcript), then spoken through the
+    model's own speak prompt; the token budget covers both parts."""
+    from omniloom.infer.generate import AudioChunk, Done, TextDelta, TranscriptDelta, generate
+    from omniloom.infer.sampling import SamplingParams
+    from omniloom.serve.tiny import build_tiny_model
+
+    omni = build_tiny_model()
+    msgs = [{"role": "user", "content": "what color is the triangle?"}]
+    sp = SamplingParams(max_new_tokens=40, temperature=0.0)
+    text = [ev.text for ev in generate(omni, msgs, outputs=("text",), sampling=SamplingParams(
+        max_new_tokens=20, temperature=0.0)) if isinstance(ev, TextDelta)]  # the text gets half the budget
+    evs = list(generate(omni, msgs, output_modality="audio", outputs=("audio",), voice="nova", sampling=sp,
+                        speak_via_text=True))
+    kinds = [type(ev).__name__ for ev in evs]
+    transcript = "".join(ev.text for ev in evs if isinstance(ev, TranscriptDelta))
+    assert transcript == "".join(text) and transcript.strip()  # the model's text answer, as it streamed
+    first_audio = kinds.index("AudioChunk")
+    assert "TranscriptDelta" not in kinds[first_audio:]  # written first, then spoken
+    done = evs[-1]
+    assert isinstance(done, Done) and done.usage["completion_tokens"] <= 40
+    assert done.usage["text_tokens"] + done.usage["audio_tokens"] <= done.usage["completion_tokens"]
+    # the speak prompt is what a direct spoken answer of that text would use
+    spoken = [ev for ev in evs if isinstance(ev, AudioChunk)]
+    direct = [ev for ev in generate(omni, [{"role": "user", "content": omni.task_prompt("speak", transcript.strip())}],
+                                    output_modality="audio", outputs=("audio",), voice="nova",
+                                    sampling=SamplingParams(max_new_tokens=40 - done.usage["text_tokens"],
+                                                            temperature=0.0), speak_via_text=False)
+              if isinstance(ev, AudioChunk)]
+    assert spoken and np.allclose(np.concatenate([c.pcm for c in spoken]), np.concatenate([c.pcm for c in direct]))

@@ -213,3 +213,18 @@ def test_generate_describes_edits_before_drawing_them_when_told_to(tmp_path):
         said, drawn = d["messages"][1]["content"]
         assert said == {"type": "text", "text": caption(Scene.from_dict(d["truth"]["target"]))}
         assert drawn["type"] == "image" and [c["type"] for c in p["messages"][1]["content"]] == ["image"]
+
+
+def test_world_scene_command_draws_the_captioned_scene(tmp_path, capsys):
+    from PIL import Image
+
+    from omniloom.cli import main
+    from omniloom.world.judges import image_match
+    from omniloom.world.scene import parse_caption
+
+    out = tmp_path / "scene.png"
+    assert main(["world", "scene", "--out", str(out), "--seed", "2"]) == 0
+    said = capsys.readouterr().out.split(": ", 1)[1].strip()
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert image_match(parse_caption(said), img)[0] == 1.0  # the world's own judge reads the caption back
+    assert main(["world", "scene", "--out", str(tmp_path / "x.jpg")]) == 2

@@ -96,7 +96,7 @@ from ..utils.model_dir import MODELS_DIR, resolve_model_dir  # noqa: E402  (re-e
 #: before drawing it (``omniloom world generate --restate edit``); :func:`generate` then lets it
 #: write that description first, and judges its candidate drawings against it
 GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1),
-                   "prompts": (dict, 0, 0), "voice_aliases": (dict, 0, 0)}
+                   "prompts": (dict, 0, 0), "voice_aliases": (dict, 0, 0), "speak_via_text": (bool, 0, 1)}
 
 #: the task prompts a model directory may name in generation.json's ``prompts``: the instruction it
 #: was trained to answer for each job the server and the drawing search give it (``speak`` holds
@@ -275,8 +275,16 @@ def generate(
     base_dir: str | Path | None = None,
     image_candidates: int = 1,
     describe: str | None = None,
+    speak_via_text: bool | None = None,
 ) -> Iterator[TextDelta | TranscriptDelta | AudioChunk | ImageOut | Done]:
     """Answer ``messages`` (OpenAI-style, raw media allowed) as a stream of events.
+
+    ``speak_via_text`` (default: the model's generation.json ``speak_via_text``): a spoken answer
+    (``output_modality="audio"``, no image) is written first as text, which streams out as its
+    transcript, and then spoken by the same model through its ``speak`` task prompt. For a model whose
+    text answers are better than its direct spoken ones (the world model answers "what color is the
+    triangle?" right in text, but speaks about shapes it was not asked about); see docs/serve.md.
+    ``max_new_tokens`` bounds both parts together; the text may take at most half of it.
 
     ``output_modality`` forces how the answer starts ("text", "image", "audio"); ``outputs`` limits
     what it may contain. ``cfg_scale`` > 1 applies classifier-free guidance inside image spans
@@ -293,6 +301,58 @@ def generate(
     writes the edited scene's description (a text event, when ``outputs`` holds text), then draws;
     with ``image_candidates`` > 1 the candidates are judged against that description.
     """
+    if speak_via_text is None:
+        speak_via_text = bool(omni.generation.get("speak_via_text"))
+    if speak_via_text and output_modality == "audio" and "image" not in outputs and omni.has_task("speak"):
+        yield from _speak_via_text(omni, messages, voice, sampling, audio_chunk_frames, base_dir)
+        return
+    yield from _generate(omni, messages, output_modality, outputs, voice, sampling, cfg_scale, audio_chunk_frames,
+                         base_dir, image_candidates, describe)
+
+
+def _speak_via_text(omni: OmniModel, messages: Sequence[dict], voice: str | None, sampling: SamplingParams | None,
+                    audio_chunk_frames: int, base_dir: str | Path | None) -> Iterator[Any]:
+    """A spoken answer written first as text (streamed as its transcript), then spoken by the model."""
+    sampling = sampling or SamplingParams(temperature=0.0)
+    text, first = [], None
+    budget = replace(sampling, max_new_tokens=max(1, sampling.max_new_tokens // 2))  # half is left to speak it
+    for ev in _generate(omni, messages, None, ("text",), None, budget, base_dir=base_dir):
+        if isinstance(ev, TextDelta):
+            text.append(ev.text)
+            yield TranscriptDelta(ev.text)
+        elif isinstance(ev, Done):
+            first = ev
+    assert first is not None
+    said = "".join(text).strip()
+    left = sampling.max_new_tokens - int(first.usage.get("completion_tokens", 0))
+    if not said or left < 2:
+        yield Done("length" if said else first.finish_reason, first.usage, first.warnings)
+        return
+    usage = dict(first.usage)
+    speak = [{"role": "user", "content": omni.task_prompt("speak", said)}]
+    for ev in _generate(omni, speak, "audio", ("audio",), voice, replace(sampling, max_new_tokens=left),
+                        audio_chunk_frames=audio_chunk_frames):
+        if isinstance(ev, AudioChunk):
+            yield ev
+        elif isinstance(ev, Done):
+            for k in ("completion_tokens", "text_tokens", "audio_tokens", "image_tokens"):
+                usage[k] = usage.get(k, 0) + int(ev.usage.get(k, 0))
+            yield Done(ev.finish_reason, usage, first.warnings)
+
+
+def _generate(
+    omni: OmniModel,
+    messages: Sequence[dict],
+    output_modality: str | None = None,
+    outputs: Sequence[str] = OUTPUTS,
+    voice: str | None = None,
+    sampling: SamplingParams | None = None,
+    cfg_scale: float = 1.0,
+    audio_chunk_frames: int = 2,
+    base_dir: str | Path | None = None,
+    image_candidates: int = 1,
+    describe: str | None = None,
+) -> Iterator[TextDelta | TranscriptDelta | AudioChunk | ImageOut | Done]:
     vocab, proc = omni.vocab, omni.processor
     if output_modality is not None and output_modality not in OUTPUTS:
         raise ValueError(f"output_modality {output_modality!r} is not one of {OUTPUTS}")

@@ -46,7 +46,7 @@ class SpeechRequest(BaseModel):
 
 def _speech_job(text: str, voice: str, max_tokens: int, seed: int | None):
     def fn(omni):
-        yield from generate(omni, [{"role": "user", "content": omni.task_prompt("speak", text)}],
+        yield from generate(omni, [{"role": "user", "content": omni.task_prompt("speak", text)}], speak_via_text=False,
                             output_modality="audio", outputs=("audio",), voice=voice,
                             sampling=SamplingParams(max_new_tokens=max_tokens, temperature=1.0, seed=seed))
     return fn

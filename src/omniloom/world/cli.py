@@ -3,6 +3,7 @@
   omniloom world generate --out data/world --split train --n 10000 --seed 0 --workers 2
   omniloom world generate --out data/world --split compositional --n 500 --tasks caption,vqa
   omniloom world generate --out data/world --split train --n 1000 --mixture vqa=3,math=0
+  omniloom world scene --out scene.png --seed 3          # one scene to show a model
   omniloom world judge-floor --n 40 --json floor.json
   omniloom world bench --n 64 --json bench.json
 
@@ -37,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "plus four is seven'); edit describes the edited scene in text before drawing it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    sc = sub.add_parser("scene", help="draw one random scene to a PNG and print its caption",
+                        description="Draw one random scene of the world (deterministic per --seed) to a PNG, "
+                                    "e.g. an image to show the bundled model: omniloom world scene --out scene.png")
+    sc.add_argument("--out", required=True, help="PNG file to write")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--objects", type=int, default=None, choices=[1, 2, 3], help="how many shapes (default: 1-3)")
+
     f = sub.add_parser("judge-floor", help="measure the speech judge's error on eSpeak renders in held-out voices")
     f.add_argument("--n", type=int, default=40, help="utterances per voice per judge kind")
     f.add_argument("--seed", type=int, default=1234)
@@ -66,6 +74,22 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(Path(args.out) / "generation.json", {"prompts": TASK_PROMPTS})
         print(f"wrote {args.n} samples to {path}")
         return 0
+    if cmd == "scene":
+        import numpy as np
+        from PIL import Image
+
+        from .render import render_scene
+        from .scene import caption, sample_scene
+
+        out = Path(args.out)
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"--out {out} must end in .png")
+        rng = np.random.default_rng(args.seed)
+        scene = sample_scene(rng, args.objects)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_scene(scene, rng)).save(out)
+        print(f"wrote {out}: {caption(scene)}")
+        return 0
     if cmd == "judge-floor":
         from .floor import main_floor
 
@@ -74,4 +98,4 @@ def run(args: argparse.Namespace) -> int:
         from .bench import main_bench
 
         return main_bench(n=args.n, workers=args.workers, json_out=args.json)
-    raise ValueError("missing command: use `omniloom world generate|judge-floor|bench` (see --help)")
+    raise ValueError("missing command: use `omniloom world generate|scene|judge-floor|bench` (see --help)")
