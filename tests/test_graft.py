@@ -406,6 +406,14 @@ def test_delta_directory_rebuilds_the_model_from_its_base(tmp_path, capsys):
     ids = torch.tensor([build_prompt(CONV, back.vocab, back.tok) + [T + 5, T + 9]])
     with torch.no_grad():
         assert (back.model(ids) - full(ids)).abs().max().item() <= 1e-5
+    # train.init_from takes the delta directory too: the base rebuilt with the delta, adapters folded in
+    from omniloom.train.loop import init_weights
+
+    cfg2 = config_from_dict(json.loads((tmp_path / "delta" / "config.json").read_text()))
+    fresh = Transformer(cfg2.model).eval()
+    init_weights(fresh, str(tmp_path / "delta"), cfg2, tmp_path / "delta" / "vocab.json")
+    with torch.no_grad():
+        assert (fresh(ids) - full(ids)).abs().max().item() <= 1e-5
     # refusals: a changed base row, no --base, a base that is not there or is another copy
     bad = dict(state)
     bad["embed_tokens.weight"] = bad["embed_tokens.weight"].clone()

@@ -295,10 +295,13 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
         d = resolve_model_dir(source)
     except ValueError as e:
         raise ValueError(f"train.init_from: {e}") from None
-    for name in ("model.safetensors", "config.json"):
+    from ..model.delta import is_delta_dir, read_delta
+
+    delta = is_delta_dir(d)
+    for name in ("config.json",) if delta else ("model.safetensors", "config.json"):
         if not (d / name).is_file():
             raise ValueError(f"train.init_from={source}: {d / name} is missing (a model directory or checkpoint "
-                             "holds model.safetensors + config.json)")
+                             "holds model.safetensors + config.json; a delta directory its delta over a base)")
     src_cfg = config_from_dict(read_json(d / "config.json", "model config"))
     theirs = config_to_dict(src_cfg.model)
     ours = config_to_dict(cfg.model)
@@ -314,7 +317,10 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
         raise ValueError(f"train.init_from={source}: the training data's vocabulary {data_vocab} is not the one "
                          f"{d} was trained with; tokenize the data with --vocab {d / 'vocab.json'} "
                          f"--tokenizer {d / 'tokenizer.json'}")
-    state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
+    if delta:  # the base (from its package) with the delta applied; adapters come folded in
+        state = read_delta(d)[1]
+    else:
+        state = {k: v.float() for k, v in load_file(str(d / "model.safetensors")).items()}
     from ..model.lora import is_adapter_key, merge_lora_state
 
     own = model.state_dict()
