@@ -97,3 +97,22 @@ def load_codec(name_or_path: str | Path, device: str = "cpu") -> Codec:
         raise ValueError(f"codec type {cfg['type']!r} needs {module_name}, which cannot be imported: {e}") from e
     cls = getattr(module, class_name)
     return cls.from_pretrained(directory, device=device)
+
+
+def model_codec_refs(model_dir: str | Path) -> dict[str, str | Path]:
+    """A model directory's ``codecs.json`` (kind -> codec name or folder) with folders inside the
+    model directory resolved against it; {} when it has none."""
+    import json
+
+    d = Path(model_dir)
+    f = d / "codecs.json"
+    if not f.is_file():
+        return {}
+    try:
+        refs = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: cannot read ({e})") from None
+    if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
+        raise ValueError(f"{f} must map each modality to a codec name or folder")
+    return {kind: d / ref if (d / ref).is_dir() else ref for kind, ref in refs.items()}
+

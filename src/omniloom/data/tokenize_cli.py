@@ -52,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model:
         from ..utils.model_dir import resolve_model_dir
-        from ..utils.fileio import read_json
 
         d = resolve_model_dir(args.model)
         for name in ("tokenizer.json", "vocab.json"):
@@ -62,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         if args.tokenizer or args.vocab:
             raise ValueError("--model gives the tokenizer and the vocabulary; drop --tokenizer / --vocab")
         args.tokenizer, args.vocab = str(d / "tokenizer.json"), str(d / "vocab.json")
-        if not args.codec and (d / "codecs.json").is_file():
-            args.codec = [str(d / ref) if (d / ref).is_dir() else ref for ref in read_json(d / "codecs.json").values()]
+        if not args.codec:
+            from ..codecs import model_codec_refs
+
+            args.codec = [str(ref) for ref in model_codec_refs(d).values()]
     if not args.tokenizer:
         raise ValueError("give --tokenizer tokenizer.json, or --model to take a model's tokenizer, vocab and codecs")
     codecs, names = {}, {}

@@ -209,7 +209,7 @@ class OmniModel:
         """
         from safetensors.torch import load_file
 
-        from ..codecs import load_codec
+        from ..codecs import load_codec, model_codec_refs
         from ..codecs.text import TextTokenizer
 
         path = resolve_model_dir(path)
@@ -237,10 +237,8 @@ class OmniModel:
             raise ValueError(f"{path} weights do not fit config.json: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
         codecs: dict[str, Any] = {}
-        if (path / "codecs.json").is_file():
-            for kind, name in read_json(path / "codecs.json").items():
-                ref = path / name if (path / name).is_dir() else name
-                codecs[kind] = load_codec(ref)
+        for kind, ref in model_codec_refs(path).items():
+            codecs[kind] = load_codec(ref)
         vocab = Vocab.load(path / "vocab.json")
         tok = tok or TextTokenizer.load(path / "tokenizer.json")
         model = model.to(device)

@@ -323,18 +323,11 @@ class _Parser:
                                     "audio", "/audio", "video", "/video", "frame", "null")}
         self.role_of = {self.S[r]: r for r in ROLES}
         # a grafted vocab's headers, turn end and begin/end of text are runs of text ids
-        self.runs: list[tuple[list[int], str | None]] = []
-        if vocab.chat:
-            self.runs = [(vocab.header_ids(r), r) for r in ROLES] + [(vocab.end_ids, None)]
-            self.runs += [(ids, None) for ids in (vocab.bos_ids, vocab.eos_ids) if ids]
-            self.runs.sort(key=lambda r: -len(r[0]))
+        self.runs = vocab.chat_runs() if vocab.chat else []
 
     def run_at(self) -> tuple[int, str | None] | None:
         """(length, role or None) of a chat-format run starting at ``pos``, if one does."""
-        for ids, role in self.runs:
-            if self.ids[self.pos:self.pos + len(ids)] == ids:
-                return len(ids), role
-        return None
+        return self.v.run_at(self.ids, self.pos, self.runs)
 
     def bad(self, msg: str) -> None:
         if self.strict:

@@ -275,24 +275,35 @@ class Vocab:
         """A whole system turn that a conversation without one starts with (empty: none)."""
         return list(self.chat.get("default_system", [])) if self.chat else []
 
+    def chat_runs(self, roles_only: bool = False) -> list[tuple[list[int], str | None]]:
+        """The id runs that structure a conversation, longest first (so that one run beginning another
+        is matched whole): each role's header with its role, and (unless ``roles_only``) the turn end,
+        bos and eos with None. Single special ids for omniloom's own format, text-id runs for a graft."""
+        runs: list[tuple[list[int], str | None]] = [(self.header_ids(r), r) for r in ("system", "user", "assistant")]
+        if not roles_only:
+            runs += [(self.end_ids, None)] + [(ids, None) for ids in (self.bos_ids, self.eos_ids) if ids]
+        return sorted(runs, key=lambda r: -len(r[0]))
+
+    @staticmethod
+    def run_at(ids: Sequence[int], pos: int, runs: list[tuple[list[int], str | None]]) -> tuple[int, str | None] | None:
+        """(length, role or None) of the first of ``runs`` that starts at ``ids[pos]``, else None."""
+        for run, role in runs:
+            if run and ids[pos] == run[0] and list(ids[pos:pos + len(run)]) == run:
+                return len(run), role
+        return None
+
     def find_headers(self, ids: Sequence[int]) -> list[tuple[int, int, str]]:
         """``(start, stop, role)`` of every turn header in ``ids``, in order."""
         ids = [int(i) for i in ids]
-        heads = [(self.header_ids(r), r) for r in ("system", "user", "assistant")]
-        heads.sort(key=lambda h: -len(h[0]))  # the longest first, should one header begin another
-        firsts = {h[0] for h, _ in heads}
-        out, i, n = [], 0, len(ids)
-        while i < n:
-            if ids[i] in firsts:
-                for h, role in heads:
-                    if ids[i:i + len(h)] == h:
-                        out.append((i, i + len(h), role))
-                        i += len(h)
-                        break
-                else:
-                    i += 1
-            else:
+        runs = self.chat_runs(roles_only=True)
+        out, i = [], 0
+        while i < len(ids):
+            hit = self.run_at(ids, i, runs)
+            if hit is None:
                 i += 1
+                continue
+            out.append((i, i + hit[0], str(hit[1])))
+            i += hit[0]
         return out
 
     # voices ---------------------------------------------------------------
