@@ -165,7 +165,9 @@ def test_speak_via_text_writes_then_speaks():
     from omniloom.serve.tiny import build_tiny_model
 
     omni = build_tiny_model()
-    msgs = [{"role": "user", "content": "what color is the triangle?"}]
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    msgs = [{"role": "user", "content": [{"type": "image", "image": image},
+                                         {"type": "text", "text": "what color is the triangle?"}]}]
     sp = SamplingParams(max_new_tokens=40, temperature=0.0)
     text = [ev.text for ev in generate(omni, msgs, outputs=("text",), sampling=SamplingParams(
         max_new_tokens=20, temperature=0.0)) if isinstance(ev, TextDelta)]  # the text gets half the budget
@@ -187,3 +189,12 @@ def test_speak_via_text_writes_then_speaks():
                                                             temperature=0.0), speak_via_text=False)
               if isinstance(ev, AudioChunk)]
     assert spoken and np.allclose(np.concatenate([c.pcm for c in spoken]), np.concatenate([c.pcm for c in direct]))
+    # a question without an image (e.g. "say ...": the model's own speech task) is spoken directly
+    plain = [{"role": "user", "content": "say a red circle"}]
+
+    def pcm(via):
+        return np.concatenate([ev.pcm for ev in generate(omni, plain, output_modality="audio", outputs=("audio",),
+                                                         voice="nova", sampling=SamplingParams(
+                                                             max_new_tokens=40, temperature=0.0), speak_via_text=via)
+                               if isinstance(ev, AudioChunk)])
+    assert np.array_equal(pcm(True), pcm(False))

@@ -278,12 +278,13 @@ def generate(
     """Answer ``messages`` (OpenAI-style, raw media allowed) as a stream of events.
 
     ``speak_via_text`` (default: the model's generation.json ``speak_via_text``): a spoken answer
-    (``output_modality="audio"``, no image) to a question that is not itself spoken is written first
-    as text, which streams out as its transcript, and then spoken by the same model through its
-    ``speak`` task prompt. For a model whose text answers to text questions are better than its
-    direct spoken ones (the world model answers "what color is the star?" right in text, but speaks
-    about shapes it was not asked about); spoken questions keep the direct spoken answer the model
-    was trained to give (bench/spoken_answers.py, docs/serve.md).
+    (``output_modality="audio"``, no image) to a written question about an image or video (the last
+    user turn shows one and holds no audio) is written first as text, which streams out as its
+    transcript, and then spoken by the same model through its ``speak`` task prompt. For a model
+    whose text answers about images are better than its direct spoken ones (the world model answers
+    "what color is the star?" right in text, but speaks about shapes it was not asked about). Other
+    spoken answers (to spoken questions, to "say ...") stay direct, as the model was trained
+    (bench/spoken_answers.py, docs/serve.md).
     ``max_new_tokens`` bounds both parts together; the text may take at most half of it.
 
     ``output_modality`` forces how the answer starts ("text", "image", "audio"); ``outputs`` limits
@@ -304,21 +305,25 @@ def generate(
     if speak_via_text is None:
         speak_via_text = bool(omni.generation.get("speak_via_text"))
     if speak_via_text and output_modality == "audio" and "image" not in outputs and omni.has_task("speak") \
-            and not _last_user_speaks(messages):
+            and _last_user_parts(messages) >= {"image"} and "audio" not in _last_user_parts(messages):
         yield from _speak_via_text(omni, messages, voice, sampling, audio_chunk_frames, base_dir)
         return
     yield from _generate(omni, messages, output_modality, outputs, voice, sampling, cfg_scale, audio_chunk_frames,
                          base_dir, image_candidates, describe)
 
 
-def _last_user_speaks(messages: Sequence[dict]) -> bool:
-    """Whether the last user turn holds audio (a spoken question is answered in speech directly)."""
+def _last_user_parts(messages: Sequence[dict]) -> set[str]:
+    """The media kinds in the last user turn ("image" for images and video, "audio")."""
+    kinds = {"image_url": "image", "image": "image", "input_image": "image", "image_codes": "image", "video": "image",
+             "video_url": "image", "video_codes": "image", "audio": "audio", "input_audio": "audio",
+             "audio_codes": "audio"}
     for m in reversed(list(messages)):
         if isinstance(m, dict) and m.get("role") == "user":
             content = m.get("content")
-            return isinstance(content, list) and any(
-                isinstance(p, dict) and p.get("type") in ("audio", "input_audio", "audio_codes") for p in content)
-    return False
+            if not isinstance(content, list):
+                return set()
+            return {kinds[p["type"]] for p in content if isinstance(p, dict) and p.get("type") in kinds}
+    return set()
 
 
 def _speak_via_text(omni: OmniModel, messages: Sequence[dict], voice: str | None, sampling: SamplingParams | None,
