@@ -17,7 +17,7 @@ import soundfile as sf
 from PIL import Image
 
 from omniloom.serve import ServeSettings, create_app
-from omniloom.serve.testing import serve_in_thread
+from omniloom.serve.testing import mp4_data_url, serve_in_thread
 from omniloom.serve.tiny import build_tiny_model
 from omniloom.utils.media import FIT_MAX_ASPECT, fit_square
 
@@ -140,19 +140,7 @@ def test_fit_square_never_resizes_to_a_huge_image(monkeypatch):
 
 # ---------------------------------------------------------------- item 10: no temp file outlives its request
 def _video_url() -> str:
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        s = out.add_stream("mpeg4", rate=4)
-        s.width = s.height = 64
-        s.pix_fmt = "yuv420p"
-        for i in range(2):
-            for p in s.encode(av.VideoFrame.from_ndarray(np.full((64, 64, 3), 80 * i, np.uint8), format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return "data:video/mp4;base64," + base64.b64encode(buf.getvalue()).decode()
+    return mp4_data_url(frames=2)
 
 
 def _leftovers(d):

@@ -12,7 +12,7 @@ import soundfile as sf
 from PIL import Image
 
 from omniloom.serve import ServeSettings, create_app
-from omniloom.serve.testing import serve_in_thread
+from omniloom.serve.testing import mp4_data_url, serve_in_thread
 from omniloom.serve.tiny import build_tiny_model
 
 KEY = "sk-test-key"
@@ -343,20 +343,7 @@ def test_disconnect_cancels_generation(server):
 
 
 def test_chat_video_url_part(client):
-    import av
-
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        s = out.add_stream("mpeg4", rate=4)
-        s.width = s.height = 64
-        s.pix_fmt = "yuv420p"
-        for i in range(4):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60 * i, np.uint8), format="rgb24")
-            for p in s.encode(frame):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    video = {"type": "video_url", "video_url": {"url": _data_url(buf.getvalue(), "video/mp4")}}
+    video = {"type": "video_url", "video_url": {"url": mp4_data_url(frames=4)}}
     r = client.chat.completions.create(model="tiny", max_tokens=3, messages=[
         {"role": "user", "content": [video, {"type": "text", "text": "what moves?"}]}])
     assert r.usage.prompt_tokens_details.image_tokens == 4 * 64  # 1 s at 4 fps, 64 codes a frame

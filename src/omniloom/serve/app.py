@@ -96,11 +96,13 @@ class GuardMiddleware:
     def __init__(self, app: ASGIApp, settings: ServeSettings):
         self.app, self.settings = app, settings
 
-    async def _reject(self, send: Send, status: int, message: str, code: str) -> None:
+    async def _reject(self, send: Send, status: int, message: str, code: str, websocket: bool = False) -> None:
+        """An error response in OpenAI's envelope; for a WebSocket, as the handshake's HTTP answer."""
         body = json.dumps(error_body(status, message, code=code)).encode()
-        await send({"type": "http.response.start", "status": status,
+        kind = "websocket.http.response" if websocket else "http.response"
+        await send({"type": f"{kind}.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": f"{kind}.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -110,25 +112,13 @@ class GuardMiddleware:
         if not origin_allowed(origin, _header(scope, b"host"), self.settings.allowed_origins):
             msg = (f"Origin {origin!r} may not call this server (allowed: same origin, loopback, and "
                    "--allow-origin)")
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "websocket.http.response.body",
-                            "body": json.dumps(error_body(403, msg, code="origin_not_allowed")).encode()})
-                return
-            return await self._reject(send, 403, msg, "origin_not_allowed")
+            return await self._reject(send, 403, msg, "origin_not_allowed", scope["type"] == "websocket")
         key = self.settings.api_key
         if key and path not in PUBLIC and not path.startswith("/static/"):
             given = _bearer(scope) or (_ws_key(scope) if scope["type"] == "websocket" else None)
             if not given or not hmac.compare_digest(given.encode(), key.encode()):
                 msg = "Incorrect API key provided" if given else "Missing API key: send 'Authorization: Bearer KEY'"
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.http.response.start", "status": 401,
-                                "headers": [(b"content-type", b"application/json")]})
-                    await send({"type": "websocket.http.response.body",
-                                "body": json.dumps(error_body(401, msg, code="invalid_api_key")).encode()})
-                    return
-                return await self._reject(send, 401, msg, "invalid_api_key")
+                return await self._reject(send, 401, msg, "invalid_api_key", scope["type"] == "websocket")
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.settings.max_body_bytes
