@@ -8,7 +8,9 @@ tokenizer and the codecs, loaded from one directory::
     codecs.json                      # optional: {"image": "image-world", "audio": "audio-world"}
     generation.json                  # optional: the model's recommended decoding for image answers,
                                      # {"cfg_scale": 2.0, "image_candidates": 16}, used by `omniloom
-                                     # chat` and `omniloom serve` when a request does not say
+                                     # chat` and `omniloom serve` when a request does not say; its task
+                                     # "prompts", "voice_aliases" and "speak_via_text" (docs/serve.md)
+    familiarity.json                 # optional: thresholds that flag input unlike the training data
 
 Audio is decoded while its codes arrive: every ``audio_chunk_frames`` frames (80 ms at 25 frames/s)
 the stream decoder turns them into samples and an :class:`AudioChunk` is yielded. Text inside an
