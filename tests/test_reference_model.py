@@ -48,7 +48,7 @@ def test_bundled_model_does_world_arithmetic(world, question, answer):
 
 
 @pytest.mark.slow
-def test_spoken_answers_about_an_image_say_what_the_text_answer_says(world, tmp_path):
+def test_spoken_answers_about_an_image_say_what_the_text_answer_says(world, tmp_path, capsys):
     """Issue 21.2: with --speak, 'what color is the star?' about a scene must not answer about other
     shapes. On 20 held-out vqa items the spoken answer (the model's default: written first, then
     spoken) is heard by the world's speech judge as the text answer (measured 50/50 agreement in
@@ -78,3 +78,12 @@ def test_spoken_answers_about_an_image_say_what_the_text_answer_says(world, tmp_
         heard, _ = _sj().pick(np.concatenate(pcm).astype(np.float32), list(dict.fromkeys(list(SHORT_ANSWERS) + [text])))
         agree += heard == text
     assert agree >= 18, f"{agree}/20 spoken answers say the text answer"
+    # the README's line: omniloom world scene --out scene.png --seed 2; omniloom chat --image scene.png
+    # "what color is the star?" --speak (the scene's one star is blue)
+    from omniloom.cli import main
+
+    assert main(["world", "scene", "--out", str(tmp_path / "scene.png"), "--seed", "2"]) == 0
+    capsys.readouterr()
+    assert main(["chat", "--image", str(tmp_path / "scene.png"), "what color is the star?", "--speak",
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].strip() == "blue"  # the transcript, as it streamed

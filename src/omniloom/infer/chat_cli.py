@@ -64,6 +64,7 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     import numpy as np
 
     from .generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta, generate
+    from .grammar import OUTPUTS
     from .sampling import SamplingParams
 
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -72,7 +73,8 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     text, transcript, audio, images = [], [], [], []
     done = None
     cfg_scale, candidates = omni.image_options(args.cfg_scale, args.image_candidates)
-    for ev in generate(omni, messages, output_modality=modality, voice=args.voice, sampling=sampling,
+    outputs = ("audio",) if args.speak else OUTPUTS  # --speak: a spoken answer (about an image: via text)
+    for ev in generate(omni, messages, output_modality=modality, outputs=outputs, voice=args.voice, sampling=sampling,
                        cfg_scale=cfg_scale, image_candidates=candidates):
         if isinstance(ev, TextDelta):
             text.append(ev.text)
