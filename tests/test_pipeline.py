@@ -42,6 +42,7 @@ def test_chat_one_shot_and_interactive(tmp_path, capsys, monkeypatch):
     test_checkpoint_is_a_model_directory(tmp_path)
     capsys.readouterr()
     run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # chat's default --out-dir is ./chat_out: keep it out of the checkout
     assert cli(["chat", "--model", str(run), "--max-new-tokens", "4", "what is 1 plus 1?"]) == 0
     out = capsys.readouterr()
     assert "tokens: prompt" in out.err and "answer" in out.err
