@@ -293,7 +293,7 @@ def test_foreign_origins_cannot_drive_the_server(keyed):
 
 def test_serve_refuses_a_public_bind_without_a_key(capsys):
     from omniloom.cli import main
-    from omniloom.serve.cli import is_loopback
+    from omniloom.serve.app import is_loopback
 
     assert main(["serve", "--host", "0.0.0.0", "--model", "/nonexistent"]) == 2
     assert "refusing to bind 0.0.0.0 without --api-key" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from ..tokens import Vocab, build_prompt, null_condition
 from ..utils.fileio import read_json
 from .engine import Engine, Request
 from .grammar import OUTPUTS, SpanGrammar
-from .rerank import edits_an_image
+from .rerank import edits_an_image, last_user_parts
 from .sampling import SamplingParams
 
 __all__ = ["OmniModel", "GENERATION_KEYS", "TASK_PROMPTS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
@@ -306,71 +306,11 @@ def generate(
     """
     if speak_via_text is None:
         speak_via_text = bool(omni.generation.get("speak_via_text"))
-    if speak_via_text and output_modality == "audio" and "image" not in outputs and omni.has_task("speak") \
-            and _last_user_parts(messages) >= {"image"} and "audio" not in _last_user_parts(messages):
-        yield from _speak_via_text(omni, messages, voice, sampling, audio_chunk_frames, base_dir)
-        return
-    yield from _generate(omni, messages, output_modality, outputs, voice, sampling, cfg_scale, audio_chunk_frames,
-                         base_dir, image_candidates, describe)
-
-
-def _last_user_parts(messages: Sequence[dict]) -> set[str]:
-    """The media kinds in the last user turn ("image" for images and video, "audio")."""
-    kinds = {"image_url": "image", "image": "image", "input_image": "image", "image_codes": "image", "video": "image",
-             "video_url": "image", "video_codes": "image", "audio": "audio", "input_audio": "audio",
-             "audio_codes": "audio"}
-    for m in reversed(list(messages)):
-        if isinstance(m, dict) and m.get("role") == "user":
-            content = m.get("content")
-            if not isinstance(content, list):
-                return set()
-            return {kinds[p["type"]] for p in content if isinstance(p, dict) and p.get("type") in kinds}
-    return set()
-
-
-def _speak_via_text(omni: OmniModel, messages: Sequence[dict], voice: str | None, sampling: SamplingParams | None,
-                    audio_chunk_frames: int, base_dir: str | Path | None) -> Iterator[Any]:
-    """A spoken answer written first as text (streamed as its transcript), then spoken by the model."""
-    sampling = sampling or SamplingParams(temperature=0.0)
-    text, first = [], None
-    budget = replace(sampling, max_new_tokens=max(1, sampling.max_new_tokens // 2))  # half is left to speak it
-    for ev in _generate(omni, messages, None, ("text",), None, budget, base_dir=base_dir):
-        if isinstance(ev, TextDelta):
-            text.append(ev.text)
-            yield TranscriptDelta(ev.text)
-        elif isinstance(ev, Done):
-            first = ev
-    assert first is not None
-    said = "".join(text).strip()
-    left = sampling.max_new_tokens - int(first.usage.get("completion_tokens", 0))
-    if not said or left < 2:
-        yield Done("length" if said else first.finish_reason, first.usage, first.warnings)
-        return
-    usage = dict(first.usage)
-    speak = [{"role": "user", "content": omni.task_prompt("speak", said)}]
-    for ev in _generate(omni, speak, "audio", ("audio",), voice, replace(sampling, max_new_tokens=left),
-                        audio_chunk_frames=audio_chunk_frames):
-        if isinstance(ev, AudioChunk):
-            yield ev
-        elif isinstance(ev, Done):
-            for k in ("completion_tokens", "text_tokens", "audio_tokens", "image_tokens"):
-                usage[k] = usage.get(k, 0) + int(ev.usage.get(k, 0))
-            yield Done(ev.finish_reason, usage, first.warnings)
-
-
-def _generate(
-    omni: OmniModel,
-    messages: Sequence[dict],
-    output_modality: str | None = None,
-    outputs: Sequence[str] = OUTPUTS,
-    voice: str | None = None,
-    sampling: SamplingParams | None = None,
-    cfg_scale: float = 1.0,
-    audio_chunk_frames: int = 2,
-    base_dir: str | Path | None = None,
-    image_candidates: int = 1,
-    describe: str | None = None,
-) -> Iterator[TextDelta | TranscriptDelta | AudioChunk | ImageOut | Done]:
+    if speak_via_text and output_modality == "audio" and "image" not in outputs and omni.has_task("speak"):
+        shown = {p.get("type") for p in last_user_parts(messages) or []}
+        if shown & _SHOWN_PARTS and not shown & _HEARD_PARTS:  # a written question about an image or video
+            yield from _speak_via_text(omni, messages, voice, sampling, audio_chunk_frames, base_dir)
+            return
     vocab, proc = omni.vocab, omni.processor
     if output_modality is not None and output_modality not in OUTPUTS:
         raise ValueError(f"output_modality {output_modality!r} is not one of {OUTPUTS}")
@@ -523,6 +463,40 @@ def _generate(
         if ev is not None:
             yield ev
     yield Done(finish, usage, warnings)
+
+
+_SHOWN_PARTS = {"image", "image_url", "input_image", "image_codes", "video", "video_url", "video_codes"}
+_HEARD_PARTS = {"audio", "input_audio", "audio_codes"}
+
+
+def _speak_via_text(omni: OmniModel, messages: Sequence[dict], voice: str | None, sampling: SamplingParams | None,
+                    audio_chunk_frames: int, base_dir: str | Path | None) -> Iterator[Any]:
+    """A spoken answer written first as text (streamed as its transcript), then spoken by the model."""
+    sampling = sampling or SamplingParams(temperature=0.0)
+    text, first = [], None
+    budget = replace(sampling, max_new_tokens=max(1, sampling.max_new_tokens // 2))  # half is left to speak it
+    for ev in generate(omni, messages, None, ("text",), None, budget, base_dir=base_dir, speak_via_text=False):
+        if isinstance(ev, TextDelta):
+            text.append(ev.text)
+            yield TranscriptDelta(ev.text)
+        elif isinstance(ev, Done):
+            first = ev
+    assert first is not None
+    said = "".join(text).strip()
+    left = sampling.max_new_tokens - int(first.usage.get("completion_tokens", 0))
+    if not said or left < 2:
+        yield Done("length" if said else first.finish_reason, first.usage, first.warnings)
+        return
+    usage = dict(first.usage)
+    speak = [{"role": "user", "content": omni.task_prompt("speak", said)}]
+    for ev in generate(omni, speak, "audio", ("audio",), voice, replace(sampling, max_new_tokens=left),
+                       audio_chunk_frames=audio_chunk_frames, speak_via_text=False):
+        if isinstance(ev, AudioChunk):
+            yield ev
+        elif isinstance(ev, Done):
+            for k in ("completion_tokens", "text_tokens", "audio_tokens", "image_tokens"):
+                usage[k] = usage.get(k, 0) + int(ev.usage.get(k, 0))
+            yield Done(ev.finish_reason, usage, first.warnings)
 
 
 def _image_event(omni: OmniModel, codes: list[int]) -> ImageOut:

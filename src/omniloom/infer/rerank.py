@@ -46,7 +46,7 @@ def drawing_description(text: str) -> str:
 _IMAGE_PARTS = {"image", "image_url", "image_codes"}
 
 
-def _last_user_parts(messages: Sequence[dict]) -> list[dict] | None:
+def last_user_parts(messages: Sequence[dict]) -> list[dict] | None:
     """The content parts of the last user turn, or None when there is no user turn."""
     users = [m for m in messages if m.get("role") == "user"]
     return normalize_content(users[-1].get("content"), "last user message") if users else None
@@ -54,7 +54,7 @@ def _last_user_parts(messages: Sequence[dict]) -> list[dict] | None:
 
 def edits_an_image(messages: Sequence[dict]) -> bool:
     """Whether the last user turn holds an image: an image answer to it is an edit."""
-    parts = _last_user_parts(messages)
+    parts = last_user_parts(messages)
     return parts is not None and any(p.get("type") in _IMAGE_PARTS for p in parts)
 
 
@@ -63,7 +63,7 @@ def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Pat
 
     Text is used as written (without a leading drawing verb); speech is transcribed by the model.
     """
-    parts = _last_user_parts(messages)
+    parts = last_user_parts(messages)
     if parts is None:
         return None
     kinds = {p.get("type") for p in parts}

@@ -56,7 +56,16 @@ def _header(scope: Scope, key: bytes) -> str | None:
     return None
 
 
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1; brackets allowed)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name, not an address: only "localhost" counts
+        return False
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
@@ -80,14 +89,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
         return False  # "null" (sandboxed frames, file:// pages) and other schemes
     if host is not None and u.netloc.lower() == host.lower():
         return True
-    if hostname in LOOPBACK_HOSTS:
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:  # a name, not an address: only "localhost" counts
-        return False
+    return is_loopback(hostname)
 
 
 class GuardMiddleware:

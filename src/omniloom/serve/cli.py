@@ -65,21 +65,12 @@ def resolve_model(name: str) -> tuple[Path, str]:
     return d, name if not Path(name).is_dir() else Path(name).resolve().name
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     import sys
 
     import uvicorn
+
+    from .app import is_loopback
 
     if not is_loopback(args.host) and not args.api_key and not args.insecure:
         print(f"omniloom serve: refusing to bind {args.host} without --api-key: anyone who can reach the port could "

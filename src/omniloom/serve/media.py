@@ -16,7 +16,8 @@ from ..utils.media import parse_data_url, to_data_url
 from .errors import bad_request
 
 __all__ = ["API_RATE", "Resampler", "pcm16_bytes", "pcm16_to_float", "encode_audio", "png_data_url",
-           "check_image_bytes", "check_image_url", "audio_seconds", "b64decode", "AUDIO_MIME", "TempFiles"]
+           "check_image_bytes", "check_image_url", "audio_seconds", "check_duration", "b64decode", "AUDIO_MIME",
+           "TempFiles"]
 
 API_RATE = 24000  # the OpenAI API's pcm16 rate
 AUDIO_MIME = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "pcm": "audio/pcm",
@@ -126,9 +127,25 @@ def _wav_truncation(data: bytes) -> str | None:
     return None
 
 
-def audio_seconds(data: bytes, what: str, min_seconds: float = 0.0) -> float:
+def check_duration(samples: int, rate: int, what: str, min_seconds: float = 0.0,
+                   max_seconds: float = float("inf")) -> float:
+    """Seconds of ``samples`` at ``rate``; a 400 when there are none, fewer than ``min_seconds`` (the
+    codec's frame) or more than ``max_seconds``."""
+    if samples <= 0:
+        raise bad_request(f"{what}: the audio has no samples", what, "audio_too_short")
+    secs = samples / rate
+    if secs < min_seconds:
+        raise bad_request(f"{what}: {1000 * secs:.1f} ms of audio is shorter than the codec's frame of "
+                          f"{1000 * min_seconds:.0f} ms", what, "audio_too_short")
+    if secs > max_seconds:
+        raise bad_request(f"{what}: {secs:.1f} s of audio exceeds the limit of {max_seconds:g} s", what,
+                          "audio_too_long")
+    return secs
+
+
+def audio_seconds(data: bytes, what: str, min_seconds: float = 0.0, max_seconds: float = float("inf")) -> float:
     """Duration of an encoded audio file (wav, flac, mp3, ogg); a 400 naming the problem when it is
-    unreadable, truncated, empty, or shorter than ``min_seconds`` (the codec's frame)."""
+    unreadable, truncated, or out of bounds (:func:`check_duration`)."""
     import soundfile as sf
 
     try:
@@ -140,13 +157,7 @@ def audio_seconds(data: bytes, what: str, min_seconds: float = 0.0) -> float:
     cut = _wav_truncation(data)
     if cut:
         raise bad_request(f"{what}: {cut}", what, "invalid_audio")
-    if info.frames <= 0:
-        raise bad_request(f"{what}: the audio has no samples", what, "audio_too_short")
-    secs = info.frames / info.samplerate
-    if secs < min_seconds:
-        raise bad_request(f"{what}: {1000 * secs:.1f} ms of audio is shorter than the codec's frame of "
-                          f"{1000 * min_seconds:.0f} ms", what, "audio_too_short")
-    return secs
+    return check_duration(info.frames, info.samplerate, what, min_seconds, max_seconds)
 
 
 def check_image_bytes(data: bytes, max_pixels: int, what: str, max_aspect: float = 32.0) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from typing import Any
 from ..infer.generate import OmniModel
 from ..infer.sampling import SamplingParams
 from .errors import APIError, bad_request
-from .media import TempFiles, audio_seconds, b64decode, check_image_url
+from .media import TempFiles, audio_seconds, b64decode, check_duration, check_image_url
 from .scheduler import Scheduler
 
 __all__ = ["ServeSettings", "ServerState", "new_id", "OPENAI_VOICES", "OPENAI_MODEL_ALIASES"]
@@ -142,23 +142,11 @@ class ServerState:
 
     def check_audio(self, data: bytes, where: str) -> float:
         """Seconds of an encoded audio file; 400 when unreadable, truncated, too short or too long."""
-        secs = audio_seconds(data, where, self.min_audio_seconds)
-        if secs > self.settings.max_audio_seconds:
-            raise bad_request(f"{where}: {secs:.1f} s of audio exceeds the limit of "
-                              f"{self.settings.max_audio_seconds:g} s", where, "audio_too_long")
-        return secs
+        return audio_seconds(data, where, self.min_audio_seconds, self.settings.max_audio_seconds)
 
     def check_pcm(self, samples: int, rate: int, where: str) -> None:
         """The same bounds for raw pcm (Realtime)."""
-        secs = samples / rate
-        if samples == 0:
-            raise bad_request(f"{where}: the audio has no samples", where, "audio_too_short")
-        if secs < self.min_audio_seconds:
-            raise bad_request(f"{where}: {1000 * secs:.1f} ms of audio is shorter than the codec's frame of "
-                              f"{1000 * self.min_audio_seconds:.0f} ms", where, "audio_too_short")
-        if secs > self.settings.max_audio_seconds:
-            raise bad_request(f"{where}: {secs:.1f} s of audio exceeds the limit of "
-                              f"{self.settings.max_audio_seconds:g} s", where, "audio_too_long")
+        check_duration(samples, rate, where, self.min_audio_seconds, self.settings.max_audio_seconds)
 
     def check_image(self, url: Any, where: str) -> bytes:
         return check_image_url(url, self.settings.max_image_pixels, where, self.settings.max_image_aspect)
