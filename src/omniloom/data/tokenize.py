@@ -12,27 +12,10 @@ import random
 from pathlib import Path
 from typing import Any, Iterator
 
+from .readers import read_documents, read_jsonl
 from .shards import ShardWriter
 
 __all__ = ["read_jsonl", "tokenize_files", "build_vocab"]
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """Yield ``(line_number, messages)``; a bad line raises ValueError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"input file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
-                raise ValueError(f"{path}:{lineno}: expected an object with a non-empty \"messages\" list")
-            yield lineno, obj["messages"]
 
 
 def _count_lines(path: str | Path) -> int:
@@ -40,11 +23,12 @@ def _count_lines(path: str | Path) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
 
 
-def discover_voices(inputs: list[str | Path]) -> list[str]:
-    """Named voices of audio parts in the JSONL files, in order of first appearance."""
+def discover_voices(inputs: list[str | Path], input_format: str = "messages",
+                    reader_options: dict[str, Any] | None = None) -> list[str]:
+    """Named voices of audio parts in the inputs, in order of first appearance."""
     seen: dict[str, None] = {}
     for path in inputs:
-        for _, messages in read_jsonl(path):
+        for _, messages in read_documents(path, input_format, **(reader_options or {})):
             for m in messages:
                 content = m.get("content") if isinstance(m, dict) else None
                 for part in content if isinstance(content, list) else []:
@@ -77,6 +61,8 @@ def tokenize_files(
     voices: list[str] | None = None,
     cfg_drop: float = 0.0,
     workers: int = 1,
+    input_format: str = "messages",
+    reader_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary.
 
@@ -86,7 +72,8 @@ def tokenize_files(
     with an image answer whose condition (the turns before it) is replaced by ``<|null|>``, so that
     ``--cfg-scale`` can guide image generation (``tokens.drop_condition``). ``workers`` > 1 encodes
     lines in that many processes (one torch thread each; the codecs are loaded again in each from
-    ``codec_names``); the shards are identical whatever the count.
+    ``codec_names``); the shards are identical whatever the count. ``input_format`` names the
+    reader of every input (``omniloom.data.readers.FORMATS``), ``reader_options`` its keyword options.
     """
     from ..codecs.text import TextTokenizer
     from ..processor import Processor
@@ -103,15 +90,15 @@ def tokenize_files(
     if not inputs:
         raise ValueError("give at least one --input FILE.jsonl")
     for p in inputs:
-        if not Path(p).is_file():
-            raise ValueError(f"input file {p} does not exist")
+        if not Path(p).exists():
+            raise ValueError(f"input {p} does not exist")
     codecs = dict(codecs or {})
     tok = TextTokenizer.load(tokenizer_path)
     if vocab is None:
-        vocab = build_vocab(tok, codecs, voices if voices is not None else discover_voices(inputs))
+        vocab = build_vocab(tok, codecs, voices if voices is not None else discover_voices(inputs, input_format, reader_options))
     processor = Processor(vocab, tok, codecs)
     out = Path(out_dir)
-    meta = {"mode": mode, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {}), "cfg_drop": cfg_drop}
+    meta = {"mode": mode, "format": input_format, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {}), "cfg_drop": cfg_drop}
     writers = {"train": ShardWriter(out / "train", vocab, tokenizer_path, shard_tokens, meta)}
     if val_fraction > 0:
         writers["val"] = ShardWriter(out / "val", vocab, tokenizer_path, shard_tokens, meta)
@@ -120,10 +107,12 @@ def tokenize_files(
     counts = {"train": 0, "val": 0, "dropped": 0}
     from tqdm import tqdm
 
-    total_lines = sum(_count_lines(p) for p in inputs) if progress else None
+    total_lines = sum(_count_lines(p) for p in inputs) if progress and input_format == "messages" else None
     bar = tqdm(total=total_lines, desc="tokenize", unit="line", disable=not progress)
     done, current = 0, None
-    for path, lineno, enc in _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_names):
+    docs = ((str(path), where, messages) for path in inputs
+            for where, messages in read_documents(path, input_format, **(reader_options or {})))
+    for path, lineno, enc in _encoded(docs, processor, mode, workers, vocab, tokenizer_path, codec_names):
         if path != current:  # lines of the next file count on from the previous files' total
             done, current = bar.n, path
         split = "val" if "val" in writers and rng.random() < val_fraction else "train"
@@ -183,11 +172,10 @@ def _encode_job(job: tuple[str, int, list]) -> tuple[str, int, Any]:
     return path, lineno, _encode_line(_WORKER["proc"], _WORKER["mode"], path, lineno, messages)
 
 
-def _encoded(inputs, processor, mode, workers, vocab, tokenizer_path, codec_names) -> Iterator[tuple[str, int, Any]]:
-    """``(path, lineno, Encoded)`` for every line of ``inputs``, in order."""
+def _encoded(jobs, processor, mode, workers, vocab, tokenizer_path, codec_names) -> Iterator[tuple[str, int, Any]]:
+    """``(path, lineno, Encoded)`` for every ``(path, lineno, messages)`` job, in order."""
     import torch
 
-    jobs = ((str(path), lineno, messages) for path in inputs for lineno, messages in read_jsonl(path))
     refs = dict(codec_names or {})
     if workers > 1 and set(refs) != set(processor.codecs):
         workers = 1  # codec objects without names cannot be re-created in worker processes
