@@ -98,7 +98,7 @@ def tokenize_files(
         vocab = build_vocab(tok, codecs, voices if voices is not None else discover_voices(inputs, input_format, reader_options))
     processor = Processor(vocab, tok, codecs)
     out = Path(out_dir)
-    meta = {"mode": mode, "format": input_format, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {}), "cfg_drop": cfg_drop}
+    meta = {"mode": mode, "input_format": input_format, "sources": [str(p) for p in inputs], "codecs": dict(codec_names or {}), "cfg_drop": cfg_drop}
     writers = {"train": ShardWriter(out / "train", vocab, tokenizer_path, shard_tokens, meta)}
     if val_fraction > 0:
         writers["val"] = ShardWriter(out / "val", vocab, tokenizer_path, shard_tokens, meta)
