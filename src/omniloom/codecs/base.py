@@ -6,8 +6,15 @@ A codec turns raw media into *local* integer codes and back:
 - audio: ``encode((B, samples) float at sample_rate) -> (B, frames, num_codebooks) long``;
   ``decode`` inverts it; ``stream_decoder()`` decodes chunk by chunk (chunked equals whole).
 
-Shipped codecs live in ``omniloom/assets/codecs/<name>/`` as ``config.json`` (with a
-``"type": "image" | "audio"`` field that picks the class) and ``model.safetensors``.
+**The codec registry.** Every codec is named by one spec string, wherever a codec is chosen
+(``tokenize --codec``, ``graft --codec``, ``codec eval``, a model directory's ``codecs.json``):
+
+- a shipped name: ``image-world``, ``audio-world`` (``omniloom/assets/codecs/<name>/``: a
+  ``config.json`` whose ``"type": "image" | "audio"`` picks the class, and ``model.safetensors``);
+- a folder saved by omniloom (same layout);
+- ``hf:PATH``: a transformers codec saved with ``save_pretrained``; the folder's ``config.json``
+  ``model_type`` picks the adapter in ``HF_ADAPTERS``. Options follow a ``?``:
+  ``hf:PATH?codebooks=8`` (see each adapter).
 """
 
 from __future__ import annotations
@@ -25,6 +32,44 @@ CODEC_CLASSES: dict[str, tuple[str, str]] = {
     "image": ("omniloom.codecs.image", "ImageCodec"),
     "audio": ("omniloom.codecs.audio", "AudioCodec"),
 }
+
+
+# transformers config.json "model_type" -> (module, class) of the adapter that wraps it
+HF_ADAPTERS: dict[str, tuple[str, str]] = {}
+HF_PREFIX = "hf:"
+
+
+def register_hf_adapter(model_type: str, module: str, cls: str) -> None:
+    """Make ``hf:PATH`` folders whose config.json says ``model_type`` load through ``module.cls``
+    (a class with ``from_hf(directory, device=..., **options)``)."""
+    HF_ADAPTERS[model_type] = (module, cls)
+
+
+def parse_codec_spec(spec: str | Path) -> tuple[str, str, dict[str, str]]:
+    """``spec`` -> (kind, target, options): kind is ``"hf"`` (target: the folder) or ``"omniloom"``
+    (target: a shipped name or folder). Options come after ``?`` as ``k=v&k=v`` (hf only)."""
+    s = str(spec)
+    if not s.startswith(HF_PREFIX):
+        return "omniloom", s, {}
+    target, _, query = s[len(HF_PREFIX):].partition("?")
+    if not target:
+        raise ValueError(f"codec spec {s!r}: give the folder after 'hf:' (hf:PATH)")
+    opts: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise ValueError(f"codec spec {s!r}: option {item!r} is not key=value")
+        opts[k] = v
+    return "hf", target, opts
+
+
+def canonical_codec_spec(spec: str | Path) -> str:
+    """The spec with any folder made absolute, for manifests and model directories."""
+    kind, target, opts = parse_codec_spec(spec)
+    if kind == "hf":
+        query = "&".join(f"{k}={v}" for k, v in opts.items())
+        return f"{HF_PREFIX}{Path(target).resolve()}" + (f"?{query}" if query else "")
+    return str(Path(target).resolve()) if Path(target).exists() else target
 
 
 @runtime_checkable
@@ -82,12 +127,35 @@ def resolve_codec_dir(name_or_path: str | Path) -> Path:
     )
 
 
-def load_codec(name_or_path: str | Path, device: str = "cpu") -> Codec:
-    """Load a shipped codec by name (``"image-world"``, ``"audio-world"``) or a saved codec directory.
+def _load_hf_codec(target: str, opts: dict[str, str], device: str) -> Codec:
+    directory = Path(target)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"codec hf:{target}: {cfg_path} does not exist (save the model with save_pretrained)")
+    cfg = read_json(cfg_path, "transformers config")
+    model_type = cfg.get("model_type") if isinstance(cfg, dict) else None
+    if model_type not in HF_ADAPTERS:
+        raise ValueError(f"codec hf:{target}: model_type {model_type!r} has no adapter "
+                         f"(known: {', '.join(sorted(HF_ADAPTERS)) or 'none'})")
+    module_name, class_name = HF_ADAPTERS[model_type]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"codec hf:{target} needs {module_name}, which cannot be imported: {e}") from e
+    return getattr(module, class_name).from_hf(directory, device=device, **opts)
 
-    The class is picked by the ``type`` field of ``config.json`` and must provide
+
+def load_codec(name_or_path: str | Path, device: str = "cpu") -> Codec:
+    """Load a codec by its spec: a shipped name (``"image-world"``, ``"audio-world"``), a saved
+    omniloom codec directory, or ``hf:PATH[?options]`` (a transformers codec, see ``HF_ADAPTERS``).
+
+    An omniloom codec's class is picked by the ``type`` field of ``config.json`` and must provide
     ``from_pretrained(directory, device=...)``.
     """
+    kind, target, opts = parse_codec_spec(name_or_path)
+    if kind == "hf":
+        _register_builtin_adapters()
+        return _load_hf_codec(target, opts, device)
     directory = resolve_codec_dir(name_or_path)
     cfg = read_codec_config(directory)
     module_name, class_name = CODEC_CLASSES[cfg["type"]]
@@ -116,3 +184,14 @@ def model_codec_refs(model_dir: str | Path) -> dict[str, str | Path]:
         raise ValueError(f"{f} must map each modality to a codec name or folder")
     return {kind: d / ref if (d / ref).is_dir() else ref for kind, ref in refs.items()}
 
+
+
+def _register_builtin_adapters() -> None:
+    """Import the modules that register the built-in transformers adapters (lazily: they import
+    transformers)."""
+    for module in ("omniloom.codecs.hf_audio", "omniloom.codecs.hf_image"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module exists but a dependency is missing
+                raise ValueError(f"{module} needs a package that is not installed: {e}") from e
