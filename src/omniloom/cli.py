@@ -16,6 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("omniloom.codecs.text_cli", "train or inspect the byte-level BPE text tokenizer"),
     "tokenize": ("omniloom.data.tokenize_cli", "turn message JSONL (+ media) into token shards"),
     "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
+    "plan": ("omniloom.train.plan", "estimate memory per GPU and tokens/s of a training run before renting GPUs"),
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),
     "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
     "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
