@@ -106,7 +106,8 @@ def test_cfg_drop_replaces_the_condition_of_a_share_of_image_answers(tmp_path, c
 
 
 def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
-    """Images and speech through the shipped codecs, in 1 process and in 2: byte-identical shards."""
+    """Images and speech through the shipped codecs, in 1 process and in 2 (5 units of 5 documents
+    at most, run by a pool): byte-identical shards."""
     from omniloom.world.generate import generate
 
     jsonl = generate(tmp_path / "w", "train", 24, seed=5, mixture="draw=1,asr=1,spoken_vqa=1")
@@ -117,7 +118,7 @@ def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
         out = tmp_path / f"sh{workers}"
         rc = main(["tokenize", "--input", str(jsonl), "--tokenizer", str(tok_path), "--out", str(out),
                    "--codec", "image-world", "--codec", "audio-world", "--val-fraction", "0.3",
-                   "--workers", workers, "--no-progress"])
+                   "--workers", workers, "--unit-docs", "5", "--no-progress"])
         assert rc == 0
         outs.append(out)
     for split in ("train", "val"):
@@ -125,3 +126,106 @@ def test_worker_processes_write_the_same_shards_as_one_process(tmp_path):
         assert a["shards"] == b["shards"] and a["total_docs"] > 0  # same files, same sha256
     s = ShardSet.open(outs[1] / "train")
     assert s.num_docs + ShardSet.open(outs[1] / "val").num_docs == 24
+
+
+def _chats_jsonl(tmp_path, n=30):
+    chats = [{"messages": [{"role": "user", "content": f"what is {i} plus {i}?"},
+                           {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(n)]
+    tok = TextTokenizer.train([m["content"] for c in chats for m in c["messages"]] * 5, vocab_size=300,
+                              min_frequency=1)
+    jsonl = tmp_path / "chats.jsonl"
+    jsonl.write_text("\n".join(json.dumps(c) for c in chats) + "\n")
+    return jsonl, tok.save(tmp_path / "tok")
+
+
+def test_units_cut_anywhere_give_the_same_documents_and_split(tmp_path):
+    """The split is drawn per document position: cutting the work into 4-document units or one unit
+    puts the same documents in the same splits (only the shard boundaries differ)."""
+    from omniloom.data.tokenize import tokenize_files
+
+    jsonl, tok_path = _chats_jsonl(tmp_path)
+    docs = {}
+    for unit_docs in (4, 1000):
+        out = tmp_path / f"u{unit_docs}"
+        tokenize_files([jsonl], tok_path, out, val_fraction=0.3, unit_docs=unit_docs, progress=False)
+        docs[unit_docs] = {split: [tuple(ShardSet.open(out / split).doc(d)[0].tolist())
+                                   for d in range(ShardSet.open(out / split).num_docs)] for split in ("train", "val")}
+        assert ShardSet.open(out / "train").manifest["units"] == (8 if unit_docs == 4 else 1)
+    assert docs[4] == docs[1000] and docs[4]["val"] and docs[4]["train"]
+
+
+def test_an_interrupted_tokenize_resumes_skipping_finished_units(tmp_path, monkeypatch, capsys):
+    """Killed after 3 of 8 units: no manifest is left (the directory does not look complete); the
+    rerun encodes only the 5 missing units, and its shards equal an uninterrupted run's."""
+    import omniloom.data.tokenize as T
+
+    jsonl, tok_path = _chats_jsonl(tmp_path)
+    args = dict(val_fraction=0.2, unit_docs=4, shard_tokens=150, progress=False)
+    T.tokenize_files([jsonl], tok_path, tmp_path / "whole", **args)
+
+    real, calls = T._run_unit, []
+
+    def dying(job, unit, processor, on_doc=None):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(unit.index)
+        return real(job, unit, processor, on_doc)
+
+    monkeypatch.setattr(T, "_run_unit", dying)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        T.tokenize_files([jsonl], tok_path, out, **args)
+    assert not (out / "train" / "manifest.json").exists()
+    calls.clear()
+
+    def counting(job, unit, processor, on_doc=None):
+        calls.append(unit.index)
+        return real(job, unit, processor, on_doc)
+
+    monkeypatch.setattr(T, "_run_unit", counting)
+    T.tokenize_files([jsonl], tok_path, out, **{**args, "progress": True})
+    assert calls == [3, 4, 5, 6, 7]
+    assert "resuming, 3 of 8 units already done" in capsys.readouterr().out
+    for split in ("train", "val"):
+        a, b = (json.loads((d / split / "manifest.json").read_text()) for d in (tmp_path / "whole", out))
+        assert a["shards"] == b["shards"]
+
+
+def test_another_plan_removes_the_old_units_shards(tmp_path):
+    """Rerun into the same folder with other settings: the earlier run's unit shards are deleted,
+    not mixed in, and every shard file present is one the manifest names."""
+    from omniloom.data.tokenize import tokenize_files
+
+    jsonl, tok_path = _chats_jsonl(tmp_path)
+    out = tmp_path / "o"
+    tokenize_files([jsonl], tok_path, out, unit_docs=4, shard_tokens=100, progress=False)
+    tokenize_files([jsonl], tok_path, out, unit_docs=10, progress=False)
+    listed = {s["file"] for s in json.loads((out / "train" / "manifest.json").read_text())["shards"]}
+    assert {f.name for f in (out / "train").glob("*.safetensors")} == listed and len(listed) == 3
+    assert ShardSet.open(out / "train").num_docs == 30
+
+
+@pytest.mark.slow
+def test_ray_data_tasks_write_the_same_shards_as_the_local_run(tmp_path, capsys):
+    """`--ray auto` with no cluster running starts a local Ray; its shards equal a local run's,
+    images and speech included; a bad record fails with the file and line, as locally."""
+    pytest.importorskip("ray")
+    from omniloom.world.generate import generate
+
+    jsonl = generate(tmp_path / "w", "train", 12, seed=5, mixture="draw=1,asr=1")
+    tok = TextTokenizer.train([line for line in jsonl.read_text().splitlines()] * 3, vocab_size=300, min_frequency=1)
+    tok_path = tok.save(tmp_path / "tok")
+    common = ["--input", str(jsonl), "--tokenizer", str(tok_path), "--codec", "image-world", "--codec",
+              "audio-world", "--val-fraction", "0.3", "--unit-docs", "4", "--no-progress"]
+    assert main(["tokenize", *common, "--out", str(tmp_path / "local"), "--workers", "1"]) == 0
+    assert main(["tokenize", *common, "--out", str(tmp_path / "ray"), "--ray", "auto", "--workers", "2"]) == 0
+    for split in ("train", "val"):
+        a, b = (json.loads((tmp_path / d / split / "manifest.json").read_text()) for d in ("local", "ray"))
+        assert a["shards"] == b["shards"] and a["total_docs"] > 0
+    lines = jsonl.read_text().splitlines()
+    lines[5] = json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "gone.png"}]},
+                                        {"role": "assistant", "content": "a shape"}]})
+    jsonl.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main(["tokenize", *common, "--out", str(tmp_path / "bad"), "--ray", "auto", "--workers", "2"]) == 2
+    assert f"{jsonl}:6:" in capsys.readouterr().err

@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 
 from ..utils.fileio import atomic_path, atomic_write_text, read_json
 
-__all__ = ["ShardWriter", "ShardSet", "MANIFEST", "sha256_file", "resolve_shard_dir", "filter_shards"]
+__all__ = ["ShardWriter", "ShardSet", "MANIFEST", "write_manifest", "sha256_file", "resolve_shard_dir", "filter_shards"]
 
 MANIFEST = "manifest.json"
 FORMAT = "omniloom-shards"
@@ -46,24 +46,33 @@ class ShardWriter:
     """Collects encoded documents and writes shards of about ``shard_tokens`` tokens each.
 
     Use as a context manager; :meth:`close` writes the last shard and then the manifest.
+
+    ``name_prefix`` names the shard files (``<prefix>00000.safetensors``); ``part=True`` writes
+    only shards (no vocab, tokenizer or manifest): one piece of a directory that
+    :func:`write_manifest` completes (how tokenize's work units write in parallel).
     """
 
     def __init__(self, out_dir: str | Path, vocab: Any, tokenizer_path: str | Path | None = None,
-                 shard_tokens: int = 1 << 24, meta: dict[str, Any] | None = None):
+                 shard_tokens: int = 1 << 24, meta: dict[str, Any] | None = None,
+                 name_prefix: str = "shard_", part: bool = False):
         if shard_tokens <= 0:
             raise ValueError(f"--shard-tokens must be positive, got {shard_tokens}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.part = part
         old = self.out_dir / MANIFEST
-        if old.exists():  # the old manifest no longer describes what is being written
+        if old.exists() and not part:  # the old manifest no longer describes what is being written
             old.unlink()
         self.vocab = vocab
         self.shard_tokens = shard_tokens
         self.meta = dict(meta or {})
+        self.name_prefix = name_prefix
         self.shards: list[dict[str, Any]] = []
         self._ids: list[np.ndarray] = []
         self._mask: list[np.ndarray] = []
         self._n = 0
+        if part:
+            return
         vocab.save(self.out_dir / "vocab.json")
         if tokenizer_path is not None:
             with atomic_path(self.out_dir / "tokenizer.json") as tmp:
@@ -89,7 +98,7 @@ class ShardWriter:
             return
         lengths = np.array([a.size for a in self._ids], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)  # (D+1,)
-        name = f"shard_{len(self.shards):05d}.safetensors"
+        name = f"{self.name_prefix}{len(self.shards):05d}.safetensors"
         path = self.out_dir / name
         with atomic_path(path) as tmp:
             save_file({"ids": np.concatenate(self._ids), "loss_mask": np.concatenate(self._mask),
@@ -100,15 +109,11 @@ class ShardWriter:
         self._ids, self._mask, self._n = [], [], 0
 
     def close(self) -> dict[str, Any]:
+        """Write the last shard; then the manifest (returned), or for a part its shard entries."""
         self.flush()
-        manifest = {
-            "format": FORMAT, "version": VERSION, "vocab_size": int(self.vocab.size),
-            "total_tokens": sum(s["tokens"] for s in self.shards),
-            "total_docs": sum(s["docs"] for s in self.shards),
-            "shards": self.shards, **self.meta,
-        }
-        atomic_write_text(self.out_dir / MANIFEST, json.dumps(manifest, indent=1))
-        return manifest
+        if self.part:
+            return {"shards": self.shards}
+        return write_manifest(self.out_dir, self.vocab, self.shards, self.meta)
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -116,6 +121,20 @@ class ShardWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+
+
+def write_manifest(out_dir: str | Path, vocab: Any, shards: list[dict[str, Any]],
+                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``out_dir/manifest.json`` over ``shards`` (entries as :meth:`ShardWriter.flush` makes
+    them, in reading order) and return it; written last and atomically."""
+    manifest = {
+        "format": FORMAT, "version": VERSION, "vocab_size": int(vocab.size),
+        "total_tokens": sum(s["tokens"] for s in shards),
+        "total_docs": sum(s["docs"] for s in shards),
+        "shards": list(shards), **dict(meta or {}),
+    }
+    atomic_write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
 
 
 def resolve_shard_dir(path: str | Path) -> Path:
