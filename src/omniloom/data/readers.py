@@ -10,11 +10,21 @@ A bad record raises ValueError naming the file and the line/record.
 
 from __future__ import annotations
 
+import glob
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["FORMATS", "read_documents", "detect_format", "read_jsonl", "jsonl_offsets"]
+from .formats.common import is_glob
+from .formats.hf import HF_MARKERS, read_hf
+from .formats.interleaved import read_interleaved
+from .formats.librispeech import TRANSCRIPT_SUFFIX, read_librispeech
+from .formats.llava import read_llava
+from .formats.webdataset import TAR_SUFFIXES, read_webdataset
+
+__all__ = ["FORMATS", "OPTION_FLAGS", "check_options", "read_documents", "detect_format", "read_jsonl",
+           "jsonl_offsets"]
 
 Documents = Iterator[tuple[int, list[dict[str, Any]]]]
 
@@ -58,19 +68,94 @@ def _jsonl_records(path: str | Path, seek: int, first_line: int) -> Iterator[tup
 # format name -> reader(path, **options) -> (where, messages) iterator
 FORMATS: dict[str, Callable[..., Documents]] = {
     "messages": read_jsonl,
+    "llava": read_llava,
+    "librispeech": read_librispeech,
+    "webdataset": read_webdataset,
+    "hf": read_hf,
+    "interleaved": read_interleaved,
 }
+
+#: reader option -> the ``omniloom tokenize`` flag that sets it (for error messages)
+OPTION_FLAGS = {"media_root": "--image-root", "columns": "--column", "prompts": "--prompt",
+                "audio_task": "--audio-task", "image_task": "--image-task", "tts_voice": "--tts-voice"}
+
+
+def check_options(fmt: str, options: dict[str, Any]) -> None:
+    """ValueError when ``fmt`` is unknown or does not use one of ``options`` (named by its flag)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown --format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    takes = {n for n, prm in inspect.signature(FORMATS[fmt]).parameters.items() if n != "path" and prm.kind in kinds}
+    unused = [o for o in options if o not in takes]
+    if unused:
+        raise ValueError(f"--format {fmt} does not use {', '.join(OPTION_FLAGS.get(o, o) for o in unused)}")
 
 
 def read_documents(path: str | Path, fmt: str = "messages", **options: Any) -> Documents:
-    """The documents of one input in format ``fmt`` (see ``FORMATS``)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown --format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
+    """The documents of one input in format ``fmt`` (see ``FORMATS``) read with ``options``."""
+    check_options(fmt, options)
     return FORMATS[fmt](path, **options)
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of ``path`` where it is unambiguous; ValueError saying what to pass otherwise."""
+    """The format of ``path`` where it is unambiguous; ValueError saying what to pass otherwise.
+
+    A folder: with ``state.json`` / ``dataset_info.json`` / ``dataset_dict.json`` or ``*.parquet``
+    -> hf, with ``*.tar`` -> webdataset, with ``*.trans.txt`` somewhere below -> librispeech. A
+    file: ``.tar`` -> webdataset, ``.parquet`` / ``.arrow`` -> hf, ``*.trans.txt`` -> librispeech,
+    a ``.json`` list of records with ``"conversations"`` -> llava, JSON lines whose first record
+    has ``"texts"`` + ``"images"`` or ``"text_list"`` -> interleaved, with ``"messages"`` (or any
+    ``.jsonl``) -> messages. A glob: the format of every file it matches, when they agree."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".jsonl":
-        return "messages"
-    raise ValueError(f"cannot tell the format of {p}; pass --format ({', '.join(sorted(FORMATS))})")
+    found: list[str] = []
+    if not is_glob(path) and not p.exists():
+        raise ValueError(f"input {p} does not exist")
+    if is_glob(path):
+        files = [f for f in glob.glob(str(path)) if Path(f).is_file()]
+        if not files:
+            raise ValueError(f"{path} matches no file")
+        found = sorted({detect_format(f) for f in files})
+    elif p.is_dir():
+        if any((p / m).is_file() for m in (*HF_MARKERS, "dataset_dict.json")) or any(p.glob("*.parquet")):
+            found.append("hf")
+        if any(f.name.lower().endswith(TAR_SUFFIXES) for f in p.iterdir() if f.is_file()):
+            found.append("webdataset")
+        if not found and next(p.rglob("*" + TRANSCRIPT_SUFFIX), None) is not None:
+            found.append("librispeech")
+    elif p.is_file():
+        found = [f for f in [_file_format(p)] if f]
+    if len(found) == 1:
+        return found[0]
+    what = f"holds several formats ({', '.join(found)})" if found else "is not a format it recognises"
+    raise ValueError(f"cannot tell the format of {path}: it {what}; pass --format "
+                     f"({', '.join(sorted(FORMATS))}; docs/data-formats.md)")
+
+
+_SNIFF_LINE = 1 << 24  # bytes of the first line read to tell JSON-lines formats apart
+
+
+def _file_format(p: Path) -> str | None:
+    name = p.name.lower()
+    if name.endswith(TRANSCRIPT_SUFFIX):
+        return "librispeech"
+    if name.endswith(TAR_SUFFIXES):
+        return "webdataset"
+    if p.suffix in (".parquet", ".arrow"):
+        return "hf"
+    if p.suffix == ".json":
+        with open(p, encoding="utf-8", errors="replace") as f:
+            head = f.read(1 << 16)
+        return "llava" if head.lstrip().startswith("[") and '"conversations"' in head else None
+    with open(p, "rb") as f:
+        first = b" "
+        while first and not first.strip():
+            first = f.readline(_SNIFF_LINE)
+    try:
+        record = json.loads(first)
+    except ValueError:  # not JSON, or not UTF-8
+        record = None
+    if isinstance(record, dict) and ("texts" in record and "images" in record or "text_list" in record):
+        return "interleaved"
+    if p.suffix == ".jsonl" or isinstance(record, dict) and "messages" in record:
+        return "messages"  # a malformed first line is then reported by the reader, with its number
+    return None
