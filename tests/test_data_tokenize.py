@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,36 @@ def test_ray_data_tasks_write_the_same_shards_as_the_local_run(tmp_path, capsys)
     capsys.readouterr()
     assert main(["tokenize", *common, "--out", str(tmp_path / "bad"), "--ray", "auto", "--workers", "2"]) == 2
     assert f"{jsonl}:6:" in capsys.readouterr().err
+
+
+def test_cfg_drop_leaves_documents_without_a_user_turn_alone(tmp_path):
+    """An interleaved page (one assistant document with images) has no condition to drop."""
+    from omniloom.tokens import drop_condition
+    from omniloom.tokens.template import Encoded
+
+    jsonl, tok_path = _chats_jsonl(tmp_path, 4)
+    vocab = Vocab.build(TextTokenizer.load(tok_path).vocab_size, image_codebook_size=16, image_tokens=4)
+    proc = Processor(vocab, TextTokenizer.load(tok_path))
+    page = proc.encode_messages([{"role": "assistant", "content": [
+        {"type": "text", "text": "what is 1 plus 1?"}, {"type": "image_codes", "codes": [1] * vocab.image_tokens}]}],
+        mode="pretrain")
+    assert drop_condition(page, vocab) is None
+    chat = proc.encode_messages([{"role": "user", "content": "what is 1 plus 1?"}, {"role": "assistant", "content": [
+        {"type": "image_codes", "codes": [1] * vocab.image_tokens}]}])
+    assert isinstance(drop_condition(chat, vocab), Encoded)
+
+
+def test_folder_inputs_split_into_files_so_units_restart_within_one_file(tmp_path):
+    """A LibriSpeech tree is planned per transcript and a folder of tar shards per shard (a unit then
+    re-reads only its own file up to its start); other formats stay one input."""
+    from omniloom.data.readers import split_input
+
+    for d in ("a/1", "b/2"):
+        (tmp_path / "ls" / d).mkdir(parents=True)
+        (tmp_path / "ls" / d / f"{d.replace('/', '-')}.trans.txt").write_text("X-1-0001 HELLO\n")
+    (tmp_path / "wds").mkdir()
+    for k in (1, 0):
+        (tmp_path / "wds" / f"s{k}.tar").write_bytes(b"")
+    assert [Path(f).name for f in split_input(tmp_path / "ls", "librispeech")] == ["a-1.trans.txt", "b-2.trans.txt"]
+    assert [Path(f).name for f in split_input(tmp_path / "wds", "webdataset")] == ["s0.tar", "s1.tar"]
+    assert split_input(tmp_path / "x.jsonl", "messages") == [str(tmp_path / "x.jsonl")]

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .formats.common import is_glob
+from .formats.common import input_files, is_glob
 from .formats.hf import HF_MARKERS, read_hf
 from .formats.interleaved import read_interleaved
-from .formats.librispeech import TRANSCRIPT_SUFFIX, read_librispeech
+from .formats.librispeech import TRANSCRIPT_SUFFIX, read_librispeech, transcript_files
 from .formats.llava import read_llava
 from .formats.webdataset import TAR_SUFFIXES, read_webdataset
 
@@ -95,6 +95,17 @@ def read_documents(path: str | Path, fmt: str = "messages", **options: Any) -> D
     """The documents of one input in format ``fmt`` (see ``FORMATS``) read with ``options``."""
     check_options(fmt, options)
     return FORMATS[fmt](path, **options)
+
+
+def split_input(path: str | Path, fmt: str) -> list[str]:
+    """One input -> the files a reader can read on their own (a LibriSpeech tree -> its transcripts,
+    a folder or glob of tar shards -> each shard), so that tokenize's work units restart within
+    one file, not from the start of the whole input. Other formats stay whole."""
+    if fmt == "librispeech":
+        return [str(f) for f in transcript_files(path)]
+    if fmt == "webdataset":
+        return [str(f) for f in input_files(path, TAR_SUFFIXES, "tar shards")]
+    return [str(path)]
 
 
 def detect_format(path: str | Path) -> str:

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .readers import jsonl_offsets, read_documents, read_jsonl
+from .formats.common import is_glob
+from .readers import jsonl_offsets, read_documents, read_jsonl, split_input
 from .shards import MANIFEST, ShardWriter, sha256_file, write_manifest
 
 __all__ = ["read_jsonl", "tokenize_files", "build_vocab", "plan_units", "Unit"]
@@ -159,7 +160,7 @@ def tokenize_files(
     if not inputs:
         raise ValueError("give at least one --input")
     for p in inputs:
-        if not Path(p).exists():
+        if not Path(p).exists() and not is_glob(p):
             raise ValueError(f"input {p} does not exist")
     codecs = dict(codecs or {})
     codec_names = dict(codec_names or {})
@@ -167,6 +168,8 @@ def tokenize_files(
         if ray:
             raise ValueError("--ray needs every codec named by its spec (codec objects cannot be re-created on workers)")
         workers = 1  # codec objects without names cannot be re-created in worker processes
+    sources = list(inputs)
+    inputs = [f for p in inputs for f in split_input(p, input_format)]  # units restart within one file
     units, found_voices = plan_units(inputs, input_format, reader_options, unit_docs, progress)
     tok = TextTokenizer.load(tokenizer_path)
     if vocab is None:
@@ -192,7 +195,7 @@ def tokenize_files(
     for rec in records:
         done[rec["unit"]] = rec
     bar.close()
-    return _finish(out, job, units, done, inputs)
+    return _finish(out, job, units, done, sources)
 
 
 # -- one unit of work -----------------------------------------------------------------------------

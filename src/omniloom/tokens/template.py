@@ -256,7 +256,8 @@ def null_condition(vocab: Vocab) -> list[int]:
 def drop_condition(enc: Encoded, vocab: Vocab) -> Encoded | None:
     """``enc`` with everything before its last image-answering assistant turn replaced by
     :func:`null_condition` (mask 0 there, or 1 when ``enc`` is a pre-training document), so the
-    model also learns images without their condition. ``None`` when no assistant turn holds an image."""
+    model also learns images without their condition. ``None`` when no assistant turn holds an image,
+    or no user turn comes before it (a document with no condition, e.g. an interleaved web page)."""
     ids = [int(t) for t in enc.ids]
     img_id = vocab.special("image")
     heads = vocab.find_headers(ids)
@@ -264,9 +265,10 @@ def drop_condition(enc: Encoded, vocab: Vocab) -> Encoded | None:
     for h, (a, b, role) in enumerate(heads):
         stop = heads[h + 1][0] if h + 1 < len(heads) else len(ids)
         if role == "assistant" and img_id in ids[b:stop]:
-            start = a
-    if start is None:
+            start = h
+    if start is None or not any(role == "user" for _, _, role in heads[:start]):
         return None
+    start = heads[start][0]
     head = null_condition(vocab)
     full = 1 if enc.loss_mask and all(enc.loss_mask) else 0
     return Encoded(ids=head + ids[start:], loss_mask=[full] * len(head) + list(enc.loss_mask[start:]))
