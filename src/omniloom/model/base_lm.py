@@ -9,8 +9,9 @@ embedding rows), its weights in omniloom's parameter names (fp32), the base toke
 ``tokenizers.Tokenizer``), its chat template and its begin/end-of-text strings.
 
 GGUF stores the q and k projections of Llama models with their rows permuted (llama.cpp's
-converter interleaves the two rotary halves of each head); :func:`unpermute_qk` undoes it, so the
-weights are HF Llama's rotate-half layout again.
+converter interleaves the two rotary halves of each head); :func:`unpermute_qk` (from
+:mod:`.gguf_io`, which also writes GGUFs) undoes it, so the weights are HF Llama's rotate-half
+layout again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
+from .gguf_io import gguf_field, gguf_tensor_names, tokenizer_from_gguf, unpermute_qk
 from .hf import from_hf
 from ..utils.fileio import read_json
 
@@ -121,74 +123,6 @@ def _fp32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------- GGUF
 
 
-def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row permutation: per head, rows were reordered from the two rotary
-    halves ``[x_0..x_{d/2}) [x_{d/2}..x_d)`` to interleaved pairs; this restores the halves."""
-    out_dim = w.shape[0]
-    hd = out_dim // n_heads
-    return w.reshape(n_heads, hd // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
-
-
-#: GGUF tensor names -> ours (``{i}`` the layer)
-_GGUF_NAMES = {
-    "token_embd.weight": "embed_tokens.weight",
-    "output_norm.weight": "norm.weight",
-    "output.weight": "lm_head.weight",
-    "blk.{i}.attn_norm.weight": "layers.{i}.input_layernorm.weight",
-    "blk.{i}.ffn_norm.weight": "layers.{i}.post_attention_layernorm.weight",
-    "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
-    "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
-    "blk.{i}.attn_v.weight": "layers.{i}.self_attn.v_proj.weight",
-    "blk.{i}.attn_output.weight": "layers.{i}.self_attn.o_proj.weight",
-    "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
-    "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
-    "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
-}
-
-#: llama.cpp pre-tokenizer names -> how text is split before byte-level BPE (the regex of the
-#: GPT-2 family, with digits split one by one first for the StarCoder/SmolLM family)
-_DIGITS_FIRST = {"smollm", "starcoder", "refact", "codeshell", "exaone", "minerva", "command-r"}
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
-
-
-def _gguf_tokenizer(reader: Any, where: str) -> Any:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    kind = _field(reader, "tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise ValueError(f"{where}: tokenizer.ggml.model {kind!r} is not supported (byte-level BPE, 'gpt2', only)")
-    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
-    types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
-    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _SPLITS)
-    if pre in _SPLITS:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_SPLITS[pre]), behavior="isolated"),
-                                                     byte_level])
-    elif pre in _DIGITS_FIRST:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    else:
-        tok.pre_tokenizer = byte_level
-    tok.decoder = decoders.ByteLevel()
-    # control tokens (type 3, e.g. <|im_start|>) and user-defined ones (type 4) are matched whole in text
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types) if ty == 3])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
-    return tok
-
-
 def read_gguf(path: Path) -> BaseLM:
     """A Llama-architecture ``.gguf`` -> :class:`BaseLM` (every tensor dequantised to fp32)."""
     try:
@@ -200,10 +134,10 @@ def read_gguf(path: Path) -> BaseLM:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
-    arch = _field(reader, "general.architecture")
+    arch = gguf_field(reader, "general.architecture")
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r} is not supported (llama only)")
-    key = lambda k: _field(reader, f"llama.{k}")  # noqa: E731
+    key = lambda k: gguf_field(reader, f"llama.{k}")  # noqa: E731
     n_heads = int(key("attention.head_count"))
     n_kv = int(key("attention.head_count_kv") or n_heads)
     tensors = {t.name: t for t in reader.tensors}
@@ -221,16 +155,10 @@ def read_gguf(path: Path) -> BaseLM:
         ffn_dim=int(key("feed_forward_length")), max_seq_len=int(key("context_length") or 2048),
         rope_theta=float(key("rope.freq_base") or 10000.0),
         norm_eps=float(key("attention.layer_norm_rms_epsilon") or 1e-5), qk_norm=False, tie_embeddings=tied)
-    if _field(reader, "llama.rope.scaling.type") not in (None, "none"):
+    if gguf_field(reader, "llama.rope.scaling.type") not in (None, "none"):
         raise ValueError(f"{path}: rope scaling is not supported")
     cfg.validate()
-    names: dict[str, str] = {}
-    for g, ours in _GGUF_NAMES.items():
-        if "{i}" in g:
-            for i in range(cfg.n_layers):
-                names[g.format(i=i)] = ours.format(i=i)
-        else:
-            names[g] = ours
+    names = gguf_tensor_names(cfg.n_layers)
     state: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         if name not in names:
@@ -246,12 +174,12 @@ def read_gguf(path: Path) -> BaseLM:
         elif ours.endswith("k_proj.weight"):
             w = unpermute_qk(w, n_kv)
         state[ours] = w.contiguous()
-    tok = _gguf_tokenizer(reader, str(path))
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    bos_id, eos_id = _field(reader, "tokenizer.ggml.bos_token_id"), _field(reader, "tokenizer.ggml.eos_token_id")
-    return BaseLM(cfg=cfg, state=state, tokenizer=tok, chat_template=_field(reader, "tokenizer.chat_template"),
+    tok = tokenizer_from_gguf(reader, str(path))
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+    bos_id, eos_id = gguf_field(reader, "tokenizer.ggml.bos_token_id"), gguf_field(reader, "tokenizer.ggml.eos_token_id")
+    return BaseLM(cfg=cfg, state=state, tokenizer=tok, chat_template=gguf_field(reader, "tokenizer.chat_template"),
                   bos_token=tokens[int(bos_id)] if bos_id is not None else None,
                   eos_token=tokens[int(eos_id)] if eos_id is not None else None,
                   source=str(path.resolve()),
-                  info={"format": "gguf", "name": _field(reader, "general.name"),
-                        "file_type": int(_field(reader, "general.file_type", -1))})
+                  info={"format": "gguf", "name": gguf_field(reader, "general.name"),
+                        "file_type": int(gguf_field(reader, "general.file_type", -1))})

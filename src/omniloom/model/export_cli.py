@@ -11,6 +11,15 @@ Import a Hugging Face Llama/Qwen3 directory back into an omniloom checkpoint dir
     omniloom export --from-hf hf/world --out runs/imported
 
 Only the language model is converted: codecs and the vocabulary stay with the omniloom run.
+
+Export a model as one llama.cpp file (the decoder, the extended vocabulary as GGUF tokens, and the
+model directory's small files under ``omniloom.*`` keys; see docs/export.md):
+
+    omniloom export --checkpoint world --format gguf --gguf-type q8_0 --out world.q8_0.gguf
+
+and rebuild a model directory from such a file (weights dequantised to fp32):
+
+    omniloom export --from-gguf world.q8_0.gguf --out runs/from-gguf
 """
 
 from __future__ import annotations
@@ -28,14 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="omniloom checkpoint directory (model.safetensors + config.json) to export")
     src.add_argument("--from-hf", metavar="DIR", dest="from_hf",
                      help="Hugging Face Llama/Qwen3 directory (config.json + model.safetensors) to import")
-    p.add_argument("--format", choices=["hf", "omniloom", "delta"], default="hf",
+    src.add_argument("--from-gguf", metavar="FILE", dest="from_gguf",
+                     help="a .gguf written by --format gguf: rebuild its model directory (fp32 weights)")
+    p.add_argument("--format", choices=["hf", "omniloom", "delta", "gguf"], default="hf",
                    help="hf: transformers' layout (default); omniloom: an inference model directory (weights, "
                         "config, vocab, tokenizer, codecs; no optimizer state), e.g. to bundle a model; delta: "
                         "only the adapters and appended rows of a frozen-base run over --base (tens of MB), the "
-                        "base rebuilt from its own file at load time")
+                        "base rebuilt from its own file at load time; gguf: one llama.cpp file (--out FILE.gguf) "
+                        "holding the language model, the extended vocabulary and the files to rebuild the model")
+    p.add_argument("--gguf-type", choices=["f16", "q8_0", "f32"], default="f16", dest="gguf_type",
+                   help="--format gguf: type of the 2-D weights (norms stay f32; q8_0 falls back to f16 for rows "
+                        "not a multiple of 32 long); default f16")
     p.add_argument("--base", default=None, metavar="NAME|PATH",
                    help="--format delta: the base the run was grafted from (e.g. smollm2-135m)")
-    p.add_argument("--out", metavar="DIR", required=True, help="output directory (written atomically)")
+    p.add_argument("--out", metavar="DIR", required=True,
+                   help="output directory, or the .gguf file of --format gguf (written atomically)")
     p.add_argument("--drop-image-pos", action="store_true", dest="drop_image_pos",
                    help="--format hf of a model with an image slot embedding (model.image_pos_embed): leave it out "
                         "(the Llama layout cannot hold it; image spans then lose their slot vectors)")
@@ -44,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _read_checkpoint(d: Path):
-    """(Config, state dict) of an omniloom checkpoint directory."""
+    """(Config, state dict, tokenizer.json text of a delta's base or None) of a checkpoint directory."""
     from safetensors.torch import load_file
 
     from ..config import config_from_dict
@@ -54,8 +70,8 @@ def _read_checkpoint(d: Path):
     from .delta import is_delta_dir, read_delta
 
     if is_delta_dir(d):  # adapters + new rows over a base: the whole weights, rebuilt
-        cfg, state, _ = read_delta(d)
-        return cfg, state
+        cfg, state, base_tok = read_delta(d)
+        return cfg, state, base_tok.to_str()
     cfg_path, w_path = d / "config.json", d / "model.safetensors"
     for f in (cfg_path, w_path):
         if not f.is_file():
@@ -66,7 +82,7 @@ def _read_checkpoint(d: Path):
     state = load_file(str(w_path))
     if has_lora(state):  # adapters are folded into the weights they adapt
         state = merge_lora_state(state, cfg.train.lora_alpha)
-    return cfg, state
+    return cfg, state, None
 
 
 #: what a model directory carries besides its weights (see ``infer.generate.OmniModel.load``):
@@ -136,6 +152,77 @@ def _export_delta(src: Path, out: Path, base: str | None, dtype: str) -> int:
     return 0
 
 
+#: the model-directory files a GGUF export carries besides the weights
+GGUF_FILES = MODEL_DIR_REQUIRED + MODEL_DIR_OPTIONAL + ("familiarity.json", "graft.json")
+
+
+def _export_gguf(src: Path, out: Path, model, cfg, gguf_type: str, drop_image_pos: bool,
+                 base_tokenizer: str | None) -> int:
+    """A checkpoint / model directory -> one llama.cpp ``.gguf`` (see :mod:`.gguf_io`)."""
+    from ..config import config_to_dict
+    from .gguf_io import write_gguf
+
+    if out.suffix != ".gguf":
+        raise ValueError(f"--format gguf writes one file: --out must name a .gguf file, got {out}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; --format gguf writes one .gguf file")
+    files = {name: (src / name).read_text() for name in GGUF_FILES if (src / name).is_file()}
+    if "tokenizer.json" not in files and base_tokenizer is not None:
+        files["tokenizer.json"] = base_tokenizer  # a delta directory: the base's tokenizer
+    if "vocab.json" not in files or "tokenizer.json" not in files:
+        raise ValueError(f"{src} lacks {'vocab.json' if 'vocab.json' not in files else 'tokenizer.json'}: only a model "
+                         "directory or a checkpoint of `omniloom train` on tokenized shards carries its vocabulary and "
+                         "tokenizer, which a GGUF needs")
+    state = {k: v for k, v in model.state_dict().items() if not (drop_image_pos and k == "image_pos.weight")}
+    if drop_image_pos and cfg.model.image_pos_embed:  # the rebuilt model is then one without it
+        import copy
+
+        cfg = copy.deepcopy(cfg)
+        cfg.model.image_pos_embed, cfg.model.image_tokens = False, 0
+    mcfg = cfg.model
+    files["config.json"] = json.dumps(config_to_dict(cfg), indent=2) + "\n"
+    local = [ref for ref in read_json(src / "codecs.json").values() if (src / ref).is_dir()] \
+        if "codecs.json" in files else []
+    print(f"exporting {src} -> {out} (GGUF {gguf_type}, {mcfg.num_params():,} parameters)")
+    report = write_gguf(out, mcfg, state, files, gguf_type=gguf_type, name=cfg.name or src.name, log=print)
+    types = ", ".join(f"{n} {k}" for k, n in sorted(report["types"].items()))
+    print(f"exported {src} -> {out} (llama architecture, {report['tensors']} tensors: {types}; "
+          f"{out.stat().st_size / 1e6:.1f} MB)")
+    if local:
+        print(f"note: the codec folder(s) {', '.join(local)} inside {src} are not in the GGUF; keep them beside "
+              "a model directory rebuilt with --from-gguf")
+    return 0
+
+
+def _import_gguf(src: Path, out: Path) -> int:
+    """An omniloom ``.gguf`` -> a model directory (weights dequantised to fp32, the carried files verbatim)."""
+    from safetensors.torch import save_file
+
+    from ..config import config_from_dict
+    from .base_lm import read_gguf
+    from .gguf_io import read_gguf_files
+    from .hf import _atomic_dir_write, load_state_dict_checked
+    from .llama import Transformer
+
+    files = read_gguf_files(src)  # first: a foreign GGUF is refused before its weights are read
+    base = read_gguf(src)
+    cfg = config_from_dict(json.loads(files["config.json"]))
+    shape = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "tie_embeddings")
+    differ = [k for k in shape if getattr(cfg.model, k) != getattr(base.cfg, k)]
+    if differ:
+        raise ValueError(f"{src}: omniloom.config disagrees with the GGUF's llama metadata on {', '.join(differ)}")
+    model = Transformer(cfg.model)
+    load_state_dict_checked(model, base.state, source=str(src))
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    writers = {"model.safetensors": lambda p: save_file(tensors, str(p), metadata={"format": "pt"})}
+    for name, text in files.items():
+        writers[name] = lambda p, t=text: p.write_text(t)
+    _atomic_dir_write(out, writers)
+    print(f"imported {src} -> {out} (omniloom model directory, {cfg.model.num_params():,} parameters, "
+          f"files: {', '.join(sorted(files))})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -148,12 +235,20 @@ def run(args: argparse.Namespace) -> int:
         return _export_delta(Path(args.checkpoint), out, args.base, args.dtype or "bfloat16")
     if args.checkpoint:
         src = Path(args.checkpoint)
-        cfg, sd = _read_checkpoint(src)
+        if not src.exists() and "/" not in args.checkpoint:  # a bundled model's name (world)
+            from ..utils.model_dir import resolve_model_dir
+
+            src = resolve_model_dir(args.checkpoint)
+        cfg, sd, base_tokenizer = _read_checkpoint(src)
         model = Transformer(cfg.model)
         load_state_dict_checked(model, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}, source=str(src))
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if args.format == "omniloom":
             return _export_model_dir(src, out, model, cfg, dtype)
+        if args.format == "gguf":
+            if args.dtype:
+                raise ValueError("--format gguf takes --gguf-type (f16, q8_0, f32), not --dtype")
+            return _export_gguf(src, out, model, cfg, args.gguf_type, args.drop_image_pos, base_tokenizer)
         export_hf(model, cfg.model, out, dtype=dtype, drop_image_pos=args.drop_image_pos)
         print(f"exported {src} -> {out} ({'Qwen3' if cfg.model.qk_norm else 'Llama'}ForCausalLM, "
               f"{cfg.model.num_params():,} parameters)")
@@ -161,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
 
     from safetensors.torch import save_file
 
+    if args.from_gguf:
+        return _import_gguf(Path(args.from_gguf), out)
     src = Path(args.from_hf)
     mcfg, sd = from_hf(src)
     model = Transformer(mcfg)
