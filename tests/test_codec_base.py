@@ -56,3 +56,26 @@ def test_shipped_image_world():
     assert codes.shape == (2, 64) and codes.dtype == torch.long
     y = codec.decode(codes)
     assert ((y - x) ** 2).mean() < 0.01  # a trained codec reconstructs a plain red square well
+
+
+def test_codec_specs_parse_and_resolve_inside_a_model_directory(tmp_path):
+    """One spec string names every codec: hf: options parse, bad ones are named, and a model
+    directory's codecs.json may point to codec folders inside it (hf: or omniloom)."""
+    import json
+
+    from omniloom.codecs.base import canonical_codec_spec, load_codec, model_codec_refs, parse_codec_spec
+
+    assert parse_codec_spec("hf:/m/mimi?codebooks=8&x=1") == ("hf", "/m/mimi", {"codebooks": "8", "x": "1"})
+    assert parse_codec_spec("image-world") == ("omniloom", "image-world", {})
+    with pytest.raises(ValueError, match="is not key=value"):
+        parse_codec_spec("hf:/m?codebooks")
+    with pytest.raises(ValueError, match="give the folder"):
+        parse_codec_spec("hf:")
+    assert canonical_codec_spec("image-world") == "image-world"
+    (tmp_path / "codecs" / "mimi").mkdir(parents=True)
+    (tmp_path / "codecs" / "mimi" / "config.json").write_text(json.dumps({"model_type": "no-such-codec"}))
+    (tmp_path / "codecs.json").write_text(json.dumps({"audio": "hf:codecs/mimi?codebooks=8", "image": "image-world"}))
+    refs = model_codec_refs(tmp_path)
+    assert refs == {"audio": f"hf:{tmp_path / 'codecs' / 'mimi'}?codebooks=8", "image": "image-world"}
+    with pytest.raises(ValueError, match="model_type 'no-such-codec' has no adapter"):
+        load_codec(refs["audio"])

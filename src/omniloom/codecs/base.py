@@ -168,8 +168,9 @@ def load_codec(name_or_path: str | Path, device: str = "cpu") -> Codec:
 
 
 def model_codec_refs(model_dir: str | Path) -> dict[str, str | Path]:
-    """A model directory's ``codecs.json`` (kind -> codec name or folder) with folders inside the
-    model directory resolved against it; {} when it has none."""
+    """A model directory's ``codecs.json`` (kind -> codec spec) with folders inside the model
+    directory (``"codecs/audio"``, ``"hf:codecs/mimi?codebooks=8"``) resolved against it; {} when
+    it has none."""
     import json
 
     d = Path(model_dir)
@@ -182,7 +183,14 @@ def model_codec_refs(model_dir: str | Path) -> dict[str, str | Path]:
         raise ValueError(f"{f}: cannot read ({e})") from None
     if not isinstance(refs, dict) or not all(isinstance(v, str) for v in refs.values()):
         raise ValueError(f"{f} must map each modality to a codec name or folder")
-    return {kind: d / ref if (d / ref).is_dir() else ref for kind, ref in refs.items()}
+    out: dict[str, str | Path] = {}
+    for kind, ref in refs.items():
+        spec_kind, target, opts = parse_codec_spec(ref)
+        if spec_kind == "hf" and not Path(target).is_absolute() and (d / target).is_dir():
+            out[kind] = canonical_codec_spec(HF_PREFIX + str(d / target) + ref[len(HF_PREFIX) + len(target):])
+        else:
+            out[kind] = d / ref if (d / ref).is_dir() else ref
+    return out
 
 
 

@@ -55,6 +55,7 @@ def graft(
 ) -> dict[str, Any]:
     """Write a model directory grafted from ``base`` (atomically); returns a report dict."""
     from ..codecs import load_codec
+    from ..codecs.base import canonical_codec_spec
     from ..model.hf import _atomic_dir_write
     from .chat import chat_format_from_template
 
@@ -72,7 +73,7 @@ def graft(
         c = load_codec(name)
         if c.modality in loaded:
             raise ValueError(f"two {c.modality} codecs given ({names[c.modality]}, {name}); a model has one each")
-        loaded[c.modality], names[c.modality] = c, str(name)
+        loaded[c.modality], names[c.modality] = c, canonical_codec_spec(name)
     chat, strings = None, None
     if chat_format == "base":
         chat, strings = chat_format_from_template(base.chat_template or "", base.tokenizer, base.bos_token,
