@@ -24,8 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, metavar="PATH|NAME",
                    help="HF Llama-family folder, .gguf file, or a named base (smollm2-135m)")
     p.add_argument("--out", required=True, metavar="DIR", help="the model directory to write (atomically)")
-    p.add_argument("--codec", action="append", default=[], metavar="NAME",
-                   help="a codec whose codes the model will read and write, e.g. image-world, audio-world (repeat)")
+    p.add_argument("--codec", action="append", default=[], metavar="SPEC",
+                   help="a codec whose codes the model will read and write (repeat): image-world, audio-world, an "
+                        "omniloom codec folder, or hf:PATH[?codebooks=N] for a transformers codec (docs/codecs.md)")
     p.add_argument("--voices", default="", metavar="A,B",
                    help="names of the assistant's voices for spoken answers (needs an audio codec)")
     p.add_argument("--chat-format", choices=["base", "omniloom"], default="base",
