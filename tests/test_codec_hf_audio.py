@@ -256,3 +256,28 @@ def test_tokenize_train_generate_decode(tiny_dirs, tmp_path, kind):
     generated_frames = done.usage["audio_tokens"] // 2
     assert generated_frames > 0 and len(pcm) == generated_frames * codec.hop  # every frame decoded, in chunks
     assert all(e.sample_rate == 16000 for e in events if isinstance(e, AudioChunk))
+
+
+def test_codec_eval_cli_takes_any_spec_and_a_folder(tiny_dirs, tmp_path, capsys):
+    from omniloom.cli import main
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    _write_wav(data / "a.wav", 0.1, 0)
+    (data / "a.txt").write_text("hello there\n")
+    _write_wav(data / "b.wav", 0.12, 1)
+    out = tmp_path / "eval.json"
+    assert main(["codec", "eval", "audio", f"hf:{tiny_dirs['mimi']}?codebooks=3", "--data", str(data),
+                 "--judge", "auto", "--speed-seconds", "0.05", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    codec = load_codec(f"hf:{tiny_dirs['mimi']}?codebooks=3")
+    assert res["n"] == 2 and res["num_codebooks"] == 3 and res["codec"].endswith("?codebooks=3")
+    assert res["bits_per_second"] == pytest.approx(codec.frame_rate * 3 * 6)
+    assert res["frame_rate"] == codec.frame_rate and res["encode_rtf_1t"] > 0 and res["decode_rtf_1t"] > 0
+    assert ("judge" in res) != ("judge_note" in res)  # measured by an installed recogniser, or said why not
+    table = capsys.readouterr().out
+    assert f"| bits_per_second | {codec.bits_per_second:.4g} |" in table and "| num_codebooks | 3 |" in table
+    assert main(["codec", "eval", "audio", "audio-world", "--data", str(tmp_path / "none")]) == 2
+    assert "neither 'world' nor a folder" in capsys.readouterr().err
+    assert main(["codec", "eval", "audio", f"hf:{tiny_dirs['mimi']}?codebooks=5", "--data", str(data)]) == 2
+    assert "codebooks=5 is out of range" in capsys.readouterr().err

