@@ -96,9 +96,9 @@ GPUS: dict[str, GPU] = {
 DEFAULT_MFU = 0.30
 #: CUDA context, NCCL buffers and allocator slack, assumed
 RUNTIME_GIB = 2.0
-#: codes a preset's vocabulary gains: Mimi's first 8 codebooks of 2048 (12.5 frames/s), and an image
-#: codebook (the shipped image-world codec's 1000 codes, 64 per image, unless told otherwise)
-DEFAULT_CODES = {"audio_codebooks": 8, "audio_codebook_size": 2048, "image_codebook_size": 1000, "image_tokens": 64,
+#: codes a preset's vocabulary gains: Mimi's first 8 codebooks of 2048 (``hf:mimi?codebooks=8``, 12.5
+#: frames/s) and Janus-Pro's VQ codebook of 16384 (``hf:janus``, 576 codes per 384 x 384 image)
+DEFAULT_CODES = {"audio_codebooks": 8, "audio_codebook_size": 2048, "image_codebook_size": 16384, "image_tokens": 576,
                  "voices": 16}
 
 _PROJ_MODULE = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
@@ -639,7 +639,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-share", type=float, default=1.0,
                    help="share of positions that count for the loss (default 1.0, an upper bound; sft counts the "
                         "answers only)")
-    codes = p.add_argument_group("codes a --preset's vocabulary gains (default: Mimi 8 x 2048, image-world 1000 x 64)")
+    codes = p.add_argument_group("codes a --preset's vocabulary gains (default: Mimi 8 x 2048, Janus-Pro VQ 16384 "
+                                 "with 576 per image; 0 leaves a modality out)")
     for k, v in DEFAULT_CODES.items():
         codes.add_argument(f"--{k.replace('_', '-')}", type=int, default=v, help=f"default {v}")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
