@@ -294,3 +294,55 @@ def test_pre_tokenizer_names():
         gguf_pre_name({"type": "Whitespace"})
     with pytest.raises(ValueError, match="no llama.cpp equivalent"):  # a leading space llama.cpp would not add
         gguf_pre_name({"type": "ByteLevel", "add_prefix_space": True, "use_regex": True})
+
+
+# ------------------------------------------------------------------------- the llama.cpp backend
+
+
+def test_llama_cpp_backend_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from omniloom.infer.generate import OmniModel
+    from omniloom.infer.llamacpp_backend import llama_cpp_available, use_llama_cpp
+
+    model, vocab, tok = _load_dir(make_model_dir(tmp_path / "m"))
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as where it is not installed
+    assert not llama_cpp_available()
+    with pytest.raises(ValueError, match="llama-cpp-python"):
+        use_llama_cpp(OmniModel(model, vocab, tok))
+
+
+def test_llama_cpp_backend_decodes_like_the_torch_engine(tmp_path):
+    """Same answers through llama.cpp (an f32 export) as through the torch engine: greedy text, a stop
+    id, and an image span under the grammar with classifier-free guidance (a second context)."""
+    pytest.importorskip("llama_cpp")
+    from omniloom.infer.engine import Engine, Request
+    from omniloom.infer.generate import OmniModel
+    from omniloom.infer.grammar import SpanGrammar
+    from omniloom.infer.llamacpp_backend import LlamaCppEngine, use_llama_cpp
+    from omniloom.infer.sampling import SamplingParams
+    from omniloom.tokens.template import null_condition
+
+    model, vocab, tok = _load_dir(make_model_dir(tmp_path / "m"))
+    omni = OmniModel(model, vocab, tok)
+    torch_engine = omni.engine
+    engine = use_llama_cpp(omni, gguf_type="f32", threads=2)
+    assert isinstance(omni.engine, LlamaCppEngine) and isinstance(torch_engine, Engine)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "draw a small blue square"}]}]
+    prompt = build_prompt(msgs, vocab, tok)
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    ref = torch_engine.generate([Request(prompt, greedy)])[0]
+    assert engine.generate([Request(prompt, greedy)])[0] == ref
+    stop = SamplingParams(max_new_tokens=12, temperature=0.0, stop_ids=(ref[3],))
+    assert engine.generate([Request(prompt, stop)])[0] == ref[:ref.index(ref[3]) + 1]
+
+    img = build_prompt(msgs, vocab, tok, "image")
+    uncond = null_condition(vocab) + vocab.header_ids("assistant") + [vocab.special("image")]
+
+    def req():
+        return Request(img, SamplingParams(max_new_tokens=vocab.image_tokens + 1, temperature=0.0),
+                       SpanGrammar(vocab, vocab.size, outputs=("image",), prefix=img), uncond_prompt=uncond,
+                       cfg_scale=3.0)
+
+    a, b = torch_engine.generate([req()])[0], engine.generate([req()])[0]
+    assert a == b and len(a) == vocab.image_tokens + 1 and a[-1] == vocab.special("/image")

@@ -40,6 +40,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "else 1; the bundled world model says 16 with guidance 2)")
     p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
     p.add_argument("--int8", action="store_true", help="int8 weight-only quantization of the decoder (faster on a CPU)")
+    p.add_argument("--backend", choices=["torch", "llama.cpp"], default="torch",
+                   help="who decodes the tokens: torch (default) or llama.cpp through llama-cpp-python (optional, "
+                        "not installed with omniloom), with omniloom's sampling, span grammar and stop rules")
+    p.add_argument("--gguf", default=None, metavar="FILE",
+                   help="--backend llama.cpp: this model's `export --format gguf` file (default: export one now)")
+    p.add_argument("--gguf-type", choices=["f16", "q8_0", "f32"], default="q8_0", dest="gguf_type",
+                   help="--backend llama.cpp without --gguf: the weights' type of the export (default q8_0)")
 
 
 def _user_message(text: str | None, images, audios, video) -> dict:
@@ -127,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     from .generate import OmniModel
 
     omni = OmniModel.load(args.model, int8=args.int8)
+    if args.backend == "llama.cpp":
+        from .llamacpp_backend import use_llama_cpp
+
+        use_llama_cpp(omni, gguf=args.gguf, gguf_type=args.gguf_type)
     out_dir = Path(args.out_dir)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None or args.image or args.audio or args.video:

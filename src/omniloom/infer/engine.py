@@ -15,7 +15,7 @@ import torch
 
 from .sampling import SamplingParams, sample_next
 
-__all__ = ["Constraint", "Request", "Engine"]
+__all__ = ["Constraint", "Request", "Engine", "SamplerState", "check_request"]
 
 
 class Constraint(Protocol):
@@ -40,6 +40,54 @@ class Request:
     constraint: Constraint | None = None
     uncond_prompt: list[int] | None = None  # CFG: the prompt with its condition dropped
     cfg_scale: float = 1.0
+
+
+def check_request(r: Request, i: int, vocab_size: int) -> None:
+    """ValueError naming request ``i`` when its sampling parameters or prompt are unusable."""
+    r.params.validate()
+    if not r.prompt:
+        raise ValueError(f"request {i}: empty prompt")
+    if any(not 0 <= t < vocab_size for t in r.prompt):
+        raise ValueError(f"request {i}: prompt holds ids outside [0, {vocab_size})")
+
+
+@dataclass
+class SamplerState:
+    """What one request's sampling carries from token to token (its seeded generator, the ids seen
+    for the repetition penalty), and the per-token rules every engine applies alike: guidance,
+    the grammar's mask, sampling, the constraint's advance, when to stop."""
+
+    generator: torch.Generator | None
+    seen: torch.Tensor  # (V,) bool
+
+    @classmethod
+    def start(cls, r: Request, vocab_size: int) -> "SamplerState":
+        g = torch.Generator(device="cpu").manual_seed(r.params.seed) if r.params.seed is not None else None
+        seen = torch.zeros(vocab_size, dtype=torch.bool)
+        if r.params.repetition_penalty != 1.0:
+            seen[torch.tensor(r.prompt)] = True
+        return cls(g, seen)
+
+    def pick(self, r: Request, logits: torch.Tensor, uncond_logits: torch.Tensor | None = None) -> int:
+        """The next token from the conditional (and, under guidance, unconditional) logits (V,)."""
+        lg = logits.float().cpu()
+        c = r.constraint
+        if uncond_logits is not None and c is not None and c.guidance_active():
+            lu = uncond_logits.float().cpu()
+            lg = lu + r.cfg_scale * (lg - lu)
+        allowed = c.allowed() if c is not None else None
+        tok = sample_next(lg, r.params, self.generator, self.seen if r.params.repetition_penalty != 1.0 else None,
+                          allowed)
+        self.seen[tok] = True
+        if c is not None:
+            c.advance(tok)
+        return tok
+
+    @staticmethod
+    def stops(r: Request, tok: int, produced: int) -> bool:
+        """True when ``tok`` (the ``produced``-th new token) ends the request."""
+        c = r.constraint
+        return tok in r.params.stop_ids or produced >= r.params.max_new_tokens or (c is not None and c.finished())
 
 
 class Engine:
@@ -82,11 +130,7 @@ class Engine:
         rows: list[list[int]] = []
         owner: list[tuple[int, bool]] = []  # row -> (request index, is the unconditional row)
         for i, r in enumerate(requests):
-            r.params.validate()
-            if not r.prompt:
-                raise ValueError(f"request {i}: empty prompt")
-            if any(not 0 <= t < self.vocab_size for t in r.prompt):
-                raise ValueError(f"request {i}: prompt holds ids outside [0, {self.vocab_size})")
+            check_request(r, i, self.vocab_size)
             rows.append(list(r.prompt))
             owner.append((i, False))
             if r.uncond_prompt is not None and r.cfg_scale != 1.0:
@@ -113,17 +157,7 @@ class Engine:
         positions = (slots[None, :] - pads[:, None]).clamp(min=0)  # (B, L)
         logits = self.model(ids, positions=positions, input_pos=slots, kv_mask=kv_mask)[:, -1]  # (B, V)
 
-        gens = []
-        seen = []
-        for r in requests:
-            g = None
-            if r.params.seed is not None:
-                g = torch.Generator(device="cpu").manual_seed(r.params.seed)
-            gens.append(g)
-            s = torch.zeros(self.vocab_size, dtype=torch.bool)
-            if r.params.repetition_penalty != 1.0:
-                s[torch.tensor(r.prompt)] = True
-            seen.append(s)
+        states = [SamplerState.start(r, self.vocab_size) for r in requests]
         done = [False] * len(requests)
         produced = [0] * len(requests)
         cond_row = {i: b for b, (i, u) in enumerate(owner) if not u}
@@ -133,19 +167,11 @@ class Engine:
             for i, r in enumerate(requests):
                 if done[i]:
                     continue
-                lg = logits[cond_row[i]].float().cpu()
-                c = r.constraint
-                if i in uncond_row and c is not None and c.guidance_active():
-                    lu = logits[uncond_row[i]].float().cpu()
-                    lg = lu + r.cfg_scale * (lg - lu)
-                allowed = c.allowed() if c is not None else None
-                tok = sample_next(lg, r.params, gens[i], seen[i] if r.params.repetition_penalty != 1.0 else None, allowed)
-                seen[i][tok] = True
-                if c is not None:
-                    c.advance(tok)
+                tok = states[i].pick(r, logits[cond_row[i]],
+                                     logits[uncond_row[i]] if i in uncond_row else None)
                 produced[i] += 1
                 yield i, tok
-                if tok in r.params.stop_ids or produced[i] >= r.params.max_new_tokens or (c is not None and c.finished()):
+                if states[i].stops(r, tok, produced[i]):
                     done[i] = True
                 next_tok[cond_row[i]] = tok
                 if i in uncond_row:
