@@ -1,7 +1,7 @@
 """Train or evaluate the codecs.
 
   omniloom codec train image --data world --out runs/codec-image [--steps N] [--batch B]
-  omniloom codec eval image [--codec image-world|DIR] [--n N] [--json OUT]
+  omniloom codec eval image [SPEC] [--data world|DIR] [--n N] [--json OUT]   (SPEC: image-world, DIR, hf:DIR)
   omniloom codec train audio ... / omniloom codec eval audio ...
 
 Each modality's module (``omniloom.train.codec_image``, ``omniloom.train.codec_audio``) exposes

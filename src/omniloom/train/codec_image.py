@@ -15,13 +15,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omniloom.codecs.image import ImageCodec, ImageCodecConfig, image_codec_config
+from omniloom.codecs.image import ImageCodec, ImageCodecConfig, image_codec_config, resize_crop
 from omniloom.codecs.image import load_image_file as load_image
 from omniloom.world.parse_image import FG_THRESHOLD
 from ..utils.fileio import atomic_path
@@ -345,8 +345,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codec", default="image-world", help="shipped codec name or codec directory")
-    p.add_argument("--data", default="world", help="'world' (fresh renders, parsed by the scene judge) or a folder")
+    p.add_argument("spec", nargs="?", default=None, metavar="SPEC",
+                   help="codec spec: shipped name (image-world), codec folder, or hf:DIR[?size=PIXELS] "
+                        "(default image-world)")
+    p.add_argument("--codec", default=None, help="the codec spec, as a flag (same as SPEC)")
+    p.add_argument("--data", default="world",
+                   help="'world' (fresh renders, parsed by the scene judge at 64x64) or a folder of PNG/JPEG "
+                        "files (each resized and center-cropped to the codec's size)")
     p.add_argument("--n", type=int, default=500, help="number of images")
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--seed", type=int, default=1234)
@@ -363,13 +368,31 @@ def _scene_parser():
     return parse_image
 
 
+def world_scenes(b: int, rng: np.random.Generator, resolution: int) -> tuple[list, torch.Tensor]:
+    """``b`` fresh scenes and their renders (B, 3, R, R) in [0, 1], resized from 64x64 when R differs."""
+    from omniloom.world.render import render_scene
+    from omniloom.world.scene import sample_scene
+
+    scenes = [sample_scene(rng, compositional=bool(rng.random() < 0.3)) for _ in range(b)]
+    renders = [render_scene(s, rng) for s in scenes]  # (64, 64, 3) uint8
+    if resolution == 64:
+        return scenes, torch.from_numpy(np.stack([r.transpose(2, 0, 1) for r in renders]) / 255.0).float()
+    return scenes, torch.from_numpy(np.stack([resize_crop(r, resolution) for r in renders]))
+
+
 @torch.no_grad()
-def evaluate(codec: ImageCodec, data: str = "world", n: int = 500, batch: int = 50, seed: int = 1234) -> dict:
-    """PSNR, SSIM, code usage/perplexity, bits/image, encode/decode speed and (world) scene accuracy."""
+def evaluate(codec: Any, data: str = "world", n: int = 500, batch: int = 50, seed: int = 1234) -> dict:
+    """PSNR, SSIM, code usage/perplexity, bits/image, encode/decode speed and (world, 64x64) scene accuracy.
+
+    Any image codec works (shipped, a folder, ``hf:DIR``): world renders are resized to its size; a
+    codec that cannot decode (``can_decode`` False) gets its codes and encode speed only.
+    """
     if n < 1 or batch < 1:
         raise ValueError(f"--n and --batch must be positive, got {n} and {batch}")
+    res_px = int(codec.resolution)
+    decodes = bool(getattr(codec, "can_decode", True))
     rng = np.random.default_rng(seed)
-    parse = _scene_parser() if data == "world" else None
+    parse = _scene_parser() if data == "world" and res_px == 64 and decodes else None
     files = None if data == "world" else list_image_files(data)
     ps, ss, all_codes = [], [], []
     t_enc = t_dec = 0.0
@@ -379,22 +402,19 @@ def evaluate(codec: ImageCodec, data: str = "world", n: int = 500, batch: int = 
         b = min(batch, n - done)
         scenes = None
         if data == "world":
-            from omniloom.world.render import render_scene
-            from omniloom.world.scene import sample_scene
-
-            scenes = [sample_scene(rng, compositional=bool(rng.random() < 0.3)) for _ in range(b)]
-            x = torch.from_numpy(np.stack([render_scene(s, rng).transpose(2, 0, 1) for s in scenes]) / 255.0).float()
+            scenes, x = world_scenes(b, rng, res_px)
         else:
-            x = torch.from_numpy(np.stack([load_image(f, codec.resolution) for f in files[done:done + b]]))
+            x = torch.from_numpy(np.stack([load_image(f, res_px) for f in files[done:done + b]]))
         t = time.perf_counter()
         codes = codec.encode(x)
         t_enc += time.perf_counter() - t
-        t = time.perf_counter()
-        y = codec.decode(codes)
-        t_dec += time.perf_counter() - t
-        ps.append(psnr(y, x))
-        ss.append(ssim(y, x))
         all_codes.append(codes)
+        if decodes:
+            t = time.perf_counter()
+            y = codec.decode(codes)
+            t_dec += time.perf_counter() - t
+            ps.append(psnr(y, x))
+            ss.append(ssim(y, x))
         if parse is not None and scenes is not None:
             imgs = (y.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
             clean = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
@@ -408,14 +428,15 @@ def evaluate(codec: ImageCodec, data: str = "world", n: int = 500, batch: int = 
     cat = torch.cat(all_codes)
     res = {
         "images": int(cat.shape[0]),
-        "psnr_db": float(torch.cat(ps).mean()),
-        "ssim": float(torch.cat(ss).mean()),
+        "resolution": res_px,
+        "psnr_db": float(torch.cat(ps).mean()) if decodes else None,
+        "ssim": float(torch.cat(ss).mean()) if decodes else None,
         **code_stats(cat, codec.codebook_size),
         "codebook_size": codec.codebook_size,
         "tokens_per_image": codec.tokens_per_item,
-        "bits_per_image": codec.cfg.bits_per_image,
+        "bits_per_image": codec.tokens_per_item * math.log2(codec.codebook_size),
         "encode_images_per_s": cat.shape[0] / max(t_enc, 1e-9),
-        "decode_images_per_s": cat.shape[0] / max(t_dec, 1e-9),
+        "decode_images_per_s": cat.shape[0] / max(t_dec, 1e-9) if decodes else None,
         "threads": torch.get_num_threads(),
     }
     if judged:
@@ -425,7 +446,7 @@ def evaluate(codec: ImageCodec, data: str = "world", n: int = 500, batch: int = 
 
 
 def format_table(res: dict) -> str:
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in res.items()]
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else "n/a" if v is None else str(v)) for k, v in res.items()]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
 
@@ -435,10 +456,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    codec = load_codec(args.codec)
-    if not isinstance(codec, ImageCodec):
-        raise ValueError(f"codec {args.codec!r} is a {codec.modality} codec, not an image codec")
-    res = {"codec": str(args.codec), "data": args.data,
+    if args.spec and args.codec and args.spec != args.codec:
+        raise ValueError(f"two codecs given: {args.spec!r} and --codec {args.codec!r}; give one")
+    spec = args.spec or args.codec or "image-world"
+    codec = load_codec(spec)
+    if codec.modality != "image":
+        raise ValueError(f"codec {spec!r} is a {codec.modality} codec, not an image codec")
+    res = {"codec": str(spec), "data": args.data,
            **evaluate(codec, args.data, n=args.n, batch=args.batch, seed=args.seed)}
     print(format_table(res))
     if args.json:
