@@ -15,7 +15,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("omniloom.codecs.text_cli", "train or inspect the byte-level BPE text tokenizer"),
     "tokenize": ("omniloom.data.tokenize_cli", "turn documents (message JSONL, LLaVA, LibriSpeech, WebDataset, HF "
-                 "datasets, interleaved web pages) into token shards"),
+                 "datasets, interleaved web pages, preference pairs) into token shards"),
     "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
     "plan": ("omniloom.train.plan", "estimate memory per GPU and tokens/s of a training run before renting GPUs"),
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),

@@ -115,6 +115,9 @@ class ModelConfig:
         self.image_tokens, self.image_open_id, self.image_code_start, self.image_code_end = ids
 
 
+#: what ``train.objective`` may name (see TrainConfig)
+OBJECTIVES = ("sft", "dpo", "rft")
+
 #: projections a LoRA may target (the decoder's linear layers, by attribute name)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -177,6 +180,16 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
+    # what the run optimises. 'sft': next-token cross-entropy on the shards' loss mask. 'dpo': direct
+    # preference optimisation on preference pairs (tokenize --format preference) against a frozen
+    # reference, a copy of the initial weights (train.init_from, else the random init); dpo_beta is
+    # the strength of the pull towards the reference, dpo_sft_weight adds that weight times the
+    # chosen answers' token cross-entropy. 'rft': rejection-sampling fine-tuning, i.e. sft on shards
+    # of the best sampled candidates tokenized as ordinary messages (the run checks they are single
+    # answers with an answer-only loss)
+    objective: str = "sft"
+    dpo_beta: float = 0.1
+    dpo_sft_weight: float = 0.0
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "ckpt_every"):
@@ -202,6 +215,13 @@ class TrainConfig:
         bad = [t for t in targets if t not in LORA_TARGETS]
         if bad or (self.lora_rank and not targets):
             raise ValueError(f"train.lora_targets {self.lora_targets!r}: choose among {', '.join(LORA_TARGETS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not self.dpo_beta > 0:
+            raise ValueError(f"train.dpo_beta must be > 0 (the strength of the pull towards the reference), "
+                             f"got {self.dpo_beta}")
+        if not self.dpo_sft_weight >= 0:
+            raise ValueError(f"train.dpo_sft_weight must be >= 0, got {self.dpo_sft_weight}")
         if self.train_rows_from < -1:
             raise ValueError(f"train.train_rows_from must be >= 0, or -1 (the vocab's first non-text id), "
                              f"got {self.train_rows_from}")

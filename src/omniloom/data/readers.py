@@ -4,6 +4,8 @@
 unambiguous. Every reader yields ``(where, messages)``: ``where`` is the 1-based line or record
 number used in error messages (``FILE:WHERE: ...``), ``messages`` a list of message dicts whose
 media parts carry absolute paths (or in-memory bytes), so they are encoded without a base folder.
+The ``preference`` reader yields a :class:`~omniloom.data.formats.preference.Preference` instead of
+messages: one record that tokenize writes as two documents kept together (chosen, rejected).
 
 A bad record raises ValueError naming the file and the line/record.
 """
@@ -16,15 +18,16 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .formats.common import input_files, is_glob
+from .formats.common import input_files, is_glob, json_lines
 from .formats.hf import HF_MARKERS, read_hf
 from .formats.interleaved import read_interleaved
 from .formats.librispeech import TRANSCRIPT_SUFFIX, read_librispeech, transcript_files
 from .formats.llava import read_llava
+from .formats.preference import preference_offsets, read_preference
 from .formats.webdataset import TAR_SUFFIXES, read_webdataset
 
-__all__ = ["FORMATS", "OPTION_FLAGS", "check_options", "read_documents", "detect_format", "read_jsonl",
-           "jsonl_offsets"]
+__all__ = ["FORMATS", "OPTION_FLAGS", "SEEKABLE", "check_options", "read_documents", "detect_format",
+           "read_jsonl", "jsonl_offsets"]
 
 Documents = Iterator[tuple[int, list[dict[str, Any]]]]
 
@@ -44,25 +47,10 @@ def jsonl_offsets(path: str | Path) -> Iterator[tuple[int, int, list[dict[str, A
 
 
 def _jsonl_records(path: str | Path, seek: int, first_line: int) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"input file {path} does not exist")
-    with open(path, "rb") as f:
-        f.seek(seek)
-        offset = seek
-        for lineno, raw in enumerate(f, first_line):
-            start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
-                raise ValueError(f"{path}:{lineno}: expected an object with a non-empty \"messages\" list")
-            yield lineno, start, obj["messages"]
+    for lineno, start, obj in json_lines(path, seek, first_line):
+        if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
+            raise ValueError(f"{path}:{lineno}: expected an object with a non-empty \"messages\" list")
+        yield lineno, start, obj["messages"]
 
 
 # format name -> reader(path, **options) -> (where, messages) iterator
@@ -73,6 +61,14 @@ FORMATS: dict[str, Callable[..., Documents]] = {
     "webdataset": read_webdataset,
     "hf": read_hf,
     "interleaved": read_interleaved,
+    "preference": read_preference,  # yields Preference records (a pair of documents), not message lists
+}
+
+#: formats read from JSON lines: name -> ``offsets(path)`` giving ``(line, byte offset, record)``, so
+#: that a tokenize work unit starts mid-file (its reader takes ``seek``/``first_line``)
+SEEKABLE: dict[str, Callable[..., Iterator[tuple[int, int, Any]]]] = {
+    "messages": jsonl_offsets,
+    "preference": preference_offsets,
 }
 
 #: reader option -> the ``omniloom tokenize`` flag that sets it (for error messages)
@@ -115,8 +111,8 @@ def detect_format(path: str | Path) -> str:
     -> hf, with ``*.tar`` -> webdataset, with ``*.trans.txt`` somewhere below -> librispeech. A
     file: ``.tar`` -> webdataset, ``.parquet`` / ``.arrow`` -> hf, ``*.trans.txt`` -> librispeech,
     a ``.json`` list of records with ``"conversations"`` -> llava, JSON lines whose first record
-    has ``"texts"`` + ``"images"`` or ``"text_list"`` -> interleaved, with ``"messages"`` (or any
-    ``.jsonl``) -> messages. A glob: the format of every file it matches, when they agree."""
+    has ``"texts"`` + ``"images"`` or ``"text_list"`` -> interleaved, ``"chosen"`` + ``"rejected"``
+    -> preference, with ``"messages"`` (or any ``.jsonl``) -> messages. A glob: the format of every file it matches, when they agree."""
     p = Path(path)
     found: list[str] = []
     if not is_glob(path) and not p.exists():
@@ -167,6 +163,8 @@ def _file_format(p: Path) -> str | None:
         record = None
     if isinstance(record, dict) and ("texts" in record and "images" in record or "text_list" in record):
         return "interleaved"
+    if isinstance(record, dict) and "chosen" in record and "rejected" in record:
+        return "preference"
     if p.suffix == ".jsonl" or isinstance(record, dict) and "messages" in record:
         return "messages"  # a malformed first line is then reported by the reader, with its number
     return None

@@ -9,6 +9,8 @@ A shard directory holds::
 
 ``loss_mask[i] == 1`` means token ``i`` is a target that counts (it is predicted from the tokens
 before it). ``doc_offsets`` are the document boundaries inside the shard (first 0, last N).
+A manifest with ``"pairs": true`` (``tokenize --format preference``) holds preference pairs:
+documents ``2k`` (chosen) and ``2k + 1`` (rejected) are one pair, and every shard holds whole pairs.
 Every file is written to a temporary name and renamed, and the manifest is written last, so a
 killed ``tokenize`` never leaves a directory that looks complete.
 """
@@ -79,6 +81,23 @@ class ShardWriter:
                 shutil.copyfile(tokenizer_path, tmp)
 
     def add(self, ids: Iterable[int], loss_mask: Iterable[int]) -> None:
+        self._append(ids, loss_mask)
+        if self._n >= self.shard_tokens:
+            self.flush()
+
+    def add_pair(self, chosen: tuple[Iterable[int], Iterable[int]], rejected: tuple[Iterable[int], Iterable[int]]
+                 ) -> None:
+        """Two documents ((ids, loss_mask) each) written consecutively into the same shard (a
+        preference pair: a shard is cut only after the pair)."""
+        for ids, mask in (chosen, rejected):
+            ids = list(ids)
+            if not ids:
+                raise ValueError("a document of a preference pair is empty")
+            self._append(ids, mask)
+        if self._n >= self.shard_tokens:
+            self.flush()
+
+    def _append(self, ids: Iterable[int], loss_mask: Iterable[int]) -> None:
         ids_a = np.asarray(list(ids), dtype=np.int64)
         mask_a = np.asarray(list(loss_mask), dtype=np.uint8)
         if ids_a.shape != mask_a.shape:
@@ -90,8 +109,6 @@ class ShardWriter:
         self._ids.append(ids_a.astype(np.int32))
         self._mask.append(mask_a)
         self._n += ids_a.size
-        if self._n >= self.shard_tokens:
-            self.flush()
 
     def flush(self) -> None:
         if not self._ids:
@@ -212,6 +229,11 @@ class ShardSet:
         return sh["ids"][a:b], sh["loss_mask"][a:b]
 
     @property
+    def pairs(self) -> bool:
+        """Whether the documents are preference pairs (``2k`` chosen, ``2k + 1`` rejected)."""
+        return bool(self.manifest.get("pairs"))
+
+    @property
     def ids(self) -> np.ndarray:
         """All ids concatenated (reads everything: for tests and small sets)."""
         return np.concatenate([s["ids"] for s in self.shards])
@@ -254,6 +276,9 @@ class ShardSet:
             if (a is None or m is None or o is None or a.shape != (n,) or m.shape != (n,)
                     or o.ndim != 1 or o.size < 2 or o[0] != 0 or o[-1] != n or np.any(np.diff(o) <= 0)):
                 raise ValueError(f"shard {f} has the wrong arrays or shapes (expected {n} tokens)")
+            if manifest.get("pairs") and (o.size - 1) % 2:
+                raise ValueError(f"shard {f} holds {o.size - 1} documents, but {mpath} says it holds preference "
+                                 "pairs (two documents each)")
             shards.append({"ids": a, "loss_mask": m})
             offsets.append(np.asarray(o[1:]) + base)
             owner.append(np.full(o.size - 1, k, dtype=np.int32))
@@ -278,6 +303,9 @@ class ShardSet:
             if tok_a.is_file() and tok_b.is_file() and tok_a.read_bytes() != tok_b.read_bytes():
                 raise ValueError(f"shard directories {first.path} and {s.path} were tokenized with different text "
                                  f"tokenizers (tokenizer.json differs): training decodes text with the first one")
+            if bool(s.manifest.get("pairs")) != bool(first.manifest.get("pairs")):
+                raise ValueError(f"shard directories {first.path} and {s.path} cannot be read as one set: only one "
+                                 "of them holds preference pairs (manifest \"pairs\": true)")
             if s.manifest.get("codecs") != first.manifest.get("codecs"):
                 raise ValueError(f"shard directories {first.path} and {s.path} were tokenized with different "
                                  f"codecs ({first.manifest.get('codecs')} vs {s.manifest.get('codecs')})")
@@ -314,6 +342,8 @@ def filter_shards(src: str | Path, out: str | Path, keep: Callable[[np.ndarray],
     if out.exists():
         raise ValueError(f"{out} exists: choose a new directory for the filtered shards")
     data = ShardSet.open(src)
+    if data.pairs:
+        raise ValueError(f"{src} holds preference pairs: a filter of single documents would break them")
     tok = data.path / "tokenizer.json"
     meta = {k: v for k, v in data.manifest.items() if k in ("mode", "codecs", "cfg_drop")}
     meta.update(sources=[str(src)], filter=note)

@@ -11,6 +11,10 @@ So the same units can run in this process, in a local process pool (``workers``)
 tasks (``ray``) and give identical shards, and a rerun of an interrupted job with the same inputs
 and settings skips the units already done. A document goes to the validation split by a seeded
 hash of its position (input, record), so the split does not depend on how the work was cut.
+
+A preference record (``--format preference``) is one position that becomes two documents, chosen
+then rejected, written together (same split, same shard, adjacent); the manifests then say
+``"pairs": true``. Pairs keep their prompts (``cfg_drop`` does not apply to them).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .formats.common import is_glob
-from .readers import jsonl_offsets, read_documents, read_jsonl, split_input
+from .formats.preference import Preference, encode_preference
+from .readers import SEEKABLE, read_documents, read_jsonl, split_input
 from .shards import MANIFEST, ShardWriter, sha256_file, write_manifest
 
 __all__ = ["read_jsonl", "tokenize_files", "build_vocab", "plan_units", "Unit"]
@@ -54,8 +59,8 @@ def _draw(seed: int, kind: str, input_index: int, record: int) -> float:
     return int.from_bytes(h, "little") / 2.0**64
 
 
-def _voices_of(messages: list) -> Iterator[str]:
-    for m in messages:
+def _voices_of(doc: list | Preference) -> Iterator[str]:
+    for m in doc.messages if isinstance(doc, Preference) else doc:
         content = m.get("content") if isinstance(m, dict) else None
         for part in content if isinstance(content, list) else []:
             voice = part.get("voice") if isinstance(part, dict) else None
@@ -77,8 +82,8 @@ def plan_units(inputs: list[str | Path], input_format: str = "messages", reader_
     bar = tqdm(desc="read inputs", unit="doc", disable=not progress)
     for i, path in enumerate(inputs):
         n = 0
-        if input_format == "messages":
-            records: Iterator = jsonl_offsets(path)
+        if input_format in SEEKABLE:
+            records: Iterator = SEEKABLE[input_format](path)
         else:
             records = ((where, None, msgs) for where, msgs in read_documents(path, input_format, **(reader_options or {})))
         for where, offset, messages in records:
@@ -149,6 +154,10 @@ def tokenize_files(
 
     if mode not in ("sft", "pretrain"):
         raise ValueError(f"--mode must be 'sft' or 'pretrain', got {mode!r}")
+    if input_format == "preference":
+        if mode != "sft":
+            raise ValueError("--format preference needs --mode sft (the loss covers the answers only)")
+        cfg_drop = 0.0  # a pair's two documents keep the prompt they share
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if not 0.0 <= cfg_drop <= 1.0:
@@ -259,19 +268,26 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is faster than two (measured)
     try:
-        for pos, where, messages in _documents(job, unit):
+        for pos, where, doc in _documents(job, unit):
+            base_dir = Path(unit.input).parent
             try:
-                enc = processor.encode_messages(messages, mode=job.mode, base_dir=Path(unit.input).parent)
+                if isinstance(doc, Preference):  # one position, two documents written together
+                    pair = encode_preference(processor, doc, base_dir)
+                else:
+                    enc = processor.encode_messages(doc, mode=job.mode, base_dir=base_dir)
             except ValueError as e:
                 raise ValueError(f"{unit.input}:{where}: {e}") from e
             val = "val" in writers and _draw(job.seed, "split", unit.input_index, pos) < job.val_fraction
             split = "val" if val else "train"
-            if split == "train" and job.cfg_drop > 0:
-                dropped = drop_condition(enc, job.vocab)
-                if dropped is not None and _draw(job.seed, "cfg-drop", unit.input_index, pos) < job.cfg_drop:
-                    enc = dropped
-                    counts["dropped"] += 1
-            writers[split].add(enc.ids, enc.loss_mask)
+            if isinstance(doc, Preference):
+                writers[split].add_pair(*((e.ids, e.loss_mask) for e in pair))
+            else:
+                if split == "train" and job.cfg_drop > 0:
+                    dropped = drop_condition(enc, job.vocab)
+                    if dropped is not None and _draw(job.seed, "cfg-drop", unit.input_index, pos) < job.cfg_drop:
+                        enc = dropped
+                        counts["dropped"] += 1
+                writers[split].add(enc.ids, enc.loss_mask)
             counts[split] += 1
             if on_doc is not None:
                 on_doc()
@@ -440,6 +456,8 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
         raise ValueError(f"--val-fraction {job.val_fraction} left the validation split empty; use more data or 0")
     meta = {"mode": job.mode, "input_format": job.input_format, "sources": [str(p) for p in inputs],
             "codecs": dict(job.codec_names), "cfg_drop": job.cfg_drop, "units": len(units)}
+    if job.input_format == "preference":
+        meta["pairs"] = True
     manifests = {k: write_manifest(out / k, job.vocab, [s for u in units for s in done[u.index]["shards"].get(k, [])], meta)
                  for k in job.splits}
     # task prompts written beside the input (e.g. by `omniloom world generate`) travel with the
@@ -449,5 +467,6 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
         for k in job.splits:
             atomic_write_text(out / k / "generation.json", prompts.read_text())
     return {k: {"docs": m["total_docs"], "tokens": m["total_tokens"], "shards": len(m["shards"]),
-                "dir": str(out / k)} for k, m in manifests.items()} | {"vocab_size": job.vocab.size,
+                "dir": str(out / k), **({"pairs": m["total_docs"] // 2} if m.get("pairs") else {})}
+            for k, m in manifests.items()} | {"vocab_size": job.vocab.size,
                                                                      "condition_dropped": counts["dropped"]}

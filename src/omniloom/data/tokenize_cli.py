@@ -6,8 +6,9 @@
     omniloom tokenize --input llava_instruct.json --image-root coco/train2017 --model world --out data/llava
     omniloom tokenize --input LibriSpeech/train-clean-100 --audio-task both --model world --out data/ls
 
---format names the reader (messages, llava, librispeech, webdataset, hf, interleaved; by default
-it is detected from each --input): see docs/data-formats.md for the fields each one reads.
+--format names the reader (messages, llava, librispeech, webdataset, hf, interleaved, preference;
+by default it is detected from each --input): see docs/data-formats.md for the fields each one
+reads, and docs/preference.md for preference pairs.
 
 --model NAME|DIR takes the tokenizer, vocabulary and codecs of a model (the bundled `world`, a
 grafted model, a training run), so the shards fit it for `train.init_from=...`: fine-tuning needs
@@ -31,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an input file, folder or quoted glob ('shards/*.tar'); repeat for several, all of one format")
     p.add_argument("--format", default=None, metavar="NAME",
                    help="the inputs' format: messages (OpenAI-message JSONL), llava, librispeech, webdataset, hf, "
-                        "interleaved (default: detected from each input; docs/data-formats.md)")
+                        "interleaved, preference (prompt/chosen/rejected JSONL, TRL's format: a pair of documents "
+                        "for train.objective=dpo) (default: detected from each input; docs/data-formats.md)")
     p.add_argument("--image-root", default=None, metavar="DIR",
                    help="llava, interleaved, hf: the folder relative image paths (and URLs, by file name) are "
                         "taken under (default: the input's folder)")

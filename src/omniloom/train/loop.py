@@ -6,10 +6,16 @@ model is sharded with FSDP2 ``fully_shard`` (each block, then the root). ``paral
 keeps a full copy per rank and all-reduces gradients instead (a fallback; FSDP2 works on gloo).
 Every rank builds the model from the same seed, reads its own slice of each global batch, and
 rank 0 writes logs, plots and checkpoints.
+
+``train.objective`` picks what is optimised: ``sft`` (and ``rft``, the same on best-candidate
+shards) the masked next-token loss over packed rows; ``dpo`` the preference loss over whole pairs
+(:mod:`omniloom.train.dpo`, :class:`~omniloom.data.pairs.PairLoader`) against a frozen copy of the
+initial weights, rebuilt from them when a run resumes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -105,10 +111,31 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         say(f"train.warmup_steps={tc.warmup_steps} is not shorter than train.steps={tc.steps}: warming up for "
             f"{clipped} steps instead (a tenth of the run)")
         tc.warmup_steps = clipped
-    loader = PackedLoader(train_set, cfg.data.seq_len, tc.batch_size, tc.micro_batch_size, rank, world, tc.seed)
+    from .dpo import check_objective_data
+
+    dpo = tc.objective == "dpo"
+    check_objective_data(tc.objective, train_set)
+    if dpo:
+        from ..data.pairs import PairLoader
+
+        loader: PackedLoader | PairLoader = PairLoader(train_set, cfg.data.seq_len, tc.batch_size,
+                                                       tc.micro_batch_size, rank, world, tc.seed)
+        if loader.skipped and main:
+            say(f"train.objective=dpo: {loader.skipped} of {loader.num_pairs} pairs are longer than "
+                f"data.seq_len+1={cfg.data.seq_len + 1} tokens (chosen and rejected together) and are skipped")
+    else:
+        loader = PackedLoader(train_set, cfg.data.seq_len, tc.batch_size, tc.micro_batch_size, rank, world, tc.seed)
+    if tc.objective == "rft" and main:
+        say(f"train.objective=rft: supervised fine-tuning on the best candidates in {train_set.path}")
     val_set = ShardSet.open(cfg.data.val) if cfg.data.val else None
     if val_set is not None:  # checked before training, not after it
-        val_batch, val_micro = _val_batch(val_set, cfg, world)
+        check_objective_data(tc.objective, val_set, "data.val")
+        if dpo:
+            from .dpo import val_pair_loader
+
+            val_loader = val_pair_loader(val_set, cfg, rank, world)
+        else:
+            val_batch, val_micro = _val_batch(val_set, cfg, world)
         if not any(bool(sh["loss_mask"].any()) for sh in val_set.shards):
             raise ValueError(f"validation set {val_set.path} holds no loss tokens (no assistant turns with "
                              f"data.mode={cfg.data.mode!r}?), so it cannot measure an eval loss; tokenize it with "
@@ -125,8 +152,10 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         from ..model.lora import apply_lora
 
         apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha)
-    if resume_from is None and tc.init_from:  # a resumed run keeps its own weights
+    # a resumed run keeps its own weights, but DPO rebuilds its reference from the initial ones
+    if tc.init_from and (resume_from is None or dpo):
         init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
+    reference = copy.deepcopy(model).requires_grad_(False).eval() if dpo else None
     if tc.freeze_base:
         from .step import freeze_for_adapters
 
@@ -137,7 +166,14 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
                 f"{tc.train_rows_from if tc.train_rows_from >= 0 else vocab.text_size} of the embedding/output)")
     if world > 1 and parallel == "fsdp":
         model = _shard_model(model, device)
-    step = TrainStep(model, tc, vocab=vocab, device=device)
+        if reference is not None:
+            reference = _shard_model(reference, device)
+    if reference is not None:
+        from .dpo import DPOStep
+
+        step: TrainStep = DPOStep(model, reference, tc, vocab=vocab, device=device)
+    else:
+        step = TrainStep(model, tc, vocab=vocab, device=device)
     if resume_from is not None:
         trainer = load_checkpoint(resume_from, model, step.optimizer)
         step.step = int(trainer["step"])
@@ -162,14 +198,20 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
             f"global batch {tc.batch_size} = {world} ranks x {loader.micro} micro x {loader.accumulation_steps} "
             f"accumulation, seq_len {cfg.data.seq_len}, autocast {step.amp_dtype}")
 
-    def evaluate() -> float:
+    def evaluate() -> dict[str, float]:
+        """``eval_loss`` (and, for DPO, ``eval_dpo/*``) on the validation set."""
         assert val_set is not None
-        return validation_loss(step, val_set, cfg, val_batch, val_micro, rank, world)[0]
+        if dpo:
+            from .dpo import dpo_validation
 
-    def log_eval(s: int, ev: float, what: str = "") -> None:  # rank 0 only
+            return dpo_validation(step, val_loader, tc.eval_batches)
+        return {"eval_loss": validation_loss(step, val_set, cfg, val_batch, val_micro, rank, world)[0]}
+
+    def log_eval(s: int, ev: dict[str, float], what: str = "") -> None:  # rank 0 only
         with open(metrics_path, "a") as f:
-            f.write(json.dumps({"step": s, "eval_loss": ev}) + "\n")
-        (bar.write if bar is not None else say)(f"step {s}{what}: eval loss {ev:.4f}")
+            f.write(json.dumps({"step": s, **ev}) + "\n")
+        more = "".join(f" {k.removeprefix('eval_')}={v:.3f}" for k, v in ev.items() if k != "eval_loss")
+        (bar.write if bar is not None else say)(f"step {s}{what}: eval loss {ev['eval_loss']:.4f}{more}")
 
     assets: dict[str, Path | str] = {"vocab.json": train_set.vocab_path(),
                                      "tokenizer.json": train_set.path / "tokenizer.json"}
@@ -190,7 +232,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
 
     last_target = tc.steps if stop_after is None else min(tc.steps, stop_after)
     bar = None
-    if init_dir is not None and val_set is not None:  # where a fine-tune starts from, to compare with
+    if init_dir is not None and val_set is not None and resume_from is None:  # where a fine-tune starts from
         ev = evaluate()
         if main:
             log_eval(0, ev, f" ({tc.init_from})")
@@ -221,13 +263,13 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
             if main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                mods = " ".join(f"{k}={v:.3f}" for k, v in stats.items() if k.startswith("loss/"))
+                mods = " ".join(f"{k}={v:.3f}" for k, v in stats.items() if k.startswith(("loss/", "dpo/")))
                 (bar.write if bar is not None else say)(f"step {s}/{tc.steps} loss {stats['loss']:.4f} {mods} lr {stats['lr']:.2e} "
                         f"grad_norm {stats['grad_norm']:.3f} tok/s {record['tokens_per_s']:,.0f}")
         stopping = deadline is not None and s != last_target and _time_is_up(deadline, device)
         if val_set is not None and (s % tc.eval_every == 0 or s == last_target or stopping):
             ev = evaluate()
-            record["eval_loss"] = ev
+            record.update(ev)
             if main:
                 log_eval(s, ev)
                 plot_metrics(metrics_path, out / "loss.png")

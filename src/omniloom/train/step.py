@@ -256,8 +256,10 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
 
-    def _token_losses(self, mb: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token losses (N,) and targets (N,) at the micro-batch's loss positions (row-major)."""
+    def _token_losses(self, mb: dict[str, torch.Tensor], losses: nn.Module | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token losses (N,) and targets (N,) at the micro-batch's loss positions (row-major),
+        from ``losses`` (default: this step's model; DPO passes its reference's)."""
         index = loss_index(mb["loss_mask"])
         targets = mb["targets"].reshape(-1).index_select(0, index)
         if self.cfg.compile:  # N changes every batch: compile for any N at once, not once per N first
@@ -271,16 +273,41 @@ class TrainStep:
                 if t is not None:
                     torch._dynamo.mark_static(t)
         with self._autocast():
-            ce = self.losses(mb["ids"], mb.get("positions"), mb.get("doc_ids"), index, targets)
+            ce = (losses or self.losses)(mb["ids"], mb.get("positions"), mb.get("doc_ids"), index, targets)
         return ce, targets
 
-    # -- the step -----------------------------------------------------------------------------
-    def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    def _begin(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+        """Start a step: train mode, this step's learning rate (returned), no gradients."""
         if not micro_batches:
             raise ValueError("TrainStep needs at least one micro-batch")
         self.model.train()
         lr = lr_at(self.step, self.cfg)
         self.set_lr(lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr
+
+    def _apply_gradients(self) -> float:
+        """End a step whose gradients are accumulated: reduce them (replicated ranks), mask the
+        frozen rows, clip, step the optimizer; returns the gradient norm before clipping."""
+        if self.distributed and not self.fsdp:
+            self._sync_grads_manually()
+        if self.rows_from:
+            for name, p in self.model.named_parameters():
+                if p.grad is not None and name.removeprefix("_orig_mod.") in ROW_MASKED:
+                    zero_rows_below(p.grad, self.rows_from)
+
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0
+                                            else float("inf"))
+        if hasattr(gn, "full_tensor"):  # DTensor under FSDP2
+            gn = gn.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return float(gn)
+
+    # -- the step -----------------------------------------------------------------------------
+    def __call__(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        lr = self._begin(micro_batches)
 
         # global number of target tokens that count: the common denominator of every micro-batch
         local = torch.tensor(
@@ -299,7 +326,6 @@ class TrainStep:
         mod_cnt = torch.zeros(M, dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
 
-        self.optimizer.zero_grad(set_to_none=True)
         for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
             if self.fsdp:  # reduce-scatter only after the last micro-batch
@@ -314,26 +340,13 @@ class TrainStep:
                 mod_sum.index_add_(0, mod, ce.double())
                 mod_cnt.index_add_(0, mod, torch.ones_like(ce, dtype=torch.float64))
 
-        if self.distributed and not self.fsdp:
-            self._sync_grads_manually()
-        if self.rows_from:
-            for name, p in self.model.named_parameters():
-                if p.grad is not None and name.removeprefix("_orig_mod.") in ROW_MASKED:
-                    zero_rows_below(p.grad, self.rows_from)
-
-        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0
-                                            else float("inf"))
-        if hasattr(gn, "full_tensor"):  # DTensor under FSDP2
-            gn = gn.full_tensor()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        gn = self._apply_gradients()
 
         stats = self._all_reduce(torch.cat([loss_sum[None], mod_sum, mod_cnt])).cpu()
         out = {
             "loss": float(stats[0]) / denom,
             "lr": lr,
-            "grad_norm": float(gn),
+            "grad_norm": gn,
             "tokens": n_tokens,
             "loss_tokens": n_loss,
         }

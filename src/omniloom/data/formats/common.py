@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import glob
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
-__all__ = ["Documents", "Message", "Pairs", "DEFAULT_PROMPTS", "AUDIO_TASKS", "IMAGE_TASKS", "IMAGE_EXTS",
+__all__ = ["Documents", "Message", "Pairs", "json_lines", "DEFAULT_PROMPTS", "AUDIO_TASKS", "IMAGE_TASKS", "IMAGE_EXTS",
            "AUDIO_EXTS", "is_glob", "input_files", "media_folder", "resolve_media", "text_part"]
 
 Message = dict[str, Any]
@@ -51,6 +52,29 @@ def input_files(path: str | Path, suffixes: tuple[str, ...], what: str) -> list[
     if p.is_file():
         return [p]
     raise ValueError(f"input {p} does not exist")
+
+
+def json_lines(path: str | Path, seek: int = 0, first_line: int = 1) -> Iterator[tuple[int, int, Any]]:
+    """``(line number, byte offset, object)`` of every non-blank line of a JSON-lines file, from
+    byte ``seek`` (lines numbered from ``first_line``). Bad UTF-8 or JSON is a ValueError naming the
+    file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input file {path} does not exist")
+    with open(path, "rb") as f:
+        f.seek(seek)
+        offset = seek
+        for lineno, raw in enumerate(f, first_line):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+            yield lineno, start, obj
 
 
 def resolve_media(ref: Any, root: Path, where: str, what: str = "image") -> str:
