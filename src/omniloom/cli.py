@@ -21,6 +21,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),
     "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
     "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
+    "sample": ("omniloom.eval.sample_cli", "sample K answers per prompt, score them with a reward, write preference "
+               "pairs and best answers"),
+    "verifier": ("omniloom.train.verifier_cli", "train a learned verifier (a scalar head on the model) from judged "
+                 "samples, or measure one"),
     "familiarity": ("omniloom.eval.familiarity_cli", "record how a model's training media look to its codecs, so that "
                     "unlike input (real photos for a shapes model) is flagged"),
     "chat": ("omniloom.infer.chat_cli", "talk to a model: text, images, speech and video in; text, speech, images out"),

@@ -4,6 +4,7 @@
     omniloom chat --model world --image scene.png "describe the image"
     omniloom chat --model world --audio question.wav --speak --voice nova
     omniloom chat --model world --draw "draw a big red circle in the center"
+    omniloom chat --model world --draw --best-of 8 --verifier runs/pref/verifier "draw a red star at the top"
 
 Text streams to the terminal as it is generated. Generated images are written as PNG and speech
 as WAV under --out-dir, and their paths are printed. In interactive mode the conversation is kept
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--voice", default=None, help="assistant voice for spoken answers (e.g. nova, atlas)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default; with --best-of: 1)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
@@ -38,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="draw up to N images for a drawing request and keep the one the model itself captions "
                         "closest to the request (best-of-N search; 1 off; default: the model's generation.json, "
                         "else 1; the bundled world model says 16 with guidance 2)")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="sample N answers and keep the one the learned verifier scores highest (1 off; needs "
+                        "--verifier or a model directory holding one; see docs/preference.md)")
+    p.add_argument("--verifier", default=None, metavar="DIR",
+                   help="a verifier trained on this model (omniloom verifier train) for --best-of")
     p.add_argument("--out-dir", default="chat_out", help="where generated images and audio are written")
     p.add_argument("--int8", action="store_true", help="int8 weight-only quantization of the decoder (faster on a CPU)")
     p.add_argument("--backend", choices=["torch", "llama.cpp"], default="torch",
@@ -74,15 +80,23 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     from .grammar import OUTPUTS
     from .sampling import SamplingParams
 
-    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+    temperature = args.temperature if args.temperature is not None else (1.0 if args.best_of > 1 else 0.0)
+    sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed)
     modality = "audio" if args.speak else "image" if args.draw else None
     text, transcript, audio, images = [], [], [], []
     done = None
     cfg_scale, candidates = omni.image_options(args.cfg_scale, args.image_candidates)
     outputs = ("audio",) if args.speak else OUTPUTS  # --speak: a spoken answer (about an image: via text)
-    for ev in generate(omni, messages, output_modality=modality, outputs=outputs, voice=args.voice, sampling=sampling,
-                       cfg_scale=cfg_scale, image_candidates=candidates):
+    if args.best_of > 1:  # the verifier picks among N direct answers (no caption search, no via-text speech)
+        from .best_of import generate_best_of
+
+        events = generate_best_of(omni, args.verifier_loaded, messages, args.best_of, modality, outputs, args.voice,
+                                  sampling, cfg_scale if modality == "image" else 1.0)
+    else:
+        events = generate(omni, messages, output_modality=modality, outputs=outputs, voice=args.voice,
+                          sampling=sampling, cfg_scale=cfg_scale, image_candidates=candidates)
+    for ev in events:
         if isinstance(ev, TextDelta):
             text.append(ev.text)
             print(ev.text, end="", flush=True)
@@ -127,13 +141,32 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
               f"(text {u['text_tokens']}, audio {u['audio_tokens']}, image {u['image_tokens']})"
               + (f"; image chosen from {u['image_candidates']} candidates" if "image_candidates" in u else "") + "]",
               file=sys.stderr)
+        if done.best_of:
+            b = done.best_of
+            print(f"[best of {b['n']} by the verifier: candidate {b['chosen']} (scores "
+                  f"{', '.join(f'{x:.2f}' for x in b['scores'])}); {b['seconds']:.2f} s, of which sampling "
+                  f"{b['sample_s']:.2f} s and verifying {b['verify_s']:.2f} s]", file=sys.stderr)
     return {"role": "assistant", "content": content or ""}
 
 
 def run(args: argparse.Namespace) -> int:
     from .generate import OmniModel
 
+    if args.best_of < 1:
+        raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
     omni = OmniModel.load(args.model, int8=args.int8)
+    args.verifier_loaded = None
+    if args.best_of > 1:
+        from ..utils.model_dir import resolve_model_dir
+        from .best_of import Verifier
+
+        model_dir = resolve_model_dir(args.model)
+        where = args.verifier or model_dir
+        if args.verifier is None and not (model_dir / "verifier.json").is_file():
+            raise ValueError("--best-of needs a verifier: give --verifier DIR (made by `omniloom verifier train`)")
+        args.verifier_loaded = Verifier.load(where, model_dir)
+    elif args.verifier:
+        raise ValueError("--verifier is used by --best-of N (N > 1)")
     if args.backend == "llama.cpp":
         from .llamacpp_backend import use_llama_cpp
 

@@ -73,6 +73,7 @@ class Done:
     finish_reason: str  # "stop" (the model ended its turn) or "length"
     usage: dict[str, int]  # prompt_tokens, completion_tokens, and completion tokens per modality
     warnings: list[str] = field(default_factory=list)  # e.g. input unlike the model's training data
+    best_of: dict | None = None  # verifier-guided decoding (infer.best_of): n, chosen, scores, seconds
 
 
 class _TextStream:

@@ -15,6 +15,7 @@ import json
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -160,10 +161,11 @@ class GuardMiddleware:
         await self.app(scope, replay, send)
 
 
-def create_app(omni: OmniModel, settings: ServeSettings | None = None) -> FastAPI:
-    """The server app around ``omni`` (generation runs in ``settings.workers`` threads)."""
+def create_app(omni: OmniModel, settings: ServeSettings | None = None, verifier: Any = None) -> FastAPI:
+    """The server app around ``omni`` (generation runs in ``settings.workers`` threads); ``verifier``
+    (an :class:`omniloom.infer.best_of.Verifier`) enables best-of-N chat answers."""
     settings = settings or ServeSettings()
-    state = ServerState.build(omni, settings)
+    state = ServerState.build(omni, settings, verifier)
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield

@@ -67,6 +67,9 @@ class ChatRequest(BaseModel):
     # generation.json, else 1 = off):
     guidance_scale: float | None = Field(None, ge=1.0, le=10.0)  # classifier-free guidance inside image spans
     image_candidates: int | None = Field(None, ge=1, le=64)  # best of N drawings, judged by the model's own captions
+    # omniloom extension: sample N answers and return the one the server's learned verifier scores
+    # highest (default: omniloom serve --best-of, else 1 = off); the response then carries "best_of"
+    best_of: int | None = Field(None, ge=1, le=64)
 
 
 def plan_outputs(modalities: list[str] | None) -> tuple[str | None, tuple[str, ...]]:
@@ -80,8 +83,12 @@ def plan_outputs(modalities: list[str] | None) -> tuple[str | None, tuple[str, .
 
 
 def _warnings(done) -> dict:
-    """omniloom's extension field: ``{"warnings": [...]}`` when the input was unlike the training data."""
-    return {"warnings": list(done.warnings)} if done is not None and done.warnings else {}
+    """omniloom's extension fields: ``{"warnings": [...]}`` when the input was unlike the training data,
+    ``{"best_of": {n, chosen, scores, seconds, ...}}`` for a best-of-N answer."""
+    out = {"warnings": list(done.warnings)} if done is not None and done.warnings else {}
+    if done is not None and done.best_of:
+        out["best_of"] = dict(done.best_of)
+    return out
 
 
 async def watch_disconnect(request: Request, job) -> None:
@@ -98,6 +105,15 @@ def _job(messages: list[dict], output_modality, outputs, voice, sampling, guidan
     def fn(omni):
         yield from generate(omni, messages, output_modality=output_modality, outputs=outputs, voice=voice,
                             sampling=sampling, cfg_scale=guidance, image_candidates=candidates)
+    return fn
+
+
+def _best_of_job(verifier, n: int, messages: list[dict], output_modality, outputs, voice, sampling,
+                 guidance: float = 1.0):
+    def fn(omni):
+        from ..infer.best_of import generate_best_of
+
+        yield from generate_best_of(omni, verifier, messages, n, output_modality, outputs, voice, sampling, guidance)
     return fn
 
 
@@ -135,9 +151,22 @@ async def chat_completions(body: ChatRequest, request: Request):
         tmp.close()
         raise
     image_first = output_modality == "image"  # the search acts on an answer that opens with an image
-    job = st.scheduler.submit(_job(messages, output_modality, outputs, voice, sampling,
-                                   guidance if "image" in outputs else 1.0, candidates if image_first else 1),
-                              cleanup=tmp.close)
+    best_of = body.best_of if body.best_of is not None else st.settings.best_of
+    if best_of > 1:  # the verifier picks among sampled direct answers (no caption search, no via-text speech)
+        if st.verifier is None:
+            tmp.close()
+            raise bad_request("best_of needs a verifier: start the server with --verifier DIR", "best_of",
+                              "unsupported_parameter")
+        if sampling.temperature == 0:
+            tmp.close()
+            raise bad_request("best_of > 1 needs a temperature > 0 (greedy decoding gives one answer N times)",
+                              "temperature", "invalid_value")
+        fn = _best_of_job(st.verifier, best_of, messages, output_modality, outputs, voice, sampling,
+                          guidance if "image" in outputs else 1.0)
+    else:
+        fn = _job(messages, output_modality, outputs, voice, sampling, guidance if "image" in outputs else 1.0,
+                  candidates if image_first else 1)
+    job = st.scheduler.submit(fn, cleanup=tmp.close)
     try:
         await job.ready()
     except BaseException:

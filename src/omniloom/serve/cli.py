@@ -53,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--int8", action="store_true",
                    help="int8 weight-only quantization of the decoder (CPU): faster decoding, slightly different answers")
+    p.add_argument("--verifier", default=None, metavar="DIR",
+                   help="a verifier trained on this model (omniloom verifier train): chat requests may then ask for "
+                        "best_of N answers, the one it scores highest returned")
+    p.add_argument("--best-of", type=int, default=1, metavar="N",
+                   help="best-of-N for every chat request that does not say (needs --verifier; default %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step (each worker's first answer waits for the compilation)")
 
@@ -83,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     directory, mid = resolve_model(args.model)
     omni = OmniModel.load(directory, device=args.device, int8=args.int8, compile=args.compile)
+    verifier = None
+    if args.verifier:
+        from ..infer.best_of import Verifier
+
+        verifier = Verifier.load(args.verifier, directory)
     settings = ServeSettings(model_id=args.model_id or mid, api_key=args.api_key, workers=args.workers,
                              allowed_origins=tuple(args.allow_origin),
                              alias_openai_models=args.alias_openai_models,
@@ -93,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
                              max_session_audio_seconds=args.max_session_audio_seconds,
                              max_audio_ids=args.max_audio_ids, max_job_events=args.max_job_events,
                              stall_timeout_s=args.stall_timeout,
-                             max_tokens=args.max_tokens)
-    app = create_app(omni, settings)
+                             max_tokens=args.max_tokens, best_of=args.best_of)
+    app = create_app(omni, settings, verifier)
     print(f"omniloom serve: model {settings.model_id!r} from {directory} on http://{args.host}:{args.port}/")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio")
     return 0

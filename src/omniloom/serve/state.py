@@ -54,6 +54,7 @@ class ServeSettings:
     max_session_audio_seconds: float = 600.0  # input audio one Realtime conversation stores
     max_job_events: int = 256  # events a job runs ahead of its client before its worker waits
     stall_timeout_s: float = 60.0  # a client that takes none of its job's events this long: the job is cancelled
+    best_of: int = 1  # chat answers sampled per request, the verifier's pick returned (the best_of extension)
 
 
 @dataclass
@@ -62,16 +63,23 @@ class ServerState:
     settings: ServeSettings
     scheduler: Scheduler
     audio_store: dict[str, tuple[str, float]] = field(default_factory=dict)  # audio id -> (transcript, expiry)
+    verifier: Any = None  # infer.best_of.Verifier for best-of-N chat answers
 
     @classmethod
-    def build(cls, omni: OmniModel, settings: ServeSettings) -> "ServerState":
+    def build(cls, omni: OmniModel, settings: ServeSettings, verifier: Any = None) -> "ServerState":
         bad = {k: v for k, v in (omni.generation.get("voice_aliases") or {}).items() if v not in omni.vocab.voices}
         if bad:
             raise ValueError(f"generation.json voice_aliases name voices this model does not have: {bad} "
                              f"(its voices: {', '.join(omni.vocab.voices)})")
+        if not 1 <= settings.best_of <= 64:
+            raise ValueError(f"best_of must be in [1, 64], got {settings.best_of}")
+        if settings.best_of > 1 and verifier is None:
+            raise ValueError("best_of > 1 needs a verifier (omniloom serve --verifier DIR)")
+        if verifier is not None:
+            verifier.check(omni)
         sched = Scheduler(omni, workers=settings.workers, max_queue=settings.max_queue, threads=settings.threads,
                           max_events=settings.max_job_events, stall_timeout_s=settings.stall_timeout_s)
-        return cls(omni, settings, sched)
+        return cls(omni, settings, sched, verifier=verifier)
 
     # ------------------------------------------------------------------ model facts
     @property
