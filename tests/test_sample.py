@@ -84,6 +84,26 @@ def test_sample_writes_k_candidates_with_media(tiny, tmp_path):
         assert part["type"] == "audio" and part["voice"] == "atlas"
         assert (out.parent / part["path"]).stat().st_size > 44  # a WAV with samples
     assert len({ln["answer_ids"][0] for ln in lines[6:]} | {tuple(ln["answer_ids"]) for ln in lines[:3]}) > 1
+    # rescored (no new samples) by the candidate's index; pairs and best answers as the sampled codes
+    (tmp_path / "by_index.py").write_text("def score(rec):\n    return rec['sampling']['index']\n")
+    assert cli(["sample", "--model", str(model_dir), "--input", str(prompts), "--n", "3", "--out", str(out),
+                "--reward", f"{tmp_path / 'by_index.py'}:score", "--pairs", str(tmp_path / "pairs.jsonl"),
+                "--best", str(tmp_path / "best.jsonl"), "--answers-as", "codes", "--no-progress"]) == 0
+    pairs = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["score_chosen"], p["score_rejected"]) for p in pairs] == [(i, 2, 0) for i in "tis"]
+    drawn = pairs[1]["chosen"][0]["content"][0]
+    lo = omni.vocab.range_of("image")[0]
+    assert drawn["type"] == "image_codes" and [c + lo for c in drawn["codes"]] == lines[5]["answer_ids"][:64]
+    spoken = pairs[2]["rejected"][0]["content"][0]
+    assert spoken["type"] == "audio_codes" and spoken["voice"] == "atlas"
+    best = [json.loads(x) for x in (tmp_path / "best.jsonl").read_text().splitlines()]
+    assert [b["messages"][-1]["role"] for b in best] == ["assistant"] * 3
+    # both files are what tokenize reads: the pairs as preference pairs, the best answers as messages
+    assert cli(["tokenize", "--input", str(tmp_path / "pairs.jsonl"), "--model", str(model_dir), "--out",
+                str(tmp_path / "pair_shards"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "pair_shards" / "train" / "manifest.json").read_text())["pairs"] is True
+    assert cli(["tokenize", "--input", str(tmp_path / "best.jsonl"), "--model", str(model_dir), "--out",
+                str(tmp_path / "best_shards"), "--no-progress"]) == 0
 
 
 def test_resume_skips_done_prompts_and_redoes_partial_ones(tiny, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ See docs/preference.md.
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write each prompt's best candidate as a messages JSONL (for omniloom tokenize)")
     p.add_argument("--best-min-score", type=float, default=None,
                    help="--best keeps a prompt only when its best candidate scores at least this")
+    p.add_argument("--answers-as", default="media", choices=["media", "codes"],
+                   help="how --pairs and --best write each answer: media files by path (default; a reader encodes "
+                        "them again) or code parts holding exactly the ids the model sampled")
     p.add_argument("--int8", action="store_true", help="int8 weight-only quantization of the decoder")
     p.add_argument("--no-progress", action="store_true")
 
@@ -78,7 +82,8 @@ def _summary(lines: list[dict]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..infer.generate import OmniModel
     from ..infer.rewards import load_reward, register_reward
-    from ..infer.sample_file import best_lines, make_pairs, read_samples, run_sampling, write_best, write_pairs
+    from ..infer.sample_file import (best_lines, code_message, make_pairs, read_samples, run_sampling, write_best,
+                                     write_pairs)
     from ..infer.sampling import SamplingParams
     from .world_reward import world_reward
 
@@ -103,10 +108,12 @@ def run(args: argparse.Namespace) -> int:
     for row in _summary(lines):
         print(row)
     samples_dir = Path(args.out).parent.resolve()
+    answer = functools.partial(code_message, omni) if args.answers_as == "codes" else None
     if args.pairs:
-        k = write_pairs(args.pairs, make_pairs(lines, args.pair_margin, args.max_pairs_per_prompt), samples_dir)
+        k = write_pairs(args.pairs, make_pairs(lines, args.pair_margin, args.max_pairs_per_prompt), samples_dir,
+                        answer)
         print(f"wrote {k} preference pairs to {args.pairs}")
     if args.best:
-        k = write_best(args.best, best_lines(lines, args.best_min_score), samples_dir)
+        k = write_best(args.best, best_lines(lines, args.best_min_score), samples_dir, answer)
         print(f"wrote {k} best answers to {args.best}")
     return 0

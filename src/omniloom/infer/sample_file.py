@@ -36,7 +36,7 @@ from .candidates import Candidate, candidate_seed, default_voice, sample_candida
 from .sampling import SamplingParams
 
 __all__ = ["Prompt", "read_prompts", "run_sampling", "read_samples", "make_pairs", "best_lines", "write_pairs",
-           "write_best", "media_dir_for", "absolute_paths"]
+           "write_best", "media_dir_for", "absolute_paths", "code_message"]
 
 _RESERVED = ("messages", "id", "output", "voice")
 _OUTPUT_PARTS = {"image": "image", "image_url": "image", "image_codes": "image",
@@ -404,26 +404,49 @@ def best_lines(lines: list[dict], min_score: float | None = None) -> list[dict]:
     return out
 
 
-def write_pairs(path: str | Path, pairs: list[tuple[dict, dict]], samples_dir: Path) -> int:
+def code_message(omni: Any, line: dict) -> dict:
+    """A sample line's candidate as an assistant message of **code parts** (``image_codes``,
+    ``audio_codes`` with its transcript, text): exactly the ids the model sampled.
+
+    The media files hold the candidate decoded; a reader that encodes them again gets the codec's
+    codes of that picture or sound, which need not be the sampled ones (the world's image codec
+    gives back 55% of a sampled drawing's codes), so preference data that must be the model's own
+    sequences takes these parts instead.
+    """
+    from ..tokens import segments_to_messages
+
+    vocab = omni.vocab
+    opened = {"image": [vocab.special("image")],
+              "audio": [vocab.special("audio"), vocab.voice_id(line.get("voice"))]}.get(line.get("output"), [])
+    segs = omni.processor.decode_ids(vocab.header_ids("assistant") + opened + [int(t) for t in line["answer_ids"]])
+    msgs = segments_to_messages(segs)
+    return {"role": "assistant", "content": msgs[-1]["content"] if msgs else ""}
+
+
+def write_pairs(path: str | Path, pairs: list[tuple[dict, dict]], samples_dir: Path,
+                answer: Callable[[dict], dict] | None = None) -> int:
     """TRL's conversational preference format: ``prompt`` / ``chosen`` / ``rejected`` message lists
-    (media by path relative to ``path``), plus ``id``, ``score_chosen``, ``score_rejected``."""
+    (media by path relative to ``path``), plus ``id``, ``score_chosen``, ``score_rejected``.
+    ``answer``: how a line's candidate is written (default: its message, media by path; e.g.
+    ``functools.partial(code_message, omni)`` for the sampled codes)."""
     path = Path(path)
     dst = path.parent.resolve()
     rows = []
     for c, r in pairs:
+        chosen, rejected = (answer(c), answer(r)) if answer else (c["candidate"], r["candidate"])
         rows.append({"id": c["id"], "prompt": _rebase(c["messages"], samples_dir, dst),
-                     "chosen": _rebase([c["candidate"]], samples_dir, dst),
-                     "rejected": _rebase([r["candidate"]], samples_dir, dst),
+                     "chosen": _rebase([chosen], samples_dir, dst), "rejected": _rebase([rejected], samples_dir, dst),
                      "score_chosen": c["score"], "score_rejected": r["score"]})
     _write_lines(path, rows)
     return len(rows)
 
 
-def write_best(path: str | Path, best: list[dict], samples_dir: Path) -> int:
-    """One ``{"messages": prompt + [best candidate]}`` a line, ready for ``omniloom tokenize``."""
+def write_best(path: str | Path, best: list[dict], samples_dir: Path, answer: Callable[[dict], dict] | None = None) -> int:
+    """One ``{"messages": prompt + [best candidate]}`` a line, ready for ``omniloom tokenize``
+    (``answer`` as in :func:`write_pairs`)."""
     path = Path(path)
     dst = path.parent.resolve()
-    rows = [{"messages": _rebase(b["messages"] + [b["candidate"]], samples_dir, dst), "id": b["id"],
-             "score": b["score"]} for b in best]
+    rows = [{"messages": _rebase(b["messages"] + [answer(b) if answer else b["candidate"]], samples_dir, dst),
+             "id": b["id"], "score": b["score"]} for b in best]
     _write_lines(path, rows)
     return len(rows)

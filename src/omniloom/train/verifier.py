@@ -174,7 +174,7 @@ def measure(head: Any, data: JudgedSet, rows: torch.Tensor, threshold: float) ->
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}  # JSON has no NaN
 
 
-def train_verifier(omni: Any, lines: list[dict], samples_dir: Path, objective: str = "pairwise",
+def train_verifier(omni: Any, lines: list[dict], samples_dir: Path, objective: str = "pointwise",
                    threshold: float = 0.5, holdout: float = 0.25, seed: int = 0, hidden: int = 0, steps: int = 300,
                    lr: float = 1e-2, weight_decay: float = 1e-2, shuffle_labels: bool = False,
                    progress: bool = False, data: JudgedSet | None = None) -> tuple[Any, dict]:

@@ -4,8 +4,8 @@
     omniloom verifier eval --verifier runs/pref/verifier --samples runs/pref/test_samples.jsonl
 
 The samples are `omniloom sample --reward ...` output. `train` holds out a share of the prompts
-(--holdout), fits the head on the others (pairwise Bradley-Terry by default, or pointwise on
-score > --threshold) and reports, on the held-out prompts, pairwise accuracy, AUC and the mean
+(--holdout), fits the head on the others (pointwise on score > --threshold by default, or pairwise
+Bradley-Terry) and reports, on the held-out prompts, pairwise accuracy, AUC and the mean
 score of the candidate the verifier picks per prompt (its best-of-K) beside the oracle's.
 --shuffle-labels trains on scores shuffled across candidates: a control that must stay at chance.
 The directory written holds verifier.safetensors and verifier.json; `omniloom chat --best-of N
@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--model", default="world", help="the model whose samples were judged (and that will decode)")
     t.add_argument("--samples", required=True, help="judged samples JSONL (omniloom sample --reward ...)")
     t.add_argument("--out", required=True, help="directory for verifier.safetensors and verifier.json")
-    t.add_argument("--objective", default="pairwise", choices=["pairwise", "pointwise"])
+    t.add_argument("--objective", default="pointwise", choices=["pointwise", "pairwise"],
+                   help="pointwise (default; on the world's draw samples its held-out figures were the better of "
+                        "the two: docs/preference.md) or pairwise")
     t.add_argument("--threshold", type=float, default=0.5,
                    help="a candidate is 'judged good' when its score exceeds this (pointwise labels, AUC)")
     t.add_argument("--holdout", type=float, default=0.25, help="share of prompts held out (default %(default)s)")
