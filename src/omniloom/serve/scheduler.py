@@ -256,7 +256,8 @@ class Scheduler:
                 self.running += 1
             job.started = time.perf_counter()
             self._local.job = job
-            try:
+            last: Any = _END  # the event that ends the job: put only after cleanup, so a caller that has
+            try:              # its answer finds the request's temp files already gone
                 if job.cancel.is_set():
                     job.cancelled = True
                 else:
@@ -266,12 +267,10 @@ class Scheduler:
                                 job.cancelled = True
                                 break
                     job.cancelled = job.cancelled or job.cancel.is_set()
-                job._put(_END)
                 with self._lock:
                     self.stats["cancelled" if job.cancelled else "completed"] += 1
             except JobCancelled:
                 job.cancelled = True
-                job._put(_END)
                 with self._lock:
                     self.stats["cancelled"] += 1
             except Exception as e:  # bad input found while encoding, or a bug: report to the caller
@@ -279,13 +278,14 @@ class Scheduler:
                     log.exception("generation failed")
                 with self._lock:
                     self.stats["failed"] += 1
-                job._put(_Raised(e))
+                last = _Raised(e)
             finally:
                 if job.cleanup is not None:
                     try:
                         job.cleanup()
                     except Exception:  # never let cleanup kill the worker
                         log.exception("job cleanup failed")
+                job._put(last)
                 job.finished = time.perf_counter()
                 self._local.job = None
                 with self._lock:
