@@ -398,6 +398,15 @@ def test_delta_directory_rebuilds_the_model_from_its_base(tmp_path, capsys):
         (ck / f).write_text((tmp_path / "omni" / f).read_text())
     assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir),
                  "--dtype", "float32", "--out", str(tmp_path / "delta")]) == 0
+    # a training run's folder names its newest checkpoint (docs/graft.md exports `runs/mine`)
+    import shutil
+
+    shutil.copytree(ck, tmp_path / "run" / "ckpt" / "step_7")
+    (tmp_path / "run" / "ckpt" / "latest").write_text("step_7")
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--format", "delta", "--base", str(base_dir),
+                 "--dtype", "float32", "--out", str(tmp_path / "delta_run")]) == 0
+    assert (tmp_path / "delta_run" / "delta.safetensors").read_bytes() == \
+        (tmp_path / "delta" / "delta.safetensors").read_bytes()
     files = sorted(p.name for p in (tmp_path / "delta").iterdir())
     assert "model.safetensors" not in files and "tokenizer.json" not in files and "delta.safetensors" in files
     full = Transformer(cfg.model).eval()

@@ -231,14 +231,15 @@ def run(args: argparse.Namespace) -> int:
     from .llama import Transformer
 
     out = Path(args.out)
-    if args.checkpoint and args.format == "delta":
-        return _export_delta(Path(args.checkpoint), out, args.base, args.dtype or "bfloat16")
+    src = None
     if args.checkpoint:
-        src = Path(args.checkpoint)
-        if not src.exists() and "/" not in args.checkpoint:  # a bundled model's name (world)
-            from ..utils.model_dir import resolve_model_dir
+        from ..utils.model_dir import resolve_model_dir
 
-            src = resolve_model_dir(args.checkpoint)
+        # a checkpoint folder, a training run (its newest checkpoint) or a bundled model's name (world)
+        src = resolve_model_dir(args.checkpoint)
+    if src is not None and args.format == "delta":
+        return _export_delta(src, out, args.base, args.dtype or "bfloat16")
+    if src is not None:
         cfg, sd, base_tokenizer = _read_checkpoint(src)
         model = Transformer(cfg.model)
         load_state_dict_checked(model, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}, source=str(src))
