@@ -235,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from ..utils.model_dir import resolve_model_dir
 
+        if not Path(args.checkpoint).exists() and "/" in args.checkpoint:
+            raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
         # a checkpoint folder, a training run (its newest checkpoint) or a bundled model's name (world)
         src = resolve_model_dir(args.checkpoint)
     if src is not None and args.format == "delta":
