@@ -235,10 +235,11 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from ..utils.model_dir import resolve_model_dir
 
-        if not Path(args.checkpoint).exists() and "/" in args.checkpoint:
+        src = Path(args.checkpoint)
+        if not src.exists() and "/" in args.checkpoint:
             raise ValueError(f"--checkpoint {args.checkpoint} does not exist")
-        # a checkpoint folder, a training run (its newest checkpoint) or a bundled model's name (world)
-        src = resolve_model_dir(args.checkpoint)
+        if not src.exists() or any((src / f).is_file() for f in ("latest", "ckpt/latest")):
+            src = resolve_model_dir(args.checkpoint)  # a bundled model's name (world), or a run: its newest checkpoint
     if src is not None and args.format == "delta":
         return _export_delta(src, out, args.base, args.dtype or "bfloat16")
     if src is not None:
