@@ -57,7 +57,30 @@ def build_row(data: ShardSet, perm: np.ndarray, ends: np.ndarray, start: int, le
     return ids, mask, pos, doc
 
 
-class PackedLoader:
+class EpochBatches:
+    """What every loader shares: micro-batches per step, and its position (epoch, batch) as
+    resumable state. Subclasses set ``local``, ``micro``, ``seed``, ``epoch`` and ``batch_index``."""
+
+    local: int
+    micro: int
+    seed: int
+    epoch: int
+    batch_index: int
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.local // self.micro
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError(f"loader state was saved with seed {state['seed']}, this run uses seed {self.seed}")
+        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
+
+
+class PackedLoader(EpochBatches):
     """Iterates global batches; each item is this rank's list of micro-batch dicts.
 
     Args:
@@ -100,19 +123,6 @@ class PackedLoader:
                 + (" or ".join(hints) if hints else "far more data (the set is smaller than one row per rank)"))
         self.epoch, self.batch_index = 0, 0
         self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.local // self.micro
-
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this run uses seed {self.seed}")
-        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
 
     # -- batches --------------------------------------------------------------------------------
     def _order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:

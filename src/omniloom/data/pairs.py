@@ -22,11 +22,12 @@ micro-batch's pairs from 0 and ``side`` is 0 (chosen) or 1 (rejected), -1 on pad
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from .loader import EpochBatches
 from .shards import ShardSet
 
 __all__ = ["PairLoader"]
@@ -34,7 +35,7 @@ __all__ = ["PairLoader"]
 _PACK_STREAM = 0x5041_4952  # the seed stream of the one-off packing order (independent of epochs)
 
 
-class PairLoader:
+class PairLoader(EpochBatches):
     """Iterates global batches of whole preference pairs; each item is this rank's micro-batches.
 
     Args as :class:`~omniloom.data.loader.PackedLoader`; ``batch_size`` and ``micro_batch_size``
@@ -80,19 +81,6 @@ class PairLoader:
                              f"{batch_size} rows: give more pairs, a shorter data.seq_len, or {hint}")
         self.epoch, self.batch_index = 0, 0
         self._cache: tuple[int, np.ndarray] | None = None
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.local // self.micro
-
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_index": self.batch_index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this run uses seed {self.seed}")
-        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
 
     # -- batches --------------------------------------------------------------------------------
     def _rows(self, epoch: int) -> np.ndarray:
