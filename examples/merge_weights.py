@@ -30,7 +30,7 @@ from omniloom.utils.fileio import read_json
 
 
 def _load(d: Path):
-    cfg, sd = _read_checkpoint(d)  # names a missing directory or file
+    cfg, sd, _ = _read_checkpoint(d)  # names a missing directory or file
     return cfg, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
 
 
