@@ -12,7 +12,7 @@ omniloom fp32's (position by position, and the run before the first difference).
     python bench/gguf_decode.py --model world --json out/gguf_decode_world.json
     python bench/gguf_decode.py --model /tmp/smol --gguf-type f16,q8_0 --new-tokens 64
 
-Needs llama-cpp-python (not an omniloom dependency; see ../shared/MACHINE_NOTES.md for a build
+Needs llama-cpp-python (not an omniloom dependency; see docs/export.md, "GGUF", for a build
 that works on AMX machines); without it only omniloom's cases run and the script says so.
 """
 
