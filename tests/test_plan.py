@@ -105,6 +105,25 @@ def test_accumulating_under_fsdp_keeps_every_gradient_unsharded():
     assert any("unsharded" in n for n in twice["notes"])
 
 
+def test_dpo_adds_the_frozen_reference_and_its_forward():
+    """train.objective=dpo keeps a frozen fp32 copy of the weights (sharded like them under FSDP2)
+    and runs it forward: the peak grows by exactly that copy, FLOPs by one forward pass."""
+    cfg = model_for_preset("smollm2-135m")[0]
+    for gpus in (1, 8):
+        base = dict(model=cfg, title="s", gpus=gpus, micro_batch=2, seq_len=512, train="lora")
+        sft, dpo = plan(PlanRequest(**base)), plan(PlanRequest(**base, objective="dpo"))
+        ms, md = sft["memory_bytes"], dpo["memory_bytes"]
+        assert ms["reference_weights"] == 0 and md["reference_weights"] == md["weights"] == ms["weights"]
+        assert md["peak"] - ms["peak"] == md["reference_weights"]
+        assert md["optimizer"] == ms["optimizer"] and md["activations"] == ms["activations"]
+    fs, fd = sft["throughput"]["flops_per_token"], dpo["throughput"]["flops_per_token"]
+    shapes = parameter_shapes(cfg, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))  # the copy holds the adapters too
+    blocks = sum(math.prod(s) for k, s in shapes.items() if k.startswith("layers.") and len(s) == 2)
+    assert fd["reference"] == pytest.approx(2 * blocks + 2 * cfg.vocab_size * cfg.dim
+                                            + 4 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 512)
+    assert fs["reference"] == 0 and fd["total"] == pytest.approx(fs["total"] + fd["reference"])
+
+
 def test_activation_checkpointing_reduces_activation_memory_and_adds_a_forward():
     cfg = model_for_preset("smollm2-360m")[0]
     base = dict(model=cfg, title="s", micro_batch=4, seq_len=2048)

@@ -253,6 +253,7 @@ class PlanRequest:
     peak_tflops: float | None = None
     mfu: float = DEFAULT_MFU
     loss_share: float = 1.0  # share of positions that count for the loss (1.0: data.mode=pretrain)
+    objective: str = "sft"  # train.objective: dpo adds the frozen reference's weights and forward
     vocab_note: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -289,6 +290,8 @@ class PlanRequest:
             raise ValueError(f"--mfu must be in (0, 1], got {self.mfu}")
         if not 0 < self.loss_share <= 1:
             raise ValueError(f"--loss-share must be in (0, 1], got {self.loss_share}")
+        if self.objective not in ("sft", "dpo", "rft"):
+            raise ValueError(f"--objective must be sft, dpo or rft, got {self.objective!r}")
         self.model.validate()
         if self.model.vocab_size <= 0:
             raise ValueError("the model's vocab_size must be known (> 0) to plan it")
@@ -320,6 +323,9 @@ def plan(req: PlanRequest) -> dict[str, Any]:
     train_blocks = n_train - train_root
 
     weights = 4 * per_rank(shapes)
+    # dpo: a frozen fp32 copy of the initial weights, sharded like the policy, scored without grad
+    reference = 4 * per_rank(shapes) if req.objective == "dpo" else 0
+    weights_all = weights + reference
     grads_final = 4 * per_rank(trainable)  # after the last micro-batch (reduce-scattered under FSDP2)
     optimizer = 8 * per_rank(trainable)
     fsdp_buffers = 0
@@ -346,22 +352,23 @@ def plan(req: PlanRequest) -> dict[str, Any]:
     # gradient from the earlier micro-batches (unsharded under FSDP2, which accumulates them so)
     if accumulation > 1:
         grads_backward = 4 * n_train
-        fb_peak = weights + optimizer + fsdp_buffers + activations + grads_backward
+        fb_peak = weights_all + optimizer + fsdp_buffers + activations + grads_backward
     else:
         grads_root = 4 * train_root
         grads_blocks_end = 4 * (train_blocks // n if sharded else train_blocks)
         grads_backward = grads_root + grads_blocks_end
-        fb_peak = weights + optimizer + fsdp_buffers + grads_root + max(activations, grads_blocks_end)
+        fb_peak = weights_all + optimizer + fsdp_buffers + grads_root + max(activations, grads_blocks_end)
     runtime = int(RUNTIME_GIB * GIB)
     fb_peak += runtime
-    step_peak = weights + optimizer + grads_final + runtime
+    step_peak = weights_all + optimizer + grads_final + runtime
     peak = max(fb_peak, step_peak)
 
     gpu = GPUS[req.gpu]
     memory = (req.gpu_memory_gib if req.gpu_memory_gib is not None else gpu.memory_gib) * GIB
     peak_flops = (req.peak_tflops if req.peak_tflops is not None else
                   (gpu.bf16_tflops if req.dtype == "bf16" else gpu.fp32_tflops)) * 1e12
-    flops = _flops_per_token(m, shapes, trainable, T, req.loss_share, req.activation_checkpointing)
+    flops = _flops_per_token(m, shapes, trainable, T, req.loss_share, req.activation_checkpointing,
+                             reference=req.objective == "dpo")
     tok_s_gpu = req.mfu * peak_flops / flops["total"]
     tokens_per_step = batch * T
 
@@ -374,9 +381,10 @@ def plan(req: PlanRequest) -> dict[str, Any]:
                 "global_batch": batch, "accumulation": accumulation, "train": req.train, "lora_rank": rank,
                 "lora_targets": list(targets), "dtype": req.dtype, "fsdp": sharded,
                 "activation_checkpointing": req.activation_checkpointing, "compile": req.compile,
+                "objective": req.objective,
                 "loss_positions": loss_positions},
         "memory_bytes": {
-            "weights": weights, "gradients": grads_final, "gradients_in_backward": grads_backward,
+            "weights": weights, "reference_weights": reference, "gradients": grads_final, "gradients_in_backward": grads_backward,
             "optimizer": optimizer, "fsdp_buffers": fsdp_buffers,
             "activations": activations, "activations_layers": layers_bytes,
             "activations_per_layer": layer, "activations_outside_layers": head,
@@ -393,7 +401,7 @@ def plan(req: PlanRequest) -> dict[str, Any]:
 
 
 def _flops_per_token(m: ModelConfig, shapes: dict[str, tuple[int, ...]], trainable: set[str], seq: int,
-                     loss_share: float, recompute: bool) -> dict[str, float]:
+                     loss_share: float, recompute: bool, reference: bool = False) -> dict[str, float]:
     """Matmul FLOPs per token of one optimizer step, counting the work done.
 
     A trainable weight costs 6 FLOPs per value per token (forward 2, input gradient 2, weight
@@ -401,7 +409,8 @@ def _flops_per_token(m: ModelConfig, shapes: dict[str, tuple[int, ...]], trainab
     only (6·V·d times their share). Attention scores and values cost 4·T·H·D per token and layer
     forward, 12·T·H·D with backward, over the whole T x T square: the packed-document mask makes
     SDPA use a kernel that computes every block, masked ones too. Activation checkpointing adds
-    one more forward of the blocks.
+    one more forward of the blocks. DPO's reference model adds one forward (2 per weight, the head
+    at the loss positions, attention forward) without backward.
     """
     blocks = trainable_blocks = 0
     for k, s in shapes.items():
@@ -416,6 +425,7 @@ def _flops_per_token(m: ModelConfig, shapes: dict[str, tuple[int, ...]], trainab
         "head": 6.0 * m.vocab_size * m.dim * loss_share,
         "attention": 3.0 * attn_fwd,
         "recompute": (2.0 * blocks + attn_fwd) if recompute else 0.0,
+        "reference": (2.0 * blocks + 2.0 * m.vocab_size * m.dim * loss_share + attn_fwd) if reference else 0.0,
     }
     out["total"] = sum(out.values())
     return out
@@ -523,7 +533,8 @@ def model_from_dir(path: str | Path) -> tuple[ModelConfig, str, dict[str, Any], 
                 "train": "lora" if tc.freeze_base else "full",
                 "lora_rank": tc.lora_rank or 16,
                 "lora_targets": tuple(t.strip() for t in tc.lora_targets.split(",") if t.strip()),
-                "dtype": "fp32" if tc.dtype == "fp32" else "bf16", "compile": tc.compile}
+                "dtype": "fp32" if tc.dtype == "fp32" else "bf16", "compile": tc.compile,
+                "objective": getattr(tc, "objective", "sft")}
     return cfg.model, str(d), summary, [], settings
 
 
@@ -568,6 +579,8 @@ def format_plan(p: dict[str, Any]) -> str:
     sh = f" / {r['gpus']} GPUs" if r["fsdp"] else ""
     rows = [
         ("weights", mem["weights"], f"fp32 master copy, 4 B x {m['parameters']:,}{sh}"),
+        *([("DPO reference weights", mem["reference_weights"], f"frozen fp32 copy of the initial weights{sh}")]
+          if mem["reference_weights"] else []),
         ("gradients (at the step)", mem["gradients"], f"fp32, 4 B x {m['trainable']:,} trainable{sh}"),
         ("AdamW states", mem["optimizer"], f"exp_avg + exp_avg_sq in fp32, 8 B x trainable{sh}"),
         ("FSDP2 gathered buffers", mem["fsdp_buffers"],
@@ -592,7 +605,8 @@ def format_plan(p: dict[str, Any]) -> str:
     lines += ["", "throughput (estimate, not a measurement)",
               f"  FLOPs per token {f['total'] / 1e9:.2f} G = blocks {f['blocks'] / 1e9:.2f} (6 per trainable, 4 per frozen "
               f"weight) + head {f['head'] / 1e9:.2f} + attention {f['attention'] / 1e9:.2f} (12·L·H·D·T, full T x T)"
-              + (f" + recompute {f['recompute'] / 1e9:.2f}" if f["recompute"] else ""),
+              + (f" + recompute {f['recompute'] / 1e9:.2f}" if f["recompute"] else "")
+              + (f" + DPO reference forward {f['reference'] / 1e9:.2f}" if f["reference"] else ""),
               f"  assumed {t['assumed_mfu']:.0%} of {t['peak_tflops']:.0f} TFLOPS "
               f"({r['dtype']} dense peak) -> {t['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, "
               f"{t['tokens_per_s']:,.0f} tokens/s on {r['gpus']}",
@@ -643,6 +657,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                  "with 576 per image; 0 leaves a modality out)")
     for k, v in DEFAULT_CODES.items():
         codes.add_argument(f"--{k.replace('_', '-')}", type=int, default=v, help=f"default {v}")
+    p.add_argument("--objective", choices=["sft", "dpo", "rft"], default=None,
+                   help="train.objective (default sft, or the model dir's): dpo adds a frozen reference copy of the "
+                        "weights and its forward pass")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -664,7 +681,8 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         lora_targets=targets, dtype=args.dtype or settings.get("dtype", "bf16"), fsdp=args.fsdp,
         activation_checkpointing=args.activation_checkpointing,
         compile=args.compile if args.compile is not None else settings.get("compile", False), gpu=args.gpu, gpu_memory_gib=args.gpu_memory,
-        peak_tflops=args.peak_tflops, mfu=args.mfu, loss_share=args.loss_share, vocab_note=vocab, notes=notes)
+        peak_tflops=args.peak_tflops, mfu=args.mfu, loss_share=args.loss_share, vocab_note=vocab, notes=notes,
+        objective=args.objective or settings.get("objective", "sft"))
 
 
 def run(args: argparse.Namespace) -> int:
