@@ -19,7 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
     "plan": ("omniloom.train.plan", "estimate memory per GPU and tokens/s of a training run before renting GPUs"),
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),
-    "export": ("omniloom.model.export_cli", "export a checkpoint to Hugging Face Llama or import one back"),
+    "export": ("omniloom.model.export_cli", "export a checkpoint (Hugging Face Llama, model directory, adapter delta, llama.cpp GGUF) or import one back"),
     "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
     "sample": ("omniloom.eval.sample_cli", "sample K answers per prompt, score them with a reward, write preference "
                "pairs and best answers"),
@@ -28,7 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "familiarity": ("omniloom.eval.familiarity_cli", "record how a model's training media look to its codecs, so that "
                     "unlike input (real photos for a shapes model) is flagged"),
     "chat": ("omniloom.infer.chat_cli", "talk to a model: text, images, speech and video in; text, speech, images out"),
-    "codec": ("omniloom.train.codec_cli", "train or evaluate the image and audio codecs"),
+    "codec": ("omniloom.train.codec_cli", "train the world codecs, or evaluate any codec spec (shipped, folder, hf:PATH)"),
     "world": ("omniloom.world.cli", "generate the shapes world data set and run its judges"),
     "serve": ("omniloom.serve.cli", "serve a model over the OpenAI API, the Realtime voice API and a web page"),
 }
