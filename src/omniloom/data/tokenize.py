@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .fim import FimSettings, apply_fim
 from .formats.common import is_glob
 from .formats.preference import Preference, encode_preference
 from .readers import SEEKABLE, read_documents, read_jsonl, split_input
@@ -134,6 +135,7 @@ def tokenize_files(
     reader_options: dict[str, Any] | None = None,
     unit_docs: int = DEFAULT_UNIT_DOCS,
     ray: str | None = None,
+    fim: FimSettings | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary.
 
@@ -143,6 +145,8 @@ def tokenize_files(
     image answer whose condition (the turns before it) is replaced by ``<|null|>``, so that
     ``--cfg-scale`` can guide image generation (``tokens.drop_condition``). ``input_format`` names
     the reader of every input (``omniloom.data.readers.FORMATS``), ``reader_options`` its options.
+    ``fim``: fill-in-the-middle for a share of the training documents (``omniloom.data.fim``; the
+    validation split stays left-to-right, so its loss stays comparable).
 
     Units (see the module docstring) run in this process (``workers=1``), in ``workers`` local
     processes (one torch thread each; codecs loaded again in each from ``codec_names``), or as Ray
@@ -186,7 +190,7 @@ def tokenize_files(
     out = Path(out_dir)
     splits = ["train", "val"] if val_fraction > 0 else ["train"]
     job = _Job(str(out), splits, vocab, str(tokenizer_path), codec_names, mode, shard_tokens, val_fraction, seed,
-               cfg_drop, input_format, dict(reader_options or {}))
+               cfg_drop, input_format, dict(reader_options or {}), fim or FimSettings())
     todo, done = _prepare(out, job, units, inputs, progress)
     from tqdm import tqdm
 
@@ -224,6 +228,7 @@ class _Job:
     cfg_drop: float
     input_format: str
     reader_options: dict[str, Any]
+    fim: FimSettings = field(default_factory=FimSettings)
 
     def fingerprint(self, units: list[Unit], inputs: list[str | Path]) -> str:
         """Identifies the plan: units from an earlier run count only when this matches."""
@@ -264,7 +269,7 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
     out = Path(job.out)
     writers = {k: ShardWriter(out / k, job.vocab, None, job.shard_tokens, name_prefix=f"u{unit.index:05d}_", part=True)
                for k in job.splits}
-    counts = {"train": 0, "val": 0, "dropped": 0}
+    counts = {"train": 0, "val": 0, "dropped": 0, "fim": 0}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is faster than two (measured)
     try:
@@ -287,7 +292,12 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
                     if dropped is not None and _draw(job.seed, "cfg-drop", unit.input_index, pos) < job.cfg_drop:
                         enc = dropped
                         counts["dropped"] += 1
-                writers[split].add(enc.ids, enc.loss_mask)
+                ids, mask = enc.ids, enc.loss_mask
+                if split == "train" and job.fim.rate > 0:
+                    ids, mask, how = apply_fim(ids, mask, job.vocab, processor.text_tokenizer, job.fim, job.seed,
+                                               unit.input_index, pos)
+                    counts["fim"] += how is not None
+                writers[split].add(ids, mask)
             counts[split] += 1
             if on_doc is not None:
                 on_doc()
@@ -449,13 +459,15 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
     missing = [u.index for u in units if u.index not in done]
     if missing:
         raise RuntimeError(f"units {missing[:5]} did not finish")
-    counts = {k: sum(done[u.index]["counts"][k] for u in units) for k in ("train", "val", "dropped")}
+    counts = {k: sum(done[u.index]["counts"].get(k, 0) for u in units) for k in ("train", "val", "dropped", "fim")}
     if counts["train"] == 0:
         raise ValueError(f"no documents for the training split in {', '.join(map(str, inputs))}")
     if "val" in job.splits and counts["val"] == 0:
         raise ValueError(f"--val-fraction {job.val_fraction} left the validation split empty; use more data or 0")
     meta = {"mode": job.mode, "input_format": job.input_format, "sources": [str(p) for p in inputs],
             "codecs": dict(job.codec_names), "cfg_drop": job.cfg_drop, "units": len(units)}
+    if job.fim.rate > 0:
+        meta["fim"] = {"rate": job.fim.rate, "spm_rate": job.fim.spm_rate}
     if job.input_format == "preference":
         meta["pairs"] = True
     manifests = {k: write_manifest(out / k, job.vocab, [s for u in units for s in done[u.index]["shards"].get(k, [])], meta)
@@ -469,4 +481,5 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
     return {k: {"docs": m["total_docs"], "tokens": m["total_tokens"], "shards": len(m["shards"]),
                 "dir": str(out / k), **({"pairs": m["total_docs"] // 2} if m.get("pairs") else {})}
             for k, m in manifests.items()} | {"vocab_size": job.vocab.size,
-                                                                     "condition_dropped": counts["dropped"]}
+                                                                     "condition_dropped": counts["dropped"],
+                                                                     "fim_documents": counts["fim"]}

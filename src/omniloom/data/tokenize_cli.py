@@ -73,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-drop", type=float, default=0.1, metavar="P",
                    help="share of training documents with an image answer whose condition is replaced by "
                         "<|null|>, for classifier-free guidance at generation (--cfg-scale); default 0.1, 0 off")
+    p.add_argument("--fim-rate", type=float, default=0.0, metavar="P",
+                   help="share of training documents whose longest text target is cut into prefix/middle/suffix and "
+                        "reordered with the FIM sentinels (fill-in-the-middle, docs/token-format.md); default 0 = off")
+    p.add_argument("--fim-spm-rate", type=float, default=0.5, metavar="Q",
+                   help="share of the FIM documents laid out suffix-prefix-middle (SPM) instead of PSM; default 0.5")
     p.add_argument("--workers", type=int, default=None,
                    help="processes encoding lines (default: all cores; the shards are the same for any count)")
     p.add_argument("--unit-docs", type=int, default=2048, metavar="N",
@@ -115,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
             c = load_codec(name)
             codecs[c.modality] = c
             names[c.modality] = canonical_codec_spec(name)
+    from .fim import FimSettings
+
+    fim = FimSettings(args.fim_rate, args.fim_spm_rate)
     vocab = None
     if args.vocab:
         from ..tokens.vocab import Vocab
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                              voices=[v for v in args.voices.split(",") if v] if args.voices else None,
                              cfg_drop=args.cfg_drop, workers=args.workers or os.cpu_count() or 1,
                              unit_docs=args.unit_docs, ray=args.ray, input_format=input_format,
-                             reader_options=reader_options)
+                             reader_options=reader_options, fim=fim)
     print(json.dumps(summary, indent=1))
     return 0
 

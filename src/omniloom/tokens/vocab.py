@@ -29,7 +29,7 @@ import numpy as np
 
 from ..utils.fileio import atomic_write_text, read_json
 
-__all__ = ["Vocab", "VOCAB_FORMAT", "VOCAB_VERSION", "NAMED_SPECIALS", "CHAT_KEYS"]
+__all__ = ["Vocab", "VOCAB_FORMAT", "VOCAB_VERSION", "NAMED_SPECIALS", "CHAT_KEYS", "RESERVED_NAMES"]
 
 VOCAB_FORMAT = "omniloom-vocab"
 VOCAB_VERSION = 1
@@ -45,6 +45,10 @@ NAMED_SPECIALS: tuple[str, ...] = (
     "voice:none",  # audio whose speaker is not one of the named voices (e.g. user speech)
 )
 
+#: names given to the first reserved slots (``<|reserved:i|>`` is the i-th name): fill-in-the-middle
+#: sentinels (``omniloom.data.fim``). An alias only: the slot's id, and the ``special_tokens`` list
+#: stored in vocab.json, stay as they were, so every vocabulary written before keeps its meaning
+RESERVED_NAMES: tuple[str, ...] = ("fim_prefix", "fim_suffix", "fim_middle")
 
 #: keys of a chat format: each a list of text ids. ``system``/``user``/``assistant``: a role's header;
 #: ``end``: after each turn (its first id is the one generation stops at); ``bos``/``eos``: before and
@@ -150,6 +154,8 @@ class Vocab:
         self.special_tokens: list[str] = specials
         self.special_start = self.text_size
         self._special_ids = {s: self.special_start + i for i, s in enumerate(specials)}
+        for i, name in enumerate(RESERVED_NAMES[:self.num_reserved_specials]):
+            self._special_ids[_bracket(name)] = self._special_ids[f"<|reserved:{i}|>"]
         self.image_start = self.special_start + len(specials)
         self.audio_start = self.image_start + self.image_codebook_size
         self.audio_end = self.audio_start + self.audio_codebook_size * self.audio_codebooks
