@@ -191,7 +191,8 @@ def test_completion_without_suffix_continues_the_prompt_text(client, server):
     r = client.completions.create(model="tiny", prompt="a red circle", max_tokens=8, temperature=0, seed=1)
     assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length")
     assert isinstance(r.choices[0].text, str)
-    assert prompts[-1] == omni.vocab.bos_ids + omni.tok.encode("a red circle")
+    v = omni.vocab  # framed as a tokenized plain document: bos, the assistant header, the text
+    assert prompts[-1] == v.bos_ids + v.header_ids("assistant") + omni.tok.encode("a red circle")
     assert r.usage.prompt_tokens == len(prompts[-1]) and r.usage.completion_tokens <= 8
 
 
@@ -200,7 +201,7 @@ def test_completion_with_suffix_sends_the_psm_prompt(client, server):
     v, tok = omni.vocab, omni.tok
     r = client.completions.create(model="tiny", prompt="a red ", suffix=" on the left", max_tokens=6, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length")
-    assert prompts[-1] == v.bos_ids + [v.special("fim_prefix")] + tok.encode("a red ") + [v.special("fim_suffix")] \
+    assert prompts[-1] == v.bos_ids + v.header_ids("assistant") + [v.special("fim_prefix")] + tok.encode("a red ") + [v.special("fim_suffix")] \
         + tok.encode(" on the left") + [v.special("fim_middle")]
 
 

@@ -1,9 +1,10 @@
 """``POST /v1/completions``: OpenAI's legacy text completions, with ``suffix`` as fill-in-the-middle.
 
-Without ``suffix`` the prompt text is continued left to right (no chat template: the ids are the
-vocabulary's begin-of-text, then the prompt's text ids). With ``suffix`` the prompt is the PSM infill
-prompt ``<|fim_prefix|> prompt <|fim_suffix|> suffix <|fim_middle|>`` (``omniloom.data.fim``) and the
-completion is the middle. Either stops at ``<|end|>`` / ``<|eos|>``, at ``max_tokens``, or at the
+No chat turns: the prompt is framed as ``omniloom tokenize`` frames a plain document (one assistant
+message: begin-of-text, the assistant header, the text; see docs/data-formats.md "interleaved"), so
+a model pretrained on such documents continues it as it learned. Without ``suffix`` the prompt text
+is continued left to right. With ``suffix`` the text is the PSM infill prompt ``<|fim_prefix|> prompt
+<|fim_suffix|> suffix <|fim_middle|>`` (``omniloom.data.fim``) and the completion is the middle. Either stops at ``<|end|>`` / ``<|eos|>``, at ``max_tokens``, or at the
 first of the ``stop`` strings (not included). Non-text ids the model may write are skipped.
 """
 
@@ -137,11 +138,10 @@ async def completions(body: CompletionRequest, request: Request):
         except ValueError:
             raise bad_request("suffix needs a vocabulary with the fill-in-the-middle sentinels", "suffix",
                               "unsupported_parameter") from None
-        prompt = vocab.bos_ids + psm_prompt(body.prompt, body.suffix, vocab, tok)
+        text = psm_prompt(body.prompt, body.suffix, vocab, tok)
     else:
-        prompt = vocab.bos_ids + (tok.encode(body.prompt) if body.prompt else [])
-    if not prompt:
-        raise bad_request("prompt is empty and this vocabulary has no begin-of-text id", "prompt", "invalid_value")
+        text = tok.encode(body.prompt) if body.prompt else []
+    prompt = vocab.bos_ids + vocab.header_ids("assistant") + text
     if len(prompt) >= st.context:
         raise bad_request(f"prompt is {len(prompt)} tokens; the model's context is {st.context}", "prompt",
                           "context_length_exceeded")
