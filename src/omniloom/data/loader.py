@@ -58,14 +58,31 @@ def build_row(data: ShardSet, perm: np.ndarray, ends: np.ndarray, start: int, le
 
 
 class EpochBatches:
-    """What every loader shares: micro-batches per step, and its position (epoch, batch) as
-    resumable state. Subclasses set ``local``, ``micro``, ``seed``, ``epoch`` and ``batch_index``."""
+    """What every loader shares: micro-batches per step, its position (epoch, batch) as resumable
+    state, and walking that position. Subclasses set ``local``, ``micro``, ``seed``, ``epoch``,
+    ``batch_index`` and ``batches_per_epoch``, and give ``batch_at(epoch, batch_index)``."""
 
     local: int
     micro: int
     seed: int
     epoch: int
     batch_index: int
+    batches_per_epoch: int
+
+    def batch_at(self, epoch: int, batch_index: int) -> list[dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def next_batch(self) -> list[dict[str, torch.Tensor]]:
+        if self.batch_index >= self.batches_per_epoch:
+            self.epoch, self.batch_index = self.epoch + 1, 0
+        out = self.batch_at(self.epoch, self.batch_index)
+        self.batch_index += 1
+        return out
+
+    def __iter__(self) -> Iterator[list[dict[str, torch.Tensor]]]:
+        while True:
+            yield self.next_batch()
+
 
     @property
     def accumulation_steps(self) -> int:
@@ -150,14 +167,3 @@ class PackedLoader(EpochBatches):
             "doc_ids": torch.from_numpy(doc[:, :-1].copy()),
         }
         return [{k: v[s:s + self.micro] for k, v in batch.items()} for s in range(0, self.local, self.micro)]
-
-    def next_batch(self) -> list[dict[str, torch.Tensor]]:
-        if self.batch_index >= self.batches_per_epoch:
-            self.epoch, self.batch_index = self.epoch + 1, 0
-        out = self.batch_at(self.epoch, self.batch_index)
-        self.batch_index += 1
-        return out
-
-    def __iter__(self) -> Iterator[list[dict[str, torch.Tensor]]]:
-        while True:
-            yield self.next_batch()

@@ -22,7 +22,6 @@ micro-batch's pairs from 0 and ``side`` is 0 (chosen) or 1 (rejected), -1 on pad
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -130,16 +129,6 @@ class PairLoader(EpochBatches):
             "pairs": torch.tensor(q),
         }
 
-    def next_batch(self) -> list[dict[str, torch.Tensor]]:
-        if self.batch_index >= self.batches_per_epoch:
-            self.epoch, self.batch_index = self.epoch + 1, 0
-        out = self.batch_at(self.epoch, self.batch_index)
-        self.batch_index += 1
-        return out
-
-    def __iter__(self) -> Iterator[list[dict[str, torch.Tensor]]]:
-        while True:
-            yield self.next_batch()
 
 
 def _pack(order: np.ndarray, pair_len: np.ndarray, row: int) -> tuple[np.ndarray, np.ndarray]:
