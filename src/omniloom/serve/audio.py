@@ -20,10 +20,9 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..infer.generate import AudioChunk, Done, TextDelta, generate
+from ..infer.generate import AudioChunk, Done, generate
 from ..infer.sampling import SamplingParams
-from .chat import watch_disconnect
-from .chat import _warnings
+from .chat import _warnings, started, text_and_done, watch_disconnect
 from .errors import bad_request
 from .media import API_RATE, AUDIO_MIME, Resampler, encode_audio, pcm16_bytes
 
@@ -63,11 +62,7 @@ async def speech(body: SpeechRequest, request: Request) -> Response:
     if max_tokens < 8:
         raise bad_request(f"input of {len(body.input)} characters leaves no room to speak it", "input")
     job = st.scheduler.submit(_speech_job(body.input, voice, max_tokens, body.seed))
-    try:
-        await job.ready()
-    except BaseException:
-        job.cancel.set()
-        raise
+    await started(job)
     rate = st.omni.codecs["audio"].sample_rate
     out_rate = round(API_RATE / body.speed)  # played at API_RATE: faster for speed > 1
     if body.stream_format == "sse" or body.response_format == "pcm":
@@ -151,19 +146,8 @@ async def transcriptions(
     secs = st.check_audio(data, "file")
     max_tokens = min(st.settings.default_max_tokens, st.context // 2)
     job = st.scheduler.submit(_transcribe_job(data, max_tokens, temperature))
-    watcher = asyncio.create_task(watch_disconnect(request, job))
-    text, done = [], None
-    try:
-        await job.ready()
-        async for ev in job.events():
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            elif isinstance(ev, Done):
-                done = ev
-    finally:
-        watcher.cancel()
-        job.cancel.set()
-    out = "".join(text).strip()
+    text, done = await text_and_done(request, job)
+    out = text.strip()
     u = st.usage(done.usage if done else {}, job.prompt_ids)
     usage = {"type": "tokens", "input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
              "total_tokens": u["total_tokens"],

@@ -100,6 +100,35 @@ async def watch_disconnect(request: Request, job) -> None:
         await asyncio.sleep(0.1)
 
 
+async def started(job) -> None:
+    """Wait until ``job`` holds a worker (or its error); cancel it if the wait itself fails."""
+    try:
+        await job.ready()
+    except BaseException:
+        job.cancel.set()
+        raise
+
+
+async def text_and_done(request: Request, job, is_started: bool = False) -> tuple[str, Any]:
+    """A non-streaming text answer: (all its TextDelta text, the Done event or None), cancelled
+    when the client goes away; the job is cancelled at the end either way. ``is_started``: the
+    caller has already awaited ``job.ready()`` (which must be awaited exactly once)."""
+    watcher = asyncio.create_task(watch_disconnect(request, job))
+    text, done = [], None
+    try:
+        if not is_started:
+            await job.ready()
+        async for ev in job.events():
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            elif isinstance(ev, Done):
+                done = ev
+    finally:
+        watcher.cancel()
+        job.cancel.set()
+    return "".join(text), done
+
+
 def _job(messages: list[dict], output_modality, outputs, voice, sampling, guidance: float = 1.0,
          candidates: int = 1):
     def fn(omni):
@@ -167,11 +196,7 @@ async def chat_completions(body: ChatRequest, request: Request):
         fn = _job(messages, output_modality, outputs, voice, sampling, guidance if "image" in outputs else 1.0,
                   candidates if image_first else 1)
     job = st.scheduler.submit(fn, cleanup=tmp.close)
-    try:
-        await job.ready()
-    except BaseException:
-        job.cancel.set()
-        raise
+    await started(job)
     cid, created = new_id("chatcmpl"), int(time.time())
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)

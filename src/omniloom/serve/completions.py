@@ -10,7 +10,6 @@ first of the ``stop`` strings (not included). Non-text ids the model may write a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -23,7 +22,7 @@ from ..data.fim import psm_prompt
 from ..infer.engine import Request as EngineRequest
 from ..infer.generate import Done, TextDelta
 from ..infer.sampling import SamplingParams
-from .chat import watch_disconnect
+from .chat import started, text_and_done
 from .errors import APIError, bad_request, error_body
 from .state import ServerState, new_id
 
@@ -148,29 +147,15 @@ async def completions(body: CompletionRequest, request: Request):
     sampling = st.sampling(body.max_tokens, body.temperature, body.top_p, body.seed)
     sampling.max_new_tokens = min(sampling.max_new_tokens, st.context - len(prompt))
     job = st.scheduler.submit(_job(prompt, sampling, stops))
-    try:
-        await job.ready()
-    except BaseException:
-        job.cancel.set()
-        raise
+    await started(job)
     cid, created = new_id("cmpl"), int(time.time())
     if body.stream:
         return StreamingResponse(_stream(st, job, cid, created, prompt), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    watcher = asyncio.create_task(watch_disconnect(request, job))
-    text, done = [], None
-    try:
-        async for ev in job.events():
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            elif isinstance(ev, Done):
-                done = ev
-    finally:
-        watcher.cancel()
-        job.cancel.set()
+    text, done = await text_and_done(request, job, is_started=True)
     return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": st.settings.model_id,
                          "system_fingerprint": None,
-                         "choices": [{"text": "".join(text), "index": 0, "logprobs": None,
+                         "choices": [{"text": text, "index": 0, "logprobs": None,
                                       "finish_reason": done.finish_reason if done else "stop"}],
                          "usage": st.usage(done.usage if done else {}, prompt)})
 
