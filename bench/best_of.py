@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from omniloom.eval.runner import _prompt_messages, _to_16k, _voice, ensure_split, load_samples
+    from omniloom.eval.runner import _prompt_messages, _voice, answer_from_events, ensure_split, load_samples
     from omniloom.eval.scoring import OUTPUT_OF, TASK_METRIC, Answer, score
     from omniloom.infer.best_of import Verifier, generate_best_of
     from omniloom.infer.candidates import default_outputs
-    from omniloom.infer.generate import AudioChunk, Done, ImageOut, OmniModel, TextDelta, TranscriptDelta, generate
+    from omniloom.infer.generate import OmniModel, generate
     from omniloom.infer.generate import resolve_model_dir
     from omniloom.infer.sampling import SamplingParams
 
@@ -67,22 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = args.cfg_scale if kind == "image" else 1.0
 
     def collect(events) -> tuple[Answer, dict | None]:
-        ans, pcm, rate, info = Answer(), [], 16000, None
-        for ev in events:
-            if isinstance(ev, TextDelta):
-                ans.text += ev.text
-            elif isinstance(ev, TranscriptDelta):
-                ans.transcript += ev.text
-            elif isinstance(ev, AudioChunk):
-                pcm.append(ev.pcm)
-                rate = ev.sample_rate
-            elif isinstance(ev, ImageOut) and ans.image is None and ev.image.size:
-                ans.image = ev.image
-            elif isinstance(ev, Done):
-                info = ev.best_of
-        if pcm:
-            ans.audio = _to_16k(np.concatenate(pcm), rate)
-        return ans, info
+        ans, done = answer_from_events(events)
+        return ans, done.best_of if done is not None else None
 
     rows = []
     for i, item in enumerate(items):

@@ -63,7 +63,7 @@ class LocalBackend:
         self.image_candidates = image_candidates  # best-of-N drawings, judged by the model's own captions
 
     def answer(self, sample: dict, base_dir: Path) -> Answer:
-        from ..infer.generate import AudioChunk, ImageOut, TextDelta, TranscriptDelta, generate
+        from ..infer.generate import generate
         from ..infer.sampling import SamplingParams
 
         kind = OUTPUT_OF[sample["task"]]
@@ -73,22 +73,30 @@ class LocalBackend:
                           sampling=SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0),
                           cfg_scale=self.cfg_scale if kind == "image" else 1.0, base_dir=base_dir,
                           image_candidates=self.image_candidates if kind == "image" else 1)
-        ans = Answer()
-        pcm: list[np.ndarray] = []
-        rate = 16000
-        for ev in events:
-            if isinstance(ev, TextDelta):
-                ans.text += ev.text
-            elif isinstance(ev, TranscriptDelta):
-                ans.transcript += ev.text
-            elif isinstance(ev, AudioChunk):
-                pcm.append(ev.pcm)
-                rate = ev.sample_rate
-            elif isinstance(ev, ImageOut) and ans.image is None and ev.image.size:
-                ans.image = ev.image
-        if pcm:
-            ans.audio = _to_16k(np.concatenate(pcm), rate)
-        return ans
+        return answer_from_events(events)[0]
+
+
+def answer_from_events(events) -> tuple[Answer, Any]:
+    """``generate()`` events -> (the judged :class:`Answer`: text, transcript, speech at 16 kHz,
+    the first non-empty image; the Done event or None)."""
+    from ..infer.generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta
+
+    ans, pcm, rate, done = Answer(), [], 16000, None
+    for ev in events:
+        if isinstance(ev, TextDelta):
+            ans.text += ev.text
+        elif isinstance(ev, TranscriptDelta):
+            ans.transcript += ev.text
+        elif isinstance(ev, AudioChunk):
+            pcm.append(ev.pcm)
+            rate = ev.sample_rate
+        elif isinstance(ev, ImageOut) and ans.image is None and ev.image.size:
+            ans.image = ev.image
+        elif isinstance(ev, Done):
+            done = ev
+    if pcm:
+        ans.audio = _to_16k(np.concatenate(pcm), rate)
+    return ans, done
 
 
 class ServerBackend:
