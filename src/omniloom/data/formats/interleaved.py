@@ -14,11 +14,10 @@ adjacent sentences (MMC4) by a space.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .common import Documents, media_folder, resolve_media, text_part
+from .common import Documents, json_lines, media_folder, resolve_media, text_part
 
 __all__ = ["read_interleaved"]
 
@@ -29,25 +28,18 @@ def read_interleaved(path: str | Path, media_root: str | None = None) -> Documen
     if not path.is_file():
         raise ValueError(f"input file {path} does not exist (--format interleaved reads JSONL)")
     root = media_folder(media_root, path.parent.resolve())
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if isinstance(doc, dict) and "texts" in doc and "images" in doc:
-                parts = _obelics(doc, root, where)
-            elif isinstance(doc, dict) and "text_list" in doc:
-                parts = _mmc4(doc, root, where)
-            else:
-                raise ValueError(f"{where}: expected an OBELICS {{\"texts\", \"images\"}} or an MMC4 "
-                                 "{\"text_list\", \"image_info\"} object")
-            if not parts:
-                raise ValueError(f"{where}: the document is empty")
-            yield lineno, [{"role": "assistant", "content": parts}]
+    for lineno, _, doc in json_lines(path):
+        where = f"{path}:{lineno}"
+        if isinstance(doc, dict) and "texts" in doc and "images" in doc:
+            parts = _obelics(doc, root, where)
+        elif isinstance(doc, dict) and "text_list" in doc:
+            parts = _mmc4(doc, root, where)
+        else:
+            raise ValueError(f"{where}: expected an OBELICS {{\"texts\", \"images\"}} or an MMC4 "
+                             "{\"text_list\", \"image_info\"} object")
+        if not parts:
+            raise ValueError(f"{where}: the document is empty")
+        yield lineno, [{"role": "assistant", "content": parts}]
 
 
 def _add_text(parts: list[dict[str, Any]], text: str, sep: str) -> None:
