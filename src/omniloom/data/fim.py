@@ -25,9 +25,10 @@ same transform however the work is cut into units.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
+
+from .draws import position_draw
 
 __all__ = ["FimSettings", "apply_fim", "fim_layout", "psm_prompt"]
 
@@ -44,11 +45,6 @@ class FimSettings:
             raise ValueError(f"--fim-rate must be in [0, 1], got {self.rate}")
         if not 0.0 <= self.spm_rate <= 1.0:
             raise ValueError(f"--fim-spm-rate must be in [0, 1], got {self.spm_rate}")
-
-
-def _uniform(seed: int, kind: str, input_index: int, record: int) -> float:
-    h = hashlib.blake2b(f"{seed}:{kind}:{input_index}:{record}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2.0**64
 
 
 def _longest_text_target(ids: list[int], mask: list[int], text_size: int) -> tuple[int, int]:
@@ -84,16 +80,16 @@ def apply_fim(ids: list[int], mask: list[int], vocab: Any, tok: Any, settings: F
     """The document at (``input_index``, ``record``) with FIM applied when its draw falls under
     ``settings.rate``: ``(ids, loss_mask, "psm" | "spm" | None)``. A document without a text target
     of at least two characters is returned unchanged (None)."""
-    if settings.rate <= 0 or _uniform(seed, "fim", input_index, record) >= settings.rate:
+    if settings.rate <= 0 or position_draw(seed, "fim", input_index, record) >= settings.rate:
         return ids, mask, None
     a, b = _longest_text_target(list(ids), list(mask), vocab.text_size)
     text = tok.decode(ids[a:b]) if b > a else ""
     if len(text) < 2:
         return ids, mask, None
-    cuts = sorted(int(_uniform(seed, f"fim-cut{k}", input_index, record) * (len(text) + 1)) for k in (0, 1))
+    cuts = sorted(int(position_draw(seed, f"fim-cut{k}", input_index, record) * (len(text) + 1)) for k in (0, 1))
     pieces = (text[:cuts[0]], text[cuts[0]:cuts[1]], text[cuts[1]:])
     prefix, middle, suffix = (tok.encode(p) if p else [] for p in pieces)
-    spm = _uniform(seed, "fim-spm", input_index, record) < settings.spm_rate
+    spm = position_draw(seed, "fim-spm", input_index, record) < settings.spm_rate
     span = fim_layout(prefix, middle, suffix, vocab, spm)
     return list(ids[:a]) + span + list(ids[b:]), list(mask[:a]) + [1] * len(span) + list(mask[b:]), \
         "spm" if spm else "psm"

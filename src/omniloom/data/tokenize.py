@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .draws import position_draw
 from .fim import FimSettings, apply_fim
 from .formats.common import is_glob
 from .formats.preference import Preference, encode_preference
@@ -52,12 +53,6 @@ class Unit:
     @property
     def docs(self) -> int:
         return self.stop - self.start
-
-
-def _draw(seed: int, kind: str, input_index: int, record: int) -> float:
-    """A uniform number in [0, 1) fixed by (seed, kind, document position): the same whatever the units."""
-    h = hashlib.blake2b(f"{seed}:{kind}:{input_index}:{record}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2.0**64
 
 
 def _voices_of(doc: list | Preference) -> Iterator[str]:
@@ -282,14 +277,14 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
                     enc = processor.encode_messages(doc, mode=job.mode, base_dir=base_dir)
             except ValueError as e:
                 raise ValueError(f"{unit.input}:{where}: {e}") from e
-            val = "val" in writers and _draw(job.seed, "split", unit.input_index, pos) < job.val_fraction
+            val = "val" in writers and position_draw(job.seed, "split", unit.input_index, pos) < job.val_fraction
             split = "val" if val else "train"
             if isinstance(doc, Preference):
                 writers[split].add_pair(*((e.ids, e.loss_mask) for e in pair))
             else:
                 if split == "train" and job.cfg_drop > 0:
                     dropped = drop_condition(enc, job.vocab)
-                    if dropped is not None and _draw(job.seed, "cfg-drop", unit.input_index, pos) < job.cfg_drop:
+                    if dropped is not None and position_draw(job.seed, "cfg-drop", unit.input_index, pos) < job.cfg_drop:
                         enc = dropped
                         counts["dropped"] += 1
                 ids, mask = enc.ids, enc.loss_mask
