@@ -97,12 +97,6 @@ def plan_units(inputs: list[str | Path], input_format: str = "messages", reader_
     return units, list(voices)
 
 
-def discover_voices(inputs: list[str | Path], input_format: str = "messages",
-                    reader_options: dict[str, Any] | None = None) -> list[str]:
-    """Named voices of audio parts in the inputs, in order of first appearance."""
-    return plan_units(inputs, input_format, reader_options)[1]
-
-
 def build_vocab(text_tokenizer: Any, codecs: dict[str, Any], voices: list[str] | None = None) -> Any:
     """A fresh :class:`Vocab` sized for the tokenizer and the given codecs."""
     from ..tokens.vocab import Vocab
