@@ -5,6 +5,8 @@ A codec turns raw media into *local* integer codes and back:
 - image: ``encode((B, 3, H, W) float in [0, 1]) -> (B, N) long``; ``decode`` inverts it.
 - audio: ``encode((B, samples) float at sample_rate) -> (B, frames, num_codebooks) long``;
   ``decode`` inverts it; ``stream_decoder()`` decodes chunk by chunk (chunked equals whole).
+- mesh: ``encode((16, 16, 16) occupancy) -> (64,) long``; ``decode`` gives bool occupancy back
+  (``omniloom.codecs.mesh``).
 
 **The codec registry.** Every codec is named by one spec string, wherever a codec is chosen
 (``tokenize --codec``, ``graft --codec``, ``codec eval``, a model directory's ``codecs.json``):
@@ -31,6 +33,7 @@ ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "codecs"
 CODEC_CLASSES: dict[str, tuple[str, str]] = {
     "image": ("omniloom.codecs.image", "ImageCodec"),
     "audio": ("omniloom.codecs.audio", "AudioCodec"),
+    "mesh": ("omniloom.codecs.mesh", "MeshCodec"),
 }
 
 
