@@ -190,6 +190,12 @@ class TrainConfig:
     objective: str = "sft"
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 0.0
+    # contrastive embeddings (docs/embeddings.md): a weight > 0 adds that weight times a CLIP-style
+    # symmetric InfoNCE between the mean-pooled hidden states of paired spans (a user's image or
+    # speech and the text answer after it), each run stand-alone, negatives = the other pairs of the
+    # rank's batch, at the fixed temperature contrastive_temperature. 0: off (the plain LM step)
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.07
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "ckpt_every"):
@@ -222,6 +228,12 @@ class TrainConfig:
                              f"got {self.dpo_beta}")
         if not self.dpo_sft_weight >= 0:
             raise ValueError(f"train.dpo_sft_weight must be >= 0, got {self.dpo_sft_weight}")
+        if not self.contrastive_weight >= 0:
+            raise ValueError(f"train.contrastive_weight must be >= 0 (0 = off), got {self.contrastive_weight}")
+        if not self.contrastive_temperature > 0:
+            raise ValueError(f"train.contrastive_temperature must be > 0, got {self.contrastive_temperature}")
+        if self.contrastive_weight > 0 and self.objective == "dpo":
+            raise ValueError("train.contrastive_weight applies to the sft/rft objectives, not dpo")
         if self.train_rows_from < -1:
             raise ValueError(f"train.train_rows_from must be >= 0, or -1 (the vocab's first non-text id), "
                              f"got {self.train_rows_from}")

@@ -326,6 +326,7 @@ class TrainStep:
         mod_cnt = torch.zeros(M, dtype=torch.float64, device=self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
 
+        extra = self._contrastive(micro_batches) if self.cfg.contrastive_weight > 0 else {}
         for i, mb in enumerate(micro_batches):
             mb = self._to_device(mb)
             if self.fsdp:  # reduce-scatter only after the last micro-batch
@@ -355,7 +356,54 @@ class TrainStep:
                 c = float(stats[1 + M + j])
                 if c > 0:
                     out[f"loss/{name}"] = float(stats[1 + j]) / c
-        return out
+        return {**out, **extra}
+
+    def _contrastive(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """``train.contrastive_weight``: accumulate the gradient of weight x the symmetric InfoNCE
+        over the (media, text) pairs of this rank's whole batch (every micro-batch), each side run
+        stand-alone through the model (:mod:`omniloom.infer.embed`); returns its stats.
+
+        Runs before the LM micro-batches, so under FSDP2 the last micro-batch's reduce-scatter
+        carries this gradient too; every rank runs one forward (a dummy one without pairs), as the
+        sharded forward is collective. Negatives are the rank's own pairs; pairs whose texts are
+        identical are not each other's negatives (the world repeats short answers).
+        """
+        from ..infer.embed import pooled_states
+        from ..tokens.pairs import embed_sequence, find_pairs
+
+        if self.vocab is None:
+            raise ValueError("train.contrastive_weight needs the vocabulary (TrainStep(vocab=...)) to find pairs")
+        pairs = [p for mb in micro_batches
+                 for row_ids, row_docs in zip(mb["ids"], mb.get("doc_ids", torch.zeros_like(mb["ids"])))
+                 for p in find_pairs(row_ids, self.vocab, row_docs)]
+        n = len(pairs)
+        if n < 2 and not self.fsdp:
+            return {"contrastive_pairs": float(n)}
+        seqs, masks = [], []
+        for p in pairs:
+            for kind, ids in ((p.kind, p.media), ("text", p.text)):
+                s, m = embed_sequence(kind, ids, self.vocab)
+                seqs.append(s)
+                masks.append(m)
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(False)
+        with self._autocast():
+            h = pooled_states(self.model, seqs or [[0]], masks or [[True]])  # (2n, dim) fp32
+        if n < 2:  # FSDP rank without pairs: take part in the collectives, add nothing
+            (h.sum() * 0.0).backward()
+            return {"contrastive_pairs": float(n)}
+        z = F.normalize(h, dim=-1)
+        media, text = z[0::2], z[1::2]  # (n, dim) each
+        logits = media @ text.T / self.cfg.contrastive_temperature  # (n, n)
+        same = torch.tensor([[a.text == b.text for b in pairs] for a in pairs], device=logits.device)
+        logits = logits.masked_fill(same & ~torch.eye(n, dtype=torch.bool, device=logits.device), float("-inf"))
+        target = torch.arange(n, device=logits.device)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        # FSDP2 averages gradients over ranks; a replicated model's are summed (_sync_grads_manually)
+        factor = self.cfg.contrastive_weight / (1.0 if self.fsdp else self.world_size)
+        (loss * factor).backward()
+        acc = 0.5 * float((logits.argmax(1) == target).float().mean() + (logits.argmax(0) == target).float().mean())
+        return {"loss/contrastive": float(loss.detach()), "contrastive_pairs": float(n), "contrastive_acc": acc}
 
     @torch.no_grad()
     def eval_loss(self, batches: list[dict[str, torch.Tensor]]) -> float:
