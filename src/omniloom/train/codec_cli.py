@@ -3,8 +3,10 @@
   omniloom codec train image --data world --out runs/codec-image [--steps N] [--batch B]
   omniloom codec eval image [SPEC] [--data world|DIR] [--n N] [--json OUT]   (SPEC: image-world, DIR, hf:DIR)
   omniloom codec train audio ... / omniloom codec eval audio ...
+  omniloom codec train mesh --out runs/codec-mesh / omniloom codec eval mesh [mesh-world]
 
-Each modality's module (``omniloom.train.codec_image``, ``omniloom.train.codec_audio``) exposes
+Each modality's module (``omniloom.train.codec_image``, ``omniloom.train.codec_audio``,
+``omniloom.train.codec_mesh``) exposes
 ``add_train_arguments``, ``run_train``, ``add_eval_arguments`` and ``run_eval``.
 """
 
@@ -16,6 +18,7 @@ import importlib
 MODALITIES: dict[str, str] = {
     "image": "omniloom.train.codec_image",
     "audio": "omniloom.train.codec_audio",
+    "mesh": "omniloom.train.codec_mesh",
 }
 
 

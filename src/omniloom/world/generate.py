@@ -24,6 +24,8 @@ DEFAULT_MIXTURE: dict[str, float] = {
     "caption": 1.0, "vqa": 2.0, "draw": 1.0, "edit": 1.0, "video": 0.5, "math": 0.5,
     "asr": 1.0, "tts": 1.0, "spoken_vqa": 1.0, "spoken_math": 0.5, "spoken_draw": 0.5,
 }
+# weights of the opt-in tasks (tasks.OPT_IN_TASKS) when --tasks names them; never in the default mixture
+OPT_IN_WEIGHTS: dict[str, float] = {"text_to_3d": 1.0, "describe_3d": 1.0}
 
 
 def parse_mixture(text: str | None, tasks: list[str] | None, split: str) -> dict[str, float]:
@@ -34,7 +36,7 @@ def parse_mixture(text: str | None, tasks: list[str] | None, split: str) -> dict
         for t in tasks:
             if t not in TASK_FNS:
                 raise ValueError(f"unknown task {t!r}; expected some of {', '.join(TASKS)}")
-        mix = {t: DEFAULT_MIXTURE[t] for t in tasks}
+        mix = {t: DEFAULT_MIXTURE.get(t, OPT_IN_WEIGHTS.get(t, 1.0)) for t in tasks}
     elif split == "compositional":
         mix = {t: DEFAULT_MIXTURE[t] for t in SCENE_TASKS}
     else:

@@ -2,7 +2,8 @@
 
 `truth` is the sample's "truth" dict from the generated jsonl. `answer` is what the model
 produced for the assistant turn: a str for text tasks, a (64, 64, 3) uint8 array for image tasks,
-a 16 kHz float waveform for speech tasks, and for spoken_draw a tuple (image, waveform).
+a 16 kHz float waveform for speech tasks, for spoken_draw a tuple (image, waveform), and for
+text_to_3d a (16, 16, 16) occupancy grid (or an STL/OBJ/GLB/.npy file, as a path or bytes).
 Scores are in [0, 1]; nothing here loads or imports a model.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import scene3d
 from .parse_image import parse_image
 from .scene import Scene, normalize_text, parse_caption
 from .speech_judge import SpeechJudge, accepted, candidates_for
@@ -45,6 +47,34 @@ def image_match(truth: Scene, img: np.ndarray) -> tuple[float, dict]:
     return float(got == truth), {"got": got.to_dict() if got else None}
 
 
+def caption3d_match(truth: scene3d.Scene3D, answer: str) -> tuple[float, dict]:
+    """3D captions compared as sets of stacks (any phrase order)."""
+    got = scene3d.parse_caption3d(answer)
+    return float(got == truth), {"got": got.to_dict() if got else None}
+
+
+MESH_IOU_MIN = 0.5  # text_to_3d: least voxel IoU with the true scene's voxels
+
+
+def mesh_match(truth: scene3d.Scene3D, answer) -> tuple[float, dict]:  # noqa: ANN001 - grid, path or bytes
+    """1 when the answer's occupancy has voxel IoU >= 0.5 with the true scene's voxelization and the
+    scene reader (`scene3d.parse_voxels`) finds the same shape classes (as a multiset)."""
+    from ..codecs.mesh import as_voxels, read_mesh_voxels, voxel_iou
+
+    if isinstance(answer, (str, bytes, bytearray)) or hasattr(answer, "__fspath__"):
+        try:
+            vox = read_mesh_voxels(answer)
+        except ValueError as e:
+            return 0.0, {"error": str(e)}
+    else:
+        vox = as_voxels(answer)
+    iou = voxel_iou(vox, scene3d.voxelize(truth))
+    got = scene3d.parse_voxels(vox)
+    shapes_ok = got is not None and got.shapes == truth.shapes
+    return float(iou >= MESH_IOU_MIN and shapes_ok), {
+        "iou": iou, "shapes": got.shapes if got else None, "got": scene3d.caption3d(got) if got else None}
+
+
 def speech_match(task: str, truth: dict, wav: np.ndarray) -> tuple[float, dict]:
     """Closed-set speech judge: 1 when the nearest candidate is the true transcript (for spoken
     questions: the true answer, bare or restating the question)."""
@@ -77,6 +107,10 @@ def judge(task: str, truth: dict, answer) -> tuple[float, dict]:  # noqa: ANN001
         return image_match(Scene.from_dict(truth["target"]), answer)
     if task in ("tts", "spoken_vqa", "spoken_math"):
         return speech_match(task, truth, answer)
+    if task == "text_to_3d":
+        return mesh_match(scene3d.Scene3D.from_dict(truth["scene3d"]), answer)
+    if task == "describe_3d":
+        return caption3d_match(scene3d.Scene3D.from_dict(truth["scene3d"]), answer)
     if task == "spoken_draw":
         img, wav = answer
         s_img, d_img = image_match(Scene.from_dict(truth["scene"]), img)

@@ -1,5 +1,8 @@
 """The eleven tasks of the shapes world: each turns an rng into one chat sample.
 
+Two more tasks, text_to_3d and describe_3d (`OPT_IN_TASKS`, 3D scenes of `scene3d`), are made
+only when named (`--tasks`), so the default mixture and the data sets built from it keep their meaning.
+
 A task function takes `(rng, ctx)` and returns a `Sample` whose `messages` are OpenAI-style
 dicts. Media are handed to `ctx.sink`, which returns the part that references them (paths
 relative to the output folder) and keeps the bytes until the generator writes them.
@@ -12,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import render, speech
+from . import render, scene3d, speech
 from .scene import (
     CELL_NAMES,
     CELL_PHRASES,
@@ -49,7 +52,10 @@ DEFAULT_RESTATE: tuple[str, ...] = ("spoken_math",)
 TASKS: tuple[str, ...] = (
     "caption", "vqa", "draw", "edit", "video", "math",
     "asr", "tts", "spoken_vqa", "spoken_math", "spoken_draw",
+    "text_to_3d", "describe_3d",
 )
+# tasks never drawn unless named (--tasks or --mixture): the 3D tasks came after the shipped model
+OPT_IN_TASKS: tuple[str, ...] = ("text_to_3d", "describe_3d")
 SPEECH_TASKS = frozenset({"asr", "tts", "spoken_vqa", "spoken_math", "spoken_draw"})
 # tasks whose samples can carry a held-out (color, shape) pair (used by the compositional split)
 SCENE_TASKS: tuple[str, ...] = ("caption", "vqa", "draw", "edit", "video", "asr", "tts", "spoken_vqa", "spoken_draw")
@@ -94,6 +100,16 @@ class MediaSink:
         if transcript is not None:
             part["transcript"] = transcript
         return part
+
+    def mesh(self, vox: np.ndarray) -> dict:
+        """A 3D shape as its (16, 16, 16) occupancy grid, a uint8 0/1 .npy file ([x, y, z], z up)."""
+        import io
+
+        path = self._name("npy")
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(vox, dtype=np.uint8), allow_pickle=False)
+        self.files[path] = buf.getvalue()
+        return {"type": "mesh", "path": path}
 
 
 @dataclass
@@ -365,9 +381,24 @@ def task_spoken_draw(rng: np.random.Generator, ctx: TaskContext) -> Sample:
                                         "user_voice": voice, "voice": reply["voice"]})
 
 
+def task_text_to_3d(rng: np.random.Generator, ctx: TaskContext) -> Sample:
+    scene = scene3d.sample_scene3d(rng)
+    prompt = scene3d.TEXT_TO_3D_PROMPT.replace("{caption}", scene3d.caption3d(scene))
+    msgs = [_user(_text(prompt)), _assistant(ctx.sink.mesh(scene3d.voxelize(scene)))]
+    return Sample("text_to_3d", msgs, {"scene3d": scene.to_dict(), "prompt": prompt})
+
+
+def task_describe_3d(rng: np.random.Generator, ctx: TaskContext) -> Sample:
+    scene = scene3d.sample_scene3d(rng)
+    cap = scene3d.caption3d(scene)
+    msgs = [_user(ctx.sink.mesh(scene3d.voxelize(scene)), _text(scene3d.DESCRIBE_3D_PROMPT)), _assistant(_text(cap))]
+    return Sample("describe_3d", msgs, {"scene3d": scene.to_dict(), "answer": cap})
+
+
 TASK_FNS: dict[str, Callable[[np.random.Generator, TaskContext], Sample]] = {
     "caption": task_caption, "vqa": task_vqa, "draw": task_draw, "edit": task_edit, "video": task_video,
     "math": task_math, "asr": task_asr, "tts": task_tts, "spoken_vqa": task_spoken_vqa,
     "spoken_math": task_spoken_math, "spoken_draw": task_spoken_draw,
+    "text_to_3d": task_text_to_3d, "describe_3d": task_describe_3d,
 }
 assert tuple(TASK_FNS) == TASKS
