@@ -7,6 +7,11 @@ classifier-free guidance while the image codes are sampled; ``image_candidates``
 extension) searches that many drawings per image and keeps the one the model itself
 captions closest to the prompt (``omniloom.infer.rerank``; generations only, an edit has no
 description of its result). Both default to the model's ``generation.json``, else 1 (off).
+
+An edit with a ``mask`` (a PNG of the image's size whose transparent pixels, alpha 0, mark the area
+to change, as OpenAI defines it) inpaints: the code cells under the transparent area are redrawn and
+every other cell keeps the source image's own codes (``omniloom.infer.inpaint``); ``image_candidates``
+masked drawings are searched (default 8), the one the model finds most likely as a whole kept.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..infer.generate import Done, ImageOut, generate
+from ..infer.inpaint import alpha_of, code_grid, inpaint, mask_cells
 from ..infer.sampling import SamplingParams
 from .chat import watch_disconnect
 from .errors import APIError, bad_request
@@ -53,17 +59,23 @@ def _check(st, size: str | None, response_format: str | None) -> None:
         raise bad_request("response_format must be 'b64_json' (this server keeps no image URLs)", "response_format")
 
 
-def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float, candidates: int = 1):
+def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float, candidates: int = 1,
+                regenerate=None):
     def fn(omni):
         for i in range(n):
-            yield from generate(omni, messages, output_modality="image", outputs=("image",),
-                                sampling=SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0),
-                                cfg_scale=guidance, image_candidates=candidates)
+            sampling = SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0)
+            if regenerate is not None:
+                yield from inpaint(omni, messages, regenerate, candidates=candidates, sampling=sampling,
+                                   cfg_scale=guidance)
+            else:
+                yield from generate(omni, messages, output_modality="image", outputs=("image",),
+                                    sampling=sampling, cfg_scale=guidance, image_candidates=candidates)
     return fn
 
 
-async def _run(st, request: Request, messages: list[dict], n: int, guidance: float, candidates: int = 1) -> dict:
-    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance, candidates))
+async def _run(st, request: Request, messages: list[dict], n: int, guidance: float, candidates: int = 1,
+               regenerate=None) -> dict:
+    job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance, candidates, regenerate))
     watcher = asyncio.create_task(watch_disconnect(request, job))
     data, usage, warnings = [], {"prompt_tokens": 0, "completion_tokens": 0}, []
     try:
@@ -107,13 +119,46 @@ async def edits(
     size: str | None = Form("auto"),
     response_format: str | None = Form("b64_json"),
     guidance_scale: float | None = Form(None, ge=1.0, le=10.0),
+    mask: UploadFile | None = File(None),
+    image_candidates: int | None = Form(None, ge=1, le=64),
 ) -> dict:
     st = request.app.state.omni
     st.check_model(model)
     _check(st, size, response_format)
     data = await image.read()
-    check_image_bytes(data, st.settings.max_image_pixels, "image", st.settings.max_image_aspect)
+    size_wh = check_image_bytes(data, st.settings.max_image_pixels, "image", st.settings.max_image_aspect)
+    regenerate = None
+    if mask is not None:
+        regenerate = _mask_cells(st, await mask.read(), size_wh)
     url = "data:image/png;base64," + base64.b64encode(data).decode()
     msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                          {"type": "text", "text": prompt}]}]
-    return await _run(st, request, msgs, n, st.omni.image_options(guidance_scale)[0])
+    guidance = st.omni.image_options(guidance_scale)[0]
+    candidates = (image_candidates or INPAINT_CANDIDATES) if regenerate is not None else 1
+    return await _run(st, request, msgs, n, guidance, candidates, regenerate)
+
+
+INPAINT_CANDIDATES = 8  # masked drawings searched per inpainted image unless image_candidates says
+
+
+def _mask_cells(st, data: bytes, image_wh: tuple[int, int]):
+    """The code cells an edit's ``mask`` marks for redrawing; 400 naming what is wrong with it."""
+    import io
+
+    from PIL import Image
+
+    w, h = check_image_bytes(data, st.settings.max_image_pixels, "mask", st.settings.max_image_aspect)
+    if (w, h) != tuple(image_wh):
+        raise bad_request(f"mask: {w}x{h} pixels, but the image is {image_wh[0]}x{image_wh[1]}: they must match",
+                          "mask", "invalid_mask")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            alpha = alpha_of(im)
+    except ValueError as e:
+        raise bad_request(f"mask: {e}", "mask", "invalid_mask") from None
+    codec = st.omni.codecs["image"]
+    cells = mask_cells(alpha, codec.resolution, code_grid(st.omni.vocab))
+    if not cells.any():
+        raise bad_request("mask: no transparent pixels (alpha 0 marks the area to edit), so there is nothing to "
+                          "redraw", "mask", "invalid_mask")
+    return cells
