@@ -102,7 +102,7 @@ def build_vocab(text_tokenizer: Any, codecs: dict[str, Any], voices: list[str] |
     from ..tokens.vocab import Vocab
 
     return Vocab.for_codecs(text_tokenizer.vocab_size, image_codec=codecs.get("image"),
-                            audio_codec=codecs.get("audio"), voices=voices or None)
+                            audio_codec=codecs.get("audio"), mesh_codec=codecs.get("mesh"), voices=voices or None)
 
 
 def tokenize_files(

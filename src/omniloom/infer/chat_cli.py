@@ -5,9 +5,12 @@
     omniloom chat --model world --audio question.wav --speak --voice nova
     omniloom chat --model world --draw "draw a big red circle in the center"
     omniloom chat --model world --draw --best-of 8 --verifier runs/pref/verifier "draw a red star at the top"
+    omniloom chat --model world --mesh out.stl "make a 3D model of a big cube"
+    omniloom chat --model world --mesh-in shape.stl "describe the 3D model"
 
 Text streams to the terminal as it is generated. Generated images are written as PNG and speech
-as WAV under --out-dir, and their paths are printed. In interactive mode the conversation is kept
+as WAV under --out-dir, and their paths are printed; a 3D answer (--mesh FILE) is written to FILE
+(.stl, .obj or .glb by its suffix) with whether the mesh is watertight. In interactive mode the conversation is kept
 (media files attach to the next message); type /exit to leave, /reset to start over.
 """
 
@@ -23,9 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", action="append", default=[], help="attach an image file (repeat)")
     p.add_argument("--audio", action="append", default=[], help="attach a speech/audio file (WAV/FLAC)")
     p.add_argument("--video", default=None, help="attach a video file (sampled at the codec's fps)")
+    p.add_argument("--mesh-in", action="append", default=[], dest="mesh_in", metavar="FILE",
+                   help="attach a 3D shape (.stl/.obj/.glb mesh or .npy voxels; repeat); needs a model with a 3D codec")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--speak", action="store_true", help="answer in speech (with its transcript)")
     out.add_argument("--draw", action="store_true", help="answer with an image")
+    out.add_argument("--mesh", default=None, metavar="OUT",
+                     help="answer with a 3D shape, written to OUT (.stl, .obj or .glb); needs a model with a 3D codec")
     p.add_argument("--voice", default=None, help="assistant voice for spoken answers (e.g. nova, atlas)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -55,10 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--backend llama.cpp without --gguf: the weights' type of the export (default q8_0)")
 
 
-def _user_message(text: str | None, images, audios, video) -> dict:
+def _user_message(text: str | None, images, audios, video, meshes=()) -> dict:
     parts: list[dict] = []
     for f in images:
         parts.append({"type": "image", "path": str(Path(f).resolve())})
+    for f in meshes:
+        parts.append({"type": "mesh", "path": str(Path(f).resolve())})
     if video:
         parts.append({"type": "video", "path": str(Path(video).resolve())})
     for f in audios:
@@ -76,15 +85,15 @@ def _user_message(text: str | None, images, audios, video) -> dict:
 def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     import numpy as np
 
-    from .generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta, generate
+    from .generate import AudioChunk, Done, ImageOut, MeshOut, TextDelta, TranscriptDelta, generate
     from .grammar import OUTPUTS
     from .sampling import SamplingParams
 
     temperature = args.temperature if args.temperature is not None else (1.0 if args.best_of > 1 else 0.0)
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
                               top_p=args.top_p, seed=args.seed)
-    modality = "audio" if args.speak else "image" if args.draw else None
-    text, transcript, audio, images = [], [], [], []
+    modality = "audio" if args.speak else "image" if args.draw else "mesh" if args.mesh else None
+    text, transcript, audio, images, meshes = [], [], [], [], []
     done = None
     cfg_scale, candidates = omni.image_options(args.cfg_scale, args.image_candidates)
     outputs = ("audio",) if args.speak else OUTPUTS  # --speak: a spoken answer (about an image: via text)
@@ -107,6 +116,8 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
             audio.append(ev)
         elif isinstance(ev, ImageOut):
             images.append(ev)
+        elif isinstance(ev, MeshOut):
+            meshes.append(ev)
         elif isinstance(ev, Done):
             done = ev
     print()
@@ -126,6 +137,10 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
         Image.fromarray(im.image).save(path)
         print(f"[image written to {path}]")
         content.append({"type": "image", "path": str(path.resolve())})
+    for k, mesh in enumerate(meshes):
+        path = _mesh_path(args.mesh or str(out_dir / "shape.stl"), turn, k)
+        if _write_mesh(mesh, path):
+            content.append({"type": "mesh", "path": str(path.resolve())})
     if audio:
         import soundfile as sf
 
@@ -138,7 +153,8 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     if done is not None:
         u = done.usage
         print(f"[{done.finish_reason}; tokens: prompt {u['prompt_tokens']}, answer {u['completion_tokens']} "
-              f"(text {u['text_tokens']}, audio {u['audio_tokens']}, image {u['image_tokens']})"
+              f"(text {u['text_tokens']}, audio {u['audio_tokens']}, image {u['image_tokens']}"
+              + (f", mesh {u['mesh_tokens']}" if u.get("mesh_tokens") else "") + ")"
               + (f"; image chosen from {u['image_candidates']} candidates" if "image_candidates" in u else "") + "]",
               file=sys.stderr)
         if done.best_of:
@@ -149,12 +165,57 @@ def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
     return {"role": "assistant", "content": content or ""}
 
 
+def _mesh_path(out: str, turn: int, k: int) -> Path:
+    """Where the ``k``-th shape of ``turn`` goes: ``out`` itself for the first shape of the first
+    turn, else ``out`` with ``_turnTT_K`` before its suffix (an interactive chat keeps every turn's)."""
+    p = Path(out)
+    return p if (turn, k) == (0, 0) else p.with_name(f"{p.stem}_turn{turn:02d}_{k}{p.suffix}")
+
+
+def _write_mesh(mesh, path: Path) -> bool:
+    """Write a decoded 3D answer; print where and whether trimesh finds the written mesh watertight."""
+    if mesh.voxels.size == 0:
+        print(f"[3D shape: {len(mesh.codes)} codes, but this model has no 3D codec to build them]")
+        return False
+    if not mesh.voxels.any():
+        print("[3D shape: the model drew an empty shape (no voxel filled); nothing written]")
+        return False
+    import trimesh
+
+    from ..codecs.mesh import write_mesh
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_mesh(mesh.voxels, path)
+    loaded = trimesh.load(path, force="mesh")
+    print(f"[3D shape ({int(mesh.voxels.sum())} of {mesh.voxels.size} voxels, {len(loaded.faces)} faces, "
+          f"{'watertight' if loaded.is_watertight else 'NOT watertight'}) written to {path}]")
+    return True
+
+
+def _check_mesh_support(omni, args: argparse.Namespace) -> None:
+    """A clear error before any work when a 3D answer or input is asked of a model without a 3D codec."""
+    from ..codecs.mesh import MESH_SUFFIXES
+
+    if args.mesh and Path(args.mesh).suffix.lower() not in MESH_SUFFIXES:
+        raise ValueError(f"--mesh {args.mesh}: the file must end in {', '.join(MESH_SUFFIXES)}")
+    if not (args.mesh or args.mesh_in):
+        return
+    missing = [what for what, ok in (("a mesh range in its vocab.json", omni.vocab.mesh_tokens > 0),
+                                     ("a \"mesh\" codec in its codecs.json", "mesh" in omni.codecs)) if not ok]
+    if missing:
+        raise ValueError(f"this model has no 3D codec: {args.model} lacks {' and '.join(missing)} "
+                         f"(--mesh and --mesh-in need a model trained with a mesh codec)")
+
+
 def run(args: argparse.Namespace) -> int:
     from .generate import OmniModel
 
     if args.best_of < 1:
         raise ValueError(f"--best-of must be >= 1, got {args.best_of}")
+    if args.best_of > 1 and args.mesh:
+        raise ValueError("--best-of does not apply to 3D answers (--mesh): the verifier judges text, images and speech")
     omni = OmniModel.load(args.model, int8=args.int8)
+    _check_mesh_support(omni, args)
     args.verifier_loaded = None
     if args.best_of > 1:
         from ..utils.model_dir import resolve_model_dir
@@ -173,8 +234,8 @@ def run(args: argparse.Namespace) -> int:
         use_llama_cpp(omni, gguf=args.gguf, gguf_type=args.gguf_type)
     out_dir = Path(args.out_dir)
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
-    if args.prompt is not None or args.image or args.audio or args.video:
-        messages.append(_user_message(args.prompt, args.image, args.audio, args.video))
+    if args.prompt is not None or args.image or args.audio or args.video or args.mesh_in:
+        messages.append(_user_message(args.prompt, args.image, args.audio, args.video, args.mesh_in))
         _answer(omni, messages, args, out_dir, 0)
         return 0
     print("omniloom chat: type a message (/exit to leave, /reset to start over, "

@@ -1,11 +1,11 @@
-"""`generate()`: messages in, a stream of events out (text deltas, audio chunks, images, done).
+"""`generate()`: messages in, a stream of events out (text deltas, audio chunks, images, 3D shapes, done).
 
 An :class:`OmniModel` bundles what answering needs: the decoder, its vocabulary, the text
 tokenizer and the codecs, loaded from one directory::
 
     model.safetensors  config.json   # the decoder (an omniloom checkpoint)
     vocab.json  tokenizer.json       # the token format it was trained on
-    codecs.json                      # optional: {"image": "image-world", "audio": "audio-world"}
+    codecs.json                      # optional: {"image": "image-world", "audio": "audio-world", "mesh": ...}
     generation.json                  # optional: the model's recommended decoding for image answers,
                                      # {"cfg_scale": 2.0, "image_candidates": 16}, used by `omniloom
                                      # chat` and `omniloom serve` when a request does not say; its task
@@ -40,7 +40,7 @@ from .rerank import edits_an_image, last_user_parts
 from .sampling import SamplingParams
 
 __all__ = ["OmniModel", "GENERATION_KEYS", "TASK_PROMPTS", "read_generation", "resolve_model_dir", "MODELS_DIR", "TextDelta",
-           "TranscriptDelta", "AudioChunk", "ImageOut", "Done", "generate"]
+           "TranscriptDelta", "AudioChunk", "ImageOut", "MeshOut", "Done", "generate"]
 
 log = logging.getLogger("omniloom.infer")
 
@@ -65,6 +65,12 @@ class AudioChunk:
 @dataclass
 class ImageOut:
     image: np.ndarray  # (H, W, 3) uint8
+    codes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class MeshOut:
+    voxels: np.ndarray  # (G, G, G) bool occupancy; (0, 0, 0) when the model has no mesh codec
     codes: list[int] = field(default_factory=list)
 
 
@@ -290,7 +296,8 @@ def generate(
     (bench/spoken_answers.py, docs/serve.md).
     ``max_new_tokens`` bounds both parts together; the text may take at most half of it.
 
-    ``output_modality`` forces how the answer starts ("text", "image", "audio"); ``outputs`` limits
+    ``output_modality`` forces how the answer starts ("text", "image", "audio", "mesh": a 3D shape, yielded
+    as a :class:`MeshOut` once its span closes); ``outputs`` limits
     what it may contain. ``cfg_scale`` > 1 applies classifier-free guidance inside image spans
     (the unconditional prompt replaces the user's turns with ``<|null|>``).
 
@@ -336,7 +343,7 @@ def generate(
         # the null condition, then the same assistant header and opened span (no media to encode again)
         uncond = null_condition(vocab) + build_prompt([], vocab, omni.tok, output_modality, voice, add_bos=False)
     usage = {"prompt_tokens": len(prompt), "completion_tokens": 0, "text_tokens": 0, "audio_tokens": 0,
-             "image_tokens": 0}
+             "image_tokens": 0, "mesh_tokens": 0}
     said = None  # an edit's description of its result (text ids), written before the drawing
     if output_modality == "image" and omni.generation.get("describe_edits") and edits_an_image(coded):
         said = _describe_edit(omni, prompt[:-1], sampling)  # the header without the opened image span
@@ -377,6 +384,7 @@ def generate(
     transcript = _TextStream(omni.tok)
     audio_codec = omni.codecs.get("audio")
     image_codes: list[int] = []
+    mesh_codes: list[int] = []
     audio_frame: list[int] = []
     audio_pending: list[list[int]] = []
     stream_dec = None
@@ -426,6 +434,14 @@ def generate(
             continue
         if before == "voice":
             cur_voice = vocab.voice_name(tok)
+            continue
+        if before == "mesh":
+            if after == "free":  # <|/mesh|>
+                yield _mesh_event(omni, mesh_codes)
+                mesh_codes = []
+            else:
+                usage["mesh_tokens"] += 1
+                mesh_codes.append(tok - vocab.mesh_start)
             continue
         if before == "image":
             if tok == sp("/image"):
@@ -498,6 +514,15 @@ def _speak_via_text(omni: OmniModel, messages: Sequence[dict], voice: str | None
             for k in ("completion_tokens", "text_tokens", "audio_tokens", "image_tokens"):
                 usage[k] = usage.get(k, 0) + int(ev.usage.get(k, 0))
             yield Done(ev.finish_reason, usage, first.warnings)
+
+
+def _mesh_event(omni: OmniModel, codes: list[int]) -> MeshOut:
+    codec = omni.codecs.get("mesh")
+    if codec is None or len(codes) != omni.vocab.mesh_tokens:
+        return MeshOut(np.zeros((0, 0, 0), dtype=bool), codes)
+    with torch.inference_mode():
+        vox = codec.decode(torch.tensor(codes, dtype=torch.long))  # (G, G, G) bool
+    return MeshOut(vox.cpu().numpy().astype(bool), codes)
 
 
 def _image_event(omni: OmniModel, codes: list[int]) -> ImageOut:

@@ -8,7 +8,8 @@ States of an assistant turn (``docs/token-format.md``):
   ids and whole audio frames (codebook ``k`` at position ``k`` of each frame), ``<|/audio|>`` only
   on a frame boundary;
 * **video span**: a time tag or ``<|frame|>``, then ``<|image|>`` and an image span, repeated,
-  until ``<|/video|>``.
+  until ``<|/video|>``;
+* **mesh span**: exactly ``vocab.mesh_tokens`` 3D shape codes, then ``<|/mesh|>`` is forced.
 
 The grammar follows :class:`omniloom.infer.engine.Constraint`; it may start mid-span when the
 prompt already opened one (``build_prompt(..., output_modality=...)``).
@@ -24,7 +25,7 @@ from ..tokens import Vocab
 
 __all__ = ["SpanGrammar", "OUTPUTS"]
 
-OUTPUTS = ("text", "image", "audio", "video")
+OUTPUTS = ("text", "image", "audio", "video", "mesh")
 
 
 class _Masks:
@@ -53,12 +54,16 @@ class _Masks:
         self.times = m([vocab.time_id(i * vocab.time_step) for i in range(vocab.num_time_tags)] + [sp("frame")])
         self.close_video = m([sp("/video")])
         self.open_image = m([sp("image")])
+        if vocab.mesh_tokens:
+            self.open["mesh"] = sp("mesh")
+            self.mesh_code = m(ranges=[vocab.range_of("mesh")])
+            self.close_mesh = m([sp("/mesh")])
 
 
 class SpanGrammar:
     """Per-request grammar state. ``outputs``: the modalities the answer may contain."""
 
-    _cache: dict[tuple[int, int], _Masks] = {}
+    _cache: dict[tuple[int, int, str], _Masks] = {}
 
     def __init__(self, vocab: Vocab, model_vocab_size: int | None = None, outputs: Sequence[str] = OUTPUTS,
                  prefix: Sequence[int] = ()):
@@ -69,13 +74,13 @@ class SpanGrammar:
         size = model_vocab_size or vocab.size
         if size < vocab.size:
             raise ValueError(f"model vocabulary ({size}) is smaller than the token vocabulary ({vocab.size})")
-        key = (id(vocab), size)
+        key = (id(vocab), size, repr(vocab))  # the layout too: an id may be reused by a later vocab
         if key not in SpanGrammar._cache:
             SpanGrammar._cache[key] = _Masks(vocab, size)
         self.m = SpanGrammar._cache[key]
         self.outputs = tuple(outputs)
         self.state = "free"
-        self.count = 0  # image codes in the current image span / audio ids in the current frame
+        self.count = 0  # image (mesh) codes in the current image (mesh) span / audio ids in the current frame
         self.in_video = False
         self._done = False
         heads = [b for _, b, role in vocab.find_headers(prefix) if role == "assistant"]
@@ -90,12 +95,14 @@ class SpanGrammar:
             mask = self.m.end.clone()
             if "text" in self.outputs:
                 mask |= m.text
-            for o in ("image", "audio", "video"):
+            for o in ("image", "audio", "video", "mesh"):
                 if o in self.outputs and self._has(o):
                     mask[m.open[o]] = True
             return mask
         if self.state == "image":
             return m.image_code if self.count < self.vocab.image_tokens else m.close_image
+        if self.state == "mesh":
+            return m.mesh_code if self.count < self.vocab.mesh_tokens else m.close_mesh
         if self.state == "voice":
             return m.voices
         if self.state == "audio":
@@ -122,6 +129,13 @@ class SpanGrammar:
                 self.state, self.count = "voice", 0
             elif token == sp("video"):
                 self.state, self.in_video = "video", True
+            elif v.mesh_tokens and token == sp("mesh"):
+                self.state, self.count = "mesh", 0
+        elif self.state == "mesh":
+            if token == sp("/mesh"):
+                self.state = "free"
+            else:
+                self.count += 1
         elif self.state == "image":
             if token == sp("/image"):
                 self.state = "video" if self.in_video else "free"
@@ -155,4 +169,6 @@ class SpanGrammar:
             return v.image_codebook_size > 0 and v.image_tokens > 0
         if modality == "audio":
             return v.audio_codebook_size > 0 and v.audio_codebooks > 0
+        if modality == "mesh":
+            return v.mesh_tokens > 0
         return True

@@ -8,6 +8,8 @@ Raw parts it understands (anything else must already be a code part, see ``token
 - ``{"type": "input_audio", "input_audio": {"data": base64, "format": "wav"}}``
 - ``{"type": "audio", "audio" | "path": path | bytes | data URL | array, "voice"?, "transcript"?, "sample_rate"?}``
 - ``{"type": "video", "video" | "path": video file | "frames": [image paths] | (F, 3, H, W) tensor, "fps"?}``
+- ``{"type": "mesh", "mesh" | "path": mesh file (.stl/.obj/.glb...) | bytes | .npy voxels | (G, G, G) bool array}``
+  (a 3D shape, voxelised to the mesh codec's grid)
 
 Relative paths resolve against ``media_root`` (or the ``base_dir`` given to a call).
 """
@@ -36,16 +38,17 @@ from .familiarity import audio_error, image_error, unfamiliar_note
 
 __all__ = ["Processor", "RAW_PART_TYPES"]
 
-RAW_PART_TYPES = ("image_url", "image", "input_audio", "audio", "video")
-_NEEDS = {"image_url": "image", "image": "image", "input_audio": "audio", "audio": "audio", "video": "image"}
+RAW_PART_TYPES = ("image_url", "image", "input_audio", "audio", "video", "mesh")
+_NEEDS = {"image_url": "image", "image": "image", "input_audio": "audio", "audio": "audio", "video": "image",
+          "mesh": "mesh"}
 DEFAULT_VIDEO_FPS = 4.0
 
 
 class Processor:
     """Turns messages with raw media into :class:`Encoded` ids (and ids back into segments and media).
 
-    ``codecs`` maps ``"image"`` / ``"audio"`` (and optionally ``"video"``, a VideoCodec) to codec
-    objects. Text-only conversations need none.
+    ``codecs`` maps ``"image"`` / ``"audio"`` (and optionally ``"video"``, a VideoCodec, and
+    ``"mesh"``, a MeshCodec) to codec objects. Text-only conversations need none.
     """
 
     def __init__(
@@ -76,13 +79,18 @@ class Processor:
                                 or aud.num_codebooks != vocab.audio_codebooks):
             raise ValueError(f"audio codec ({aud.num_codebooks} codebooks of {aud.codebook_size}) does not match "
                              f"the vocab ({vocab.audio_codebooks} of {vocab.audio_codebook_size})")
+        mesh = self.codecs.get("mesh")
+        if mesh is not None and (mesh.codebook_size != vocab.mesh_codebook_size or mesh.tokens != vocab.mesh_tokens):
+            raise ValueError(f"mesh codec ({mesh.codebook_size} codes x {mesh.tokens} per shape) does not match "
+                             f"the vocab ({vocab.mesh_codebook_size} x {vocab.mesh_tokens})")
 
     # ------------------------------------------------------------------ raw -> codes
 
     def _codec(self, kind: str, where: str, part_type: str) -> Any:
         codec = self.codecs.get(kind)
         if codec is None:
-            raise ValueError(f"{where} (type {part_type!r}) needs an {kind} codec, but this Processor has none "
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise ValueError(f"{where} (type {part_type!r}) needs {article} {kind} codec, but this Processor has none "
                              f"(codecs: {sorted(self.codecs) or 'none'})")
         return codec
 
@@ -119,6 +127,25 @@ class Processor:
             if score > entry["threshold"]:
                 extra["unfamiliar"] = unfamiliar_note("audio", score, entry, where)
         return codes[0].tolist(), extra
+
+    def _mesh_codes(self, src: Any, base_dir: Path | None, where: str) -> list[int]:
+        """A 3D shape (mesh file or bytes, .npy voxels, or a voxel array) -> the mesh codec's codes."""
+        codec = self._codec("mesh", where, "mesh")
+        from ..codecs.mesh import as_voxels, read_mesh_voxels
+
+        try:
+            if isinstance(src, (str, Path)):
+                p = Path(src)
+                vox = read_mesh_voxels(base_dir / p if not p.is_absolute() and base_dir is not None else p, codec.grid)
+            elif isinstance(src, (bytes, bytearray)):
+                vox = read_mesh_voxels(bytes(src), codec.grid)
+            else:
+                vox = as_voxels(src, codec.grid)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if vox.ndim != 3:
+            raise ValueError(f"{where}: a mesh part holds one shape, got voxels of shape {tuple(vox.shape)}")
+        return codec.encode(vox).reshape(-1).tolist()
 
     def _video_frames(self, part: dict, base_dir: Path | None, where: str) -> tuple[torch.Tensor, float]:
         """(F, 3, R, R) frames and their fps."""
@@ -195,6 +222,11 @@ class Processor:
             codec = self.codecs.get("video") or self.codecs["image"]
             codes = codec.encode(frames)  # (F, N)
             return {"type": "video_codes", "frames": codes.tolist(), "fps": fps}
+        if kind == "mesh":
+            src = part.get("mesh", part.get("path"))
+            if src is None:
+                raise ValueError(f"{where}: mesh part needs 'mesh' or 'path'")
+            return {"type": "mesh_codes", "codes": self._mesh_codes(src, base, where)}
         raise ValueError(f"{where}: unknown part type {kind!r} (raw: {', '.join(RAW_PART_TYPES)}; "
                          f"codes: {', '.join(CODE_PART_TYPES)})")
 
@@ -232,7 +264,8 @@ class Processor:
         return decode_ids(ids, self.vocab, self.text_tokenizer, strict=strict)
 
     def decode_media(self, segment: Segment) -> Any:
-        """A segment's payload as media: text -> str; image -> (3, H, W); audio -> (samples,); video -> (F, 3, H, W)."""
+        """A segment's payload as media: text -> str; image -> (3, H, W); audio -> (samples,); video -> (F, 3, H, W);
+        mesh -> (G, G, G) bool voxels."""
         if segment.modality == "text":
             return segment.text or ""
         if segment.modality == "image":
@@ -251,4 +284,10 @@ class Processor:
             if not full:
                 raise ValueError("video segment has no complete frame")
             return codec.decode(torch.tensor(full, dtype=torch.long))  # (F, 3, H, W)
+        if segment.modality == "mesh":
+            codec = self._codec("mesh", "mesh segment", "mesh_codes")
+            if len(segment.codes or []) != self.vocab.mesh_tokens:
+                raise ValueError(f"mesh segment has {len(segment.codes or [])} codes, "
+                                 f"expected {self.vocab.mesh_tokens}")
+            return codec.decode(torch.tensor(segment.codes, dtype=torch.long))  # (G, G, G) bool
         raise ValueError(f"unknown segment modality {segment.modality!r}")

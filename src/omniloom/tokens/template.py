@@ -14,6 +14,8 @@ Content parts (after codecs ran) become spans:
   ``<|/audio|>``.
 - ``video_codes``: ``<|video|>`` then per frame a time tag ``<|t:k|>`` (or ``<|frame|>`` without
   fps) and an image span; then ``<|/video|>``.
+- ``mesh_codes``: ``<|mesh|> c_1 .. c_N <|/mesh|>`` with exactly ``vocab.mesh_tokens`` 3D shape codes
+  (the markers are aliases of reserved slots 3 and 4; the vocabulary needs a mesh range).
 
 ``loss_mask[i] == 1`` means id ``i`` is a training target (the data pipeline shifts ids and mask
 together). ``sft``: the content and ``<|end|>`` of assistant turns; ``pretrain``: every id.
@@ -44,8 +46,8 @@ __all__ = [
 ]
 
 ROLES = ("system", "user", "assistant")
-OUTPUT_MODALITIES = ("text", "image", "audio", "video")
-CODE_PART_TYPES = ("text", "image_codes", "audio_codes", "video_codes")
+OUTPUT_MODALITIES = ("text", "image", "audio", "video", "mesh")
+CODE_PART_TYPES = ("text", "image_codes", "audio_codes", "video_codes", "mesh_codes")
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Encoded:
 class Segment:
     """One parsed span: role of the turn it sits in, and its modality's payload.
 
-    text: ``text``. image: ``codes`` (list of local codes). audio: ``codes`` ((frames, codebooks)
+    text: ``text``. image, mesh: ``codes`` (list of local codes). audio: ``codes`` ((frames, codebooks)
     local codes as lists), ``voice``, ``transcript``. video: ``frames`` (lists of local image codes)
     and ``times`` (seconds, or None per frame without a time tag). ``complete`` is False when the
     ids stopped inside the span (e.g. generation cut off).
@@ -118,6 +120,21 @@ def _image_span(vocab: Vocab, codes: Any, where: str) -> list[int]:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     return [vocab.special("image"), *g.tolist(), vocab.special("/image")]
+
+
+def _mesh_span(vocab: Vocab, codes: Any, where: str) -> list[int]:
+    if codes is None:
+        raise ValueError(f"{where}: mesh_codes part has no 'codes'")
+    if vocab.mesh_tokens == 0:
+        raise ValueError(f"{where}: this vocabulary has no mesh codes (mesh_codebook_size=0)")
+    arr = np.asarray(_np(codes), dtype=np.int64).reshape(-1)
+    if arr.size != vocab.mesh_tokens:
+        raise ValueError(f"{where}: a mesh needs exactly {vocab.mesh_tokens} codes, got {arr.size}")
+    try:
+        g = vocab.to_global("mesh", arr)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    return [vocab.special("mesh"), *g.tolist(), vocab.special("/mesh")]
 
 
 def _audio_span(vocab: Vocab, part: dict, text_tokenizer: Any, where: str) -> list[int]:
@@ -187,6 +204,8 @@ def encode_part(part: dict, vocab: Vocab, text_tokenizer: Any, where: str = "par
         return _audio_span(vocab, part, text_tokenizer, where)
     if kind == "video_codes":
         return _video_span(vocab, part, where)
+    if kind == "mesh_codes":
+        return _mesh_span(vocab, part.get("codes"), where)
     raise ValueError(
         f"{where}: part type {kind!r} is not a code part ({', '.join(CODE_PART_TYPES)}); "
         "raw media parts go through omniloom.processor.Processor"
@@ -285,7 +304,7 @@ def build_prompt(
     """Generation prefix: the conversation so far, then ``<|assistant|>``, optionally opening a span.
 
     ``output_modality="image"`` appends ``<|image|>``; ``"audio"`` appends ``<|audio|><|voice:v|>``;
-    ``"video"`` appends ``<|video|>``; ``"text"``/None appends nothing more.
+    ``"video"`` appends ``<|video|>``; ``"mesh"`` appends ``<|mesh|>``; ``"text"``/None appends nothing more.
     """
     ids, _ = _encode_turns(messages, vocab, text_tokenizer, "sft")
     if add_bos:
@@ -299,6 +318,10 @@ def build_prompt(
         return ids + [vocab.special("audio"), vocab.voice_id(voice)]
     if output_modality == "video":
         return ids + [vocab.special("video")]
+    if output_modality == "mesh":
+        if vocab.mesh_tokens == 0:
+            raise ValueError("output_modality 'mesh': this vocabulary has no mesh codes (mesh_codebook_size=0)")
+        return ids + [vocab.special("mesh")]
     raise ValueError(f"output_modality {output_modality!r} is not one of {OUTPUT_MODALITIES}")
 
 
@@ -324,6 +347,8 @@ class _Parser:
         self.S = {n: s(n) for n in ("bos", "eos", "pad", "system", "user", "assistant", "end", "image", "/image",
                                     "audio", "/audio", "video", "/video", "frame", "null")}
         self.role_of = {self.S[r]: r for r in ROLES}
+        # the mesh markers are reserved slots: spans only in a vocabulary with a mesh range
+        self.S["mesh"], self.S["/mesh"] = (s("mesh"), s("/mesh")) if vocab.mesh_tokens else (-1, -1)
         # a grafted vocab's headers, turn end and begin/end of text are runs of text ids
         self.runs = vocab.chat_runs() if vocab.chat else []
 
@@ -378,6 +403,9 @@ class _Parser:
                 self.out.append(self.audio_span())
             elif i == S["video"]:
                 self.out.append(self.video_span())
+            elif i == S["mesh"]:
+                codes, ok = self.coded_span("mesh", 4, self.v.mesh_tokens, self.v.mesh_start)
+                self.out.append(Segment(self.role, "mesh", codes=codes, complete=ok, turn=self.turn))
             else:
                 self.bad(f"unexpected {self.name(self.pos)} outside any span")
                 self.pos += 1
@@ -386,18 +414,23 @@ class _Parser:
 
     def image_span(self) -> tuple[list[int], bool]:
         """At ``<|image|>``: read N codes and ``<|/image|>``. Returns (local codes, complete)."""
+        return self.coded_span("image", 2, self.v.image_tokens, self.v.image_start)
+
+    def coded_span(self, kind: str, label: int, N: int, start_id: int) -> tuple[list[int], bool]:
+        """At ``<|kind|>``: read ``N`` codes of modality index ``label`` and ``<|/kind|>``.
+        Returns (local codes, complete)."""
         self.pos += 1
-        start, N = self.pos, self.v.image_tokens
-        while self.pos < len(self.ids) and self.pos - start < N and self.mod[self.pos] == 2:
+        start = self.pos
+        while self.pos < len(self.ids) and self.pos - start < N and self.mod[self.pos] == label:
             self.pos += 1
-        codes = (np.asarray(self.ids[start:self.pos]) - self.v.image_start).tolist()
+        codes = (np.asarray(self.ids[start:self.pos], dtype=np.int64) - start_id).tolist()
         if self.pos == len(self.ids):
             return codes, False  # truncated tail
         if self.pos - start < N:
-            self.bad(f"image span has {self.pos - start} codes, expected {N}, then {self.name(self.pos)}")
+            self.bad(f"{kind} span has {self.pos - start} codes, expected {N}, then {self.name(self.pos)}")
             return codes, False
-        if self.ids[self.pos] != self.S["/image"]:
-            self.bad(f"image span of {N} codes not closed by <|/image|> but by {self.name(self.pos)}")
+        if self.ids[self.pos] != self.S[f"/{kind}"]:
+            self.bad(f"{kind} span of {N} codes not closed by <|/{kind}|> but by {self.name(self.pos)}")
             return codes, False
         self.pos += 1
         return codes, True
@@ -489,6 +522,8 @@ def segments_to_messages(segments: Sequence[Segment], default_role: str = "assis
             part: dict = {"type": "text", "text": seg.text or ""}
         elif seg.modality == "image":
             part = {"type": "image_codes", "codes": list(seg.codes or [])}
+        elif seg.modality == "mesh":
+            part = {"type": "mesh_codes", "codes": list(seg.codes or [])}
         elif seg.modality == "audio":
             part = {"type": "audio_codes", "codes": [list(f) for f in seg.codes or []], "voice": seg.voice,
                     "transcript": seg.transcript}

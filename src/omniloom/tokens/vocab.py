@@ -6,7 +6,8 @@ Layout (see ``docs/token-format.md``)::
     [special_start, image_start)        named special tokens, voice tags, time tags, reserved
     [image_start, audio_start)          image codes (one codebook)
     [audio_start, audio_end)            audio codes: codebook k at audio_start + k * audio_codebook_size
-    [audio_end, size)                   reserved room (future modalities; size is padded to a multiple)
+    [mesh_start, mesh_end)              3D shape codes (optional; mesh_start == audio_end, empty when absent)
+    [mesh_end, size)                    reserved room (future modalities; size is padded to a multiple)
 
 Local codes are a codec's own integers; ``to_global``/``to_local`` map them. Audio local codes are
 either given per codebook (``codebook=k``) or "flat" (``k * audio_codebook_size + code``).
@@ -46,9 +47,10 @@ NAMED_SPECIALS: tuple[str, ...] = (
 )
 
 #: names given to the first reserved slots (``<|reserved:i|>`` is the i-th name): fill-in-the-middle
-#: sentinels (``omniloom.data.fim``). An alias only: the slot's id, and the ``special_tokens`` list
-#: stored in vocab.json, stay as they were, so every vocabulary written before keeps its meaning
-RESERVED_NAMES: tuple[str, ...] = ("fim_prefix", "fim_suffix", "fim_middle")
+#: sentinels (``omniloom.data.fim``), then the 3D shape span's markers. An alias only: the slot's id,
+#: and the ``special_tokens`` list stored in vocab.json, stay as they were, so every vocabulary
+#: written before keeps its meaning
+RESERVED_NAMES: tuple[str, ...] = ("fim_prefix", "fim_suffix", "fim_middle", "mesh", "/mesh")
 
 #: keys of a chat format: each a list of text ids. ``system``/``user``/``assistant``: a role's header;
 #: ``end``: after each turn (its first id is the one generation stops at); ``bos``/``eos``: before and
@@ -69,18 +71,20 @@ def _unbracket(name: str) -> str:
 class Vocab:
     """The global id space. Build with :meth:`build`, persist with :meth:`save` / :meth:`load`."""
 
-    MODALITIES = ("text", "special", "image", "audio")
+    MODALITIES = ("text", "special", "image", "audio", "mesh")
 
     text_size: int
     image_codebook_size: int = 0
     image_tokens: int = 0  # codes per image span
     audio_codebook_size: int = 0
     audio_codebooks: int = 0
+    mesh_codebook_size: int = 0  # 3D shape codes (0: no mesh range)
+    mesh_tokens: int = 0  # codes per mesh span
     voices: list[str] = field(default_factory=list)  # slot i -> name (token <|voice:i|>)
     num_time_tags: int = 256
     time_step: float = 0.25  # seconds per time tag: <|t:k|> marks time k * time_step
     num_reserved_specials: int = 32
-    reserve: int = 0  # extra ids after the audio range (future modalities)
+    reserve: int = 0  # extra ids after the audio (and mesh) range (future modalities)
     pad_multiple: int = 64  # total size rounded up to this
     speech_interleave: tuple[int, int] = (6, 12)  # (text tokens, audio frames) per chunk
     chat: dict[str, list[int]] | None = None  # the base's chat format in text ids (see CHAT_KEYS), or None
@@ -96,6 +100,8 @@ class Vocab:
         image_tokens: int = 0,
         audio_codebook_size: int = 0,
         audio_codebooks: int = 0,
+        mesh_codebook_size: int = 0,
+        mesh_tokens: int = 0,
         num_voices: int = 16,
         voices: Sequence[str] | None = None,
         num_time_tags: int = 256,
@@ -118,6 +124,8 @@ class Vocab:
             image_tokens=int(image_tokens),
             audio_codebook_size=int(audio_codebook_size),
             audio_codebooks=int(audio_codebooks),
+            mesh_codebook_size=int(mesh_codebook_size),
+            mesh_tokens=int(mesh_tokens),
             voices=names,
             num_time_tags=int(num_time_tags),
             time_step=float(time_step),
@@ -131,14 +139,19 @@ class Vocab:
         return v
 
     @classmethod
-    def for_codecs(cls, text_size: int, image_codec: Any = None, audio_codec: Any = None, **kw: Any) -> "Vocab":
-        """Build from codec objects (anything with the Codec attributes)."""
+    def for_codecs(cls, text_size: int, image_codec: Any = None, audio_codec: Any = None, mesh_codec: Any = None,
+                   **kw: Any) -> "Vocab":
+        """Build from codec objects (anything with the Codec attributes; a mesh codec gives
+        ``codebook_size`` and ``tokens``, its codes per shape)."""
         if image_codec is not None:
             kw.setdefault("image_codebook_size", image_codec.codebook_size)
             kw.setdefault("image_tokens", image_codec.tokens_per_item)
         if audio_codec is not None:
             kw.setdefault("audio_codebook_size", audio_codec.codebook_size)
             kw.setdefault("audio_codebooks", audio_codec.num_codebooks)
+        if mesh_codec is not None:
+            kw.setdefault("mesh_codebook_size", mesh_codec.codebook_size)
+            kw.setdefault("mesh_tokens", mesh_codec.tokens)
         return cls.build(text_size, **kw)
 
     def __post_init__(self) -> None:
@@ -159,21 +172,24 @@ class Vocab:
         self.image_start = self.special_start + len(specials)
         self.audio_start = self.image_start + self.image_codebook_size
         self.audio_end = self.audio_start + self.audio_codebook_size * self.audio_codebooks
-        raw = self.audio_end + self.reserve
+        self.mesh_start = self.audio_end
+        self.mesh_end = self.mesh_start + self.mesh_codebook_size
+        raw = self.mesh_end + self.reserve
         self.size = -(-raw // self.pad_multiple) * self.pad_multiple
         self._voice_slot = {name: i for i, name in enumerate(self.voices)}
         self.voice_start = self._special_ids["<|voice:0|>"] if self.voices else -1
         self.time_start = self.special_start + len(NAMED_SPECIALS) + len(self.voices)
-        # boundaries for modality_of: [text | special | image | audio | reserved(special)]
-        self._bounds = np.array([0, self.special_start, self.image_start, self.audio_start, self.audio_end],
-                                dtype=np.int64)
-        self._labels = np.array([0, 1, 2, 3, 1], dtype=np.int8)
+        # boundaries for modality_of: [text | special | image | audio | mesh | reserved(special)]; an
+        # empty mesh range has mesh_start == mesh_end, and searchsorted then lands on the last label
+        self._bounds = np.array([0, self.special_start, self.image_start, self.audio_start, self.mesh_start,
+                                 self.mesh_end], dtype=np.int64)
+        self._labels = np.array([0, 1, 2, 3, 4, 1], dtype=np.int8)
 
     def _validate(self) -> None:
         if self.text_size <= 0:
             raise ValueError(f"vocab text_size must be positive, got {self.text_size}")
         for name in ("image_codebook_size", "image_tokens", "audio_codebook_size", "audio_codebooks",
-                     "num_time_tags", "num_reserved_specials", "reserve"):
+                     "mesh_codebook_size", "mesh_tokens", "num_time_tags", "num_reserved_specials", "reserve"):
             if getattr(self, name) < 0:
                 raise ValueError(f"vocab {name} must be >= 0, got {getattr(self, name)}")
         if (self.image_codebook_size > 0) != (self.image_tokens > 0):
@@ -186,6 +202,15 @@ class Vocab:
                 f"vocab: audio_codebook_size ({self.audio_codebook_size}) and audio_codebooks "
                 f"({self.audio_codebooks}) must both be set or both be 0"
             )
+        if (self.mesh_codebook_size > 0) != (self.mesh_tokens > 0):
+            raise ValueError(
+                f"vocab: mesh_codebook_size ({self.mesh_codebook_size}) and mesh_tokens "
+                f"({self.mesh_tokens}) must both be set or both be 0"
+            )
+        mesh_slots = RESERVED_NAMES.index("/mesh") + 1
+        if self.mesh_codebook_size and self.num_reserved_specials < mesh_slots:
+            raise ValueError(f"vocab: a mesh range needs at least {mesh_slots} reserved specials (its span markers "
+                             f"are reserved slots 3 and 4), got num_reserved_specials={self.num_reserved_specials}")
         if self.pad_multiple <= 0:
             raise ValueError(f"vocab pad_multiple must be positive, got {self.pad_multiple}")
         if self.time_step <= 0:
@@ -362,7 +387,8 @@ class Vocab:
     # ------------------------------------------------------------------ ranges
 
     def range_of(self, modality: str) -> tuple[int, int]:
-        """``[start, stop)`` of a modality's ids (``"text"``, ``"special"``, ``"image"``, ``"audio"``)."""
+        """``[start, stop)`` of a modality's ids (``"text"``, ``"special"``, ``"image"``, ``"audio"``,
+        ``"mesh"``: empty at ``audio_end`` when the vocabulary has no mesh range)."""
         if modality == "text":
             return 0, self.text_size
         if modality == "special":
@@ -371,6 +397,8 @@ class Vocab:
             return self.image_start, self.audio_start
         if modality == "audio":
             return self.audio_start, self.audio_end
+        if modality == "mesh":
+            return self.mesh_start, self.mesh_end
         raise ValueError(f"unknown modality {modality!r}; choose one of {self.MODALITIES}")
 
     def audio_codebook_range(self, k: int) -> tuple[int, int]:
@@ -448,6 +476,9 @@ class Vocab:
             "text_size": self.text_size,
             "image": {"codebook_size": self.image_codebook_size, "tokens": self.image_tokens},
             "audio": {"codebook_size": self.audio_codebook_size, "codebooks": self.audio_codebooks},
+            # only when present: a vocabulary without a mesh range writes the bytes it always did
+            **({"mesh": {"codebook_size": self.mesh_codebook_size, "tokens": self.mesh_tokens}}
+               if self.mesh_codebook_size else {}),
             "voices": list(self.voices),
             "time_tags": {"count": self.num_time_tags, "step": self.time_step},
             "num_reserved_specials": self.num_reserved_specials,
@@ -459,7 +490,8 @@ class Vocab:
             # derived, for readers; checked on load
             "size": self.size,
             "special_tokens": list(self.special_tokens),
-            "ranges": {m: list(self.range_of(m)) for m in self.MODALITIES},
+            "ranges": {m: list(self.range_of(m)) for m in self.MODALITIES
+                       if m != "mesh" or self.mesh_codebook_size},
         }
 
     @classmethod
@@ -470,12 +502,15 @@ class Vocab:
             raise ValueError(f"{source}: vocab format version {d.get('version')!r} is not supported "
                              f"(this omniloom reads version {VOCAB_VERSION})")
         try:
+            mesh = d.get("mesh") or {"codebook_size": 0, "tokens": 0}
             v = cls(
                 text_size=int(d["text_size"]),
                 image_codebook_size=int(d["image"]["codebook_size"]),
                 image_tokens=int(d["image"]["tokens"]),
                 audio_codebook_size=int(d["audio"]["codebook_size"]),
                 audio_codebooks=int(d["audio"]["codebooks"]),
+                mesh_codebook_size=int(mesh["codebook_size"]),
+                mesh_tokens=int(mesh["tokens"]),
                 voices=list(d["voices"]),
                 num_time_tags=int(d["time_tags"]["count"]),
                 time_step=float(d["time_tags"]["step"]),
@@ -512,7 +547,8 @@ class Vocab:
     def __repr__(self) -> str:
         return (f"Vocab(size={self.size}, text={self.text_size}, specials={len(self.special_tokens)}, "
                 f"image={self.image_codebook_size}x{self.image_tokens}, "
-                f"audio={self.audio_codebooks}x{self.audio_codebook_size})")
+                f"audio={self.audio_codebooks}x{self.audio_codebook_size}"
+                + (f", mesh={self.mesh_codebook_size}x{self.mesh_tokens}" if self.mesh_codebook_size else "") + ")")
 
 
 def _to_numpy(x: Any) -> Any:
