@@ -309,3 +309,39 @@ def test_chat_mesh_on_a_model_without_3d_says_so(vocab, tok, tmp_path, capsys):
     assert main(["chat", "--model", str(model), "--mesh", str(tmp_path / "o.ply"), "a cube"]) == 2
     assert ".stl" in capsys.readouterr().err
     assert not (tmp_path / "o.stl").exists()
+
+
+def test_same_ids_tolerates_a_mesh_range_only_one_side_holds():
+    old = _without_mesh(json.loads(WORLD_VOCAB.read_text()))
+    plain = Vocab.from_dict(old)
+    mesh = Vocab.from_dict({k: v for k, v in old.items() if k != "size"} | {"mesh": {"codebook_size": 40, "tokens": 64}})
+    other = Vocab.from_dict({k: v for k, v in old.items() if k != "size"} | {"mesh": {"codebook_size": 40, "tokens": 8}})
+    assert plain.same_ids(mesh) and mesh.same_ids(plain) and mesh.same_ids(mesh)
+    assert not mesh.same_ids(other)  # two different mesh codecs: their codes mean different shapes
+    moved = Vocab.from_dict({k: v for k, v in old.items() if k not in ("size", "special_tokens")} | {"reserve": 64})
+    assert not plain.same_ids(moved)
+
+
+def test_fine_tune_from_a_model_with_a_mesh_range_takes_data_without_one(tmp_path):
+    """Shards tokenized before a model gained its mesh range still fine-tune it (train.init_from)."""
+    import torch.nn as nn
+
+    from omniloom.train.loop import init_weights
+
+    tok = TextTokenizer.train(CORPUS, vocab_size=300)
+    plain = Vocab.build(tok.vocab_size, voices=["nova"])
+    mesh = Vocab.build(tok.vocab_size, voices=["nova"], mesh_codebook_size=20, mesh_tokens=8)  # fits the padding
+    assert mesh.size == plain.size
+    src = _model_dir(tmp_path / "src", mesh, tok, None)
+    plain.save(tmp_path / "data_vocab.json")
+    from omniloom.config import config_from_dict
+
+    cfg = config_from_dict(json.loads((src / "config.json").read_text()))
+    model = Transformer(cfg.model)
+    for p in model.parameters():
+        nn.init.zeros_(p)
+    init_weights(model, str(src), cfg, tmp_path / "data_vocab.json")
+    assert any(p.abs().sum() > 0 for p in model.parameters())  # the source's weights came in
+    Vocab.build(tok.vocab_size, voices=["nova"], reserve=64).save(tmp_path / "moved.json")
+    with pytest.raises(ValueError, match="is not the one"):
+        init_weights(model, str(src), cfg, tmp_path / "moved.json")

@@ -541,6 +541,20 @@ class Vocab:
             path = path / "vocab.json"
         return cls.from_dict(read_json(path, "vocab file"), source=str(path))
 
+    def same_ids(self, other: "Vocab") -> bool:
+        """True when every id means the same in both vocabularies: equal layouts, or equal but for a
+        mesh range that only one of them holds in the same total size (the shipped world model gained
+        one in its padding; data tokenized before still fits its weights, and the other way round)."""
+        if self == other:
+            return True
+        if self.mesh_codebook_size and other.mesh_codebook_size:
+            return False
+        a, b = self.to_dict(), other.to_dict()
+        for d in (a, b):
+            d.pop("mesh", None)
+            d["ranges"].pop("mesh", None)
+        return a == b
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.to_dict() == other.to_dict()
 

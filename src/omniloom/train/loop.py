@@ -331,6 +331,7 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
 
     from ..config import config_from_dict
     from ..infer.generate import resolve_model_dir
+    from ..tokens.vocab import Vocab
     from ..utils.fileio import read_json
 
     try:
@@ -354,8 +355,7 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
             if ours[k] != theirs.get(k) and not (adding_slots and k in slot_keys)]
     if diff:
         raise ValueError(f"train.init_from={source}: the model differs from {d}: {', '.join(diff)}")
-    if (d / "vocab.json").is_file() and \
-            read_json(d / "vocab.json", "vocabulary") != read_json(data_vocab, "vocabulary"):
+    if (d / "vocab.json").is_file() and not Vocab.load(d / "vocab.json").same_ids(Vocab.load(data_vocab)):
         raise ValueError(f"train.init_from={source}: the training data's vocabulary {data_vocab} is not the one "
                          f"{d} was trained with; tokenize the data with --vocab {d / 'vocab.json'} "
                          f"--tokenizer {d / 'tokenizer.json'}")
