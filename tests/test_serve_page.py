@@ -128,3 +128,45 @@ def test_page_push_to_talk_gets_a_spoken_answer(browser):
         assert browser.js("document.querySelector('.user').textContent") == "🎤 (spoken)"
         assert browser.js("window.__deltas") > 0
         assert browser.js("audioCtx.state") == "running"
+
+
+def test_page_previews_a_3d_answer(browser):
+    """'3D model' mode asks /v1/3d/generations for an STL and draws it on a canvas, with a download link."""
+    app = create_app(build_tiny_model(mesh=True), ServeSettings(model_id="tiny"))
+    with serve_in_thread(app) as url:
+        browser.call("Page.navigate", url=url + "/?mode=3d")
+        browser.wait("document.getElementById('status').textContent.startsWith('connected')")
+        browser.js("document.getElementById('input').value = 'make a 3D model of a big cube';"
+                   "document.getElementById('send').click(); true")
+        tris = browser.wait("(() => { const c = document.querySelector('.assistant canvas.mesh');"
+                            " return c && Number(c.dataset.triangles); })()")
+        link = browser.js("document.querySelector('.assistant a').download")
+        assert link == "shape.stl"
+        # an untrained codec may decode an empty grid (0 triangles: nothing drawn); when it has
+        # triangles, the canvas must show them (pixels that are not the clear background)
+        painted = browser.js("(() => { const c = document.querySelector('.assistant canvas.mesh');"
+                             " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                             " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()")
+        assert (painted > 0) == (tris > 0), (tris, painted)
+
+
+def test_page_draws_an_stl_it_is_given(browser):
+    """The page's STL reader and renderer on a known mesh (a box's marching-cubes surface), painted."""
+    import numpy as np
+
+    from omniloom.codecs.mesh import mesh_bytes
+
+    vox = np.zeros((16, 16, 16), bool)
+    vox[4:12, 4:12, 0:8] = True
+    stl = base64.b64encode(mesh_bytes(vox, "stl")).decode()
+    app = create_app(build_tiny_model(), ServeSettings(model_id="tiny"))
+    with serve_in_thread(app) as url:
+        browser.call("Page.navigate", url=url + "/?mode=text")
+        browser.wait("document.getElementById('status').textContent.startsWith('connected')")
+        n, painted = browser.js(
+            f"(() => {{ const b = Uint8Array.from(atob('{stl}'), (c) => c.charCodeAt(0));"
+            " const t = parseSTL(b.buffer); const c = document.createElement('canvas'); c.width = c.height = 100;"
+            " drawMesh(c, t, { yaw: -0.6, pitch: 0.6 });"
+            " const d = c.getContext('2d').getImageData(0, 0, 100, 100).data; let p = 0;"
+            " for (let i = 3; i < d.length; i += 4) if (d[i]) p++; return [t.length / 9, p]; })()")
+        assert n > 0 and 500 < painted < 10000, (n, painted)

@@ -175,13 +175,14 @@ def create_app(omni: OmniModel, settings: ServeSettings | None = None, verifier:
                   "(text, image, audio in and out), the Realtime voice API at /v1/realtime and a web page at /.")
     app.state.omni = state
     install_error_handlers(app)
-    from . import audio, chat, completions, embeddings, images, realtime
+    from . import audio, chat, completions, embeddings, images, mesh3d, realtime
 
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(audio.router)
     app.include_router(images.router)
     app.include_router(embeddings.router)
+    app.include_router(mesh3d.router)
     app.include_router(realtime.router)
     created = int(time.time())
 

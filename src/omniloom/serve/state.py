@@ -85,12 +85,13 @@ class ServerState:
     @property
     def input_modalities(self) -> list[str]:
         c = self.omni.codecs
-        return ["text"] + [m for m in ("image", "audio") if m in c] + (["video"] if "image" in c else [])
+        return (["text"] + [m for m in ("image", "audio") if m in c] + (["video"] if "image" in c else [])
+                + (["mesh"] if "mesh" in c else []))
 
     @property
     def output_modalities(self) -> list[str]:
         c = self.omni.codecs
-        return ["text"] + [m for m in ("image", "audio") if m in c]
+        return ["text"] + [m for m in ("image", "audio", "mesh") if m in c]
 
     @property
     def context(self) -> int:

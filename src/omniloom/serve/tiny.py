@@ -21,8 +21,9 @@ CORPUS = ["what color is the star?", "a big red circle at the top left", "draw a
           "say hello world", "transcribe the audio", "how many shapes are there?"] * 20
 
 
-def build_tiny_model(seed: int = 0, voices: tuple[str, ...] = ("nova", "atlas")) -> OmniModel:
-    """BPE on a few sentences, untrained image/audio codecs, the ``debug`` decoder: all random."""
+def build_tiny_model(seed: int = 0, voices: tuple[str, ...] = ("nova", "atlas"), mesh: bool = False) -> OmniModel:
+    """BPE on a few sentences, untrained image/audio codecs, the ``debug`` decoder: all random.
+    ``mesh=True`` adds an untrained 3D codec and its vocabulary range."""
     from ..codecs.audio import AudioCodec, AudioCodecConfig
     from ..codecs.image import ImageCodec, ImageCodecConfig
     from ..codecs.text import TextTokenizer
@@ -33,12 +34,16 @@ def build_tiny_model(seed: int = 0, voices: tuple[str, ...] = ("nova", "atlas"))
     tok = TextTokenizer.train(CORPUS, vocab_size=300)
     image = ImageCodec(ImageCodecConfig()).eval()
     audio = AudioCodec(AudioCodecConfig()).eval()
-    vocab = Vocab.for_codecs(tok.vocab_size, image, audio, voices=list(voices))
+    codecs = {"image": image, "audio": audio}
+    if mesh:
+        from ..codecs.mesh import MeshCodec
+
+        codecs["mesh"] = MeshCodec().eval()
+    vocab = Vocab.for_codecs(tok.vocab_size, image, audio, mesh_codec=codecs.get("mesh"), voices=list(voices))
     cfg = preset("debug")
     cfg.model.vocab_size = vocab.size
     prompts = {"caption": "describe the image", "transcribe": "transcribe the audio", "speak": "say {text}"}
-    omni = OmniModel(Transformer(cfg.model), vocab, tok, {"image": image, "audio": audio},
-                     generation={"prompts": prompts})
+    omni = OmniModel(Transformer(cfg.model), vocab, tok, codecs, generation={"prompts": prompts})
     omni.full_config = cfg  # type: ignore[attr-defined]  # kept for save_model
     return omni
 
