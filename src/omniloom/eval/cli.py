@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=50, help="samples per task (default 50)")
     p.add_argument("--split", default="test", choices=["test", "val", "compositional"])
     p.add_argument("--seed", type=int, default=1234, help="seed of the generated test samples")
+    p.add_argument("--lang", default="en", metavar="CODE",
+                   help="language of the test samples: en (default), es, fr, de, or a lexicon .json (docs/world.md)")
     p.add_argument("--data", default="data/world-eval", help="where test samples are generated and cached")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--no-bounds", action="store_true", help="skip the chance and oracle rows (faster)")
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     for task in tasks:
         if args.split == "compositional" and task in ("math", "asr", "tts", "spoken_math"):
             continue  # these tasks have no scenes, so no held-out pairs
-        path = ensure_split(args.data, args.split, task, args.n, args.seed)
+        path = ensure_split(args.data, args.split, task, args.n, args.seed, args.lang)
         samples[task] = (load_samples(path, args.n), path.parent)
     total = sum(len(s) for s, _ in samples.values())
     bar = tqdm(total=total, desc="eval", unit="sample", disable=args.no_progress)
@@ -134,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"model": what, "split": args.split, "seed": args.seed, "n": args.n, "seconds": time.time() - t0,
+        meta = {"model": what, "split": args.split, "lang": args.lang, "seed": args.seed, "n": args.n,
+                "seconds": time.time() - t0,
                 "cfg_scale": args.cfg_scale, "image_candidates": args.image_candidates, "int8": bool(args.int8)}
         tmp = out.with_suffix(".tmp")
         tmp.write_text(results_json(results, meta))

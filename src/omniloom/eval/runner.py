@@ -25,14 +25,14 @@ __all__ = ["LocalBackend", "ServerBackend", "ensure_split", "run_eval", "TASKS"]
 TASKS = tuple(TASK_METRIC)
 
 
-def ensure_split(root: str | Path, split: str, task: str, n: int, seed: int) -> Path:
-    """``root/<split>-<task>-s<seed>-n<n>/<split>.jsonl``, generated once and reused."""
+def ensure_split(root: str | Path, split: str, task: str, n: int, seed: int, lang: str = "en") -> Path:
+    """``root/<split>-<task>-s<seed>-n<n>[-<lang>]/<split>.jsonl``, generated once and reused."""
     from ..world.generate import generate
 
-    d = Path(root) / f"{split}-{task}-s{seed}-n{n}"
+    d = Path(root) / (f"{split}-{task}-s{seed}-n{n}" + ("" if lang == "en" else f"-{Path(lang).stem}"))
     path = d / f"{split}.jsonl"
     if not path.is_file():
-        generate(d, split, n, seed=seed, tasks=[task], workers=1)
+        generate(d, split, n, seed=seed, tasks=[task], workers=1, lang=lang)
     return path
 
 

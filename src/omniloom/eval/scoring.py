@@ -52,7 +52,7 @@ def _heard(task: str, truth: dict, audio: np.ndarray | None) -> str:
     """What the world's closed-set speech judge hears among the task's candidates."""
     if audio is None or len(audio) < 400:
         return ""
-    picked, _ = judges._sj().pick(np.asarray(audio, dtype=np.float32), candidates_for(task, truth))
+    picked, _ = judges._sj(truth.get("lang", "en")).pick(np.asarray(audio, dtype=np.float32), candidates_for(task, truth))
     return picked
 
 
@@ -96,15 +96,28 @@ def _answer_space(truth: dict) -> list[str]:
     return list(VQA_ANSWERS[q]) if q in VQA_ANSWERS else list(ws.NUMBER_WORDS)
 
 
-def _say(text: str, voice: str | None, rng: np.random.Generator) -> np.ndarray:
+def _say(text: str, voice: str | None, rng: np.random.Generator, lang: str = "en") -> np.ndarray:
+    from ..world import lang as world_lang
     from ..world import speech
 
-    name = voice if voice in speech.ASSISTANT_VOICES else next(iter(speech.ASSISTANT_VOICES))
-    return speech.synthesize(text, speech.ASSISTANT_VOICES[name], rng)
+    names = world_lang.assistant_voice_names(lang)
+    name = voice if voice in names else names[0] if lang != "en" else next(iter(speech.ASSISTANT_VOICES))
+    return speech.synthesize(text, world_lang.assistant_voice(name, lang), rng)
 
 
 def chance_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
-    """A guess from the task's answer space that ignores the input."""
+    """A guess from the task's answer space that ignores the input (in the truth's language)."""
+    lang = truth.get("lang", "en")
+    if lang != "en":
+        from ..world.lang import english_truth, translate
+
+        guess = chance_answer(task, english_truth(truth), rng)
+        if guess.text:
+            guess.text = translate(guess.text, lang)
+        if guess.audio is not None:
+            guess.transcript = translate(guess.transcript, lang)
+            guess.audio = _say(guess.transcript, truth.get("voice"), rng, lang)
+        return guess
     if task == "caption":
         return Answer(text=ws.caption(_random_scene(rng)))
     if task == "vqa":
@@ -132,7 +145,7 @@ def oracle_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
     if kind == "image":
         return Answer(image=render_scene(_target_scene(task, truth), rng))
     said = truth["transcript"]
-    return Answer(transcript=said, audio=_say(said, truth.get("voice"), rng))
+    return Answer(transcript=said, audio=_say(said, truth.get("voice"), rng, truth.get("lang", "en")))
 
 
 def describe_truth(task: str, truth: dict) -> str:

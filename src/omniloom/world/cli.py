@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tasks whose replies state something first, comma-separated, or 'none' (default: "
                         "spoken_math): spoken_math / spoken_vqa restate the question before the answer ('three "
                         "plus four is seven'); edit describes the edited scene in text before drawing it")
+    g.add_argument("--lang", default="en", metavar="CODE",
+                   help="language of texts and speech: en (default), es, fr, de, or a lexicon .json file "
+                        "(docs/recipes/add-a-language.md); sample i is sample i of English, translated")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sc = sub.add_parser("scene", help="draw one random scene to a PNG and print its caption",
@@ -55,6 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--workers", type=int, default=1)
     b.add_argument("--json", default=None, help="write the table here as JSON")
 
+    v = sub.add_parser("name-voice", help="copy a model with a free voice slot named (to fine-tune a new voice)",
+                       description="Copy a model directory, naming one free voice slot (voice:2..voice:15 in the "
+                                   "world model) so data spoken in that voice can be tokenized with --model OUT "
+                                   "(docs/recipes/add-a-language.md).")
+    v.add_argument("--model", default="world", help="bundled model name or model directory (default: world)")
+    v.add_argument("--name", required=True, help="the new voice's name, as the data and the API call it")
+    v.add_argument("--slot", type=int, default=None, help="the slot to name (default: the first free one)")
+    v.add_argument("--out", required=True, help="the new model directory")
+
 
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "world_cmd", None)
@@ -66,12 +78,14 @@ def run(args: argparse.Namespace) -> int:
         if args.restate is not None:
             kw["restate"] = [] if args.restate.strip() == "none" else [t.strip() for t in args.restate.split(",") if t.strip()]
         path = generate(args.out, args.split, args.n, seed=args.seed, tasks=tasks, mixture=args.mixture,
-                        workers=args.workers, progress=not args.quiet, **kw)
+                        workers=args.workers, progress=not args.quiet, lang=args.lang, **kw)
         from ..utils.fileio import atomic_write_json
+        from .lang import task_prompts
         from .tasks import TASK_PROMPTS
 
         # the task prompts, for `omniloom tokenize` to carry into the shards and the checkpoints
-        atomic_write_json(Path(args.out) / "generation.json", {"prompts": TASK_PROMPTS})
+        prompts = TASK_PROMPTS if args.lang == "en" else task_prompts(args.lang)
+        atomic_write_json(Path(args.out) / "generation.json", {"prompts": prompts})
         print(f"wrote {args.n} samples to {path}")
         return 0
     if cmd == "scene":
@@ -98,4 +112,10 @@ def run(args: argparse.Namespace) -> int:
         from .bench import main_bench
 
         return main_bench(n=args.n, workers=args.workers, json_out=args.json)
-    raise ValueError("missing command: use `omniloom world generate|scene|judge-floor|bench` (see --help)")
+    if cmd == "name-voice":
+        from .voice_slot import name_voice
+
+        out, slot = name_voice(args.model, args.name, args.out, args.slot)
+        print(f"wrote {out}: voice slot {slot} is now {args.name!r}")
+        return 0
+    raise ValueError("missing command: use `omniloom world generate|scene|judge-floor|bench|name-voice` (see --help)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import lang as world_lang
 from .tasks import DEFAULT_RESTATE, RESTATABLE, SCENE_TASKS, TASK_FNS, TASKS, Sample, TaskContext
 from ..utils.fileio import atomic_path
 
@@ -72,14 +73,19 @@ def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def make_sample(seed: int, split: str, index: int, mixture: dict[str, float],
-                restate: tuple[str, ...] = DEFAULT_RESTATE) -> tuple[Sample, dict[str, bytes]]:
-    """One sample and its media files (path relative to the output folder -> bytes)."""
+                restate: tuple[str, ...] = DEFAULT_RESTATE, lang: str = "en") -> tuple[Sample, dict[str, bytes]]:
+    """One sample and its media files (path relative to the output folder -> bytes).
+
+    `lang` other than English: the same sample (same rng draws) spoken and written in that language.
+    """
     rng = sample_rng(seed, split, index)
     names = sorted(mixture)
     p = np.array([mixture[t] for t in names], dtype=np.float64)
     task = names[int(rng.choice(len(names), p=p / p.sum()))]
-    ctx = TaskContext(split=split, index=index, compositional=split == "compositional", restate=frozenset(restate))
+    ctx = TaskContext(split=split, index=index, compositional=split == "compositional", restate=frozenset(restate),
+                      lang=lang)
     sample = TASK_FNS[task](rng, ctx)
+    world_lang.localize(task, sample.messages, sample.truth, lang)
     return sample, ctx.sink.files
 
 
@@ -90,11 +96,12 @@ class _Job:
     split: str
     mixture: dict
     restate: tuple[str, ...] = DEFAULT_RESTATE
+    lang: str = "en"
 
 
 def _work(args: tuple[_Job, int]) -> str:
     job, index = args
-    sample, files = make_sample(job.seed, job.split, index, job.mixture, job.restate)
+    sample, files = make_sample(job.seed, job.split, index, job.mixture, job.restate, job.lang)
     for rel, data in files.items():
         path = os.path.join(job.out, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -113,13 +120,16 @@ def generate(
     workers: int = 1,
     progress: bool = False,
     restate: tuple[str, ...] | list[str] = DEFAULT_RESTATE,
+    lang: str = "en",
 ) -> Path:
     """Write `n` samples of `split` to `out/<split>.jsonl` (+ media); returns the jsonl path.
 
     `mixture` is a `task=w,...` string or a dict of weights; `tasks` restricts the task list;
     `restate` names the spoken-question tasks whose replies restate the question first
-    (`scene.spoken_reply`); the others answer bare.
+    (`scene.spoken_reply`); the others answer bare. `lang` is a language code (`lang.available()`)
+    or a lexicon .json file; its samples are those of English translated (`lang.localize`).
     """
+    world_lang.get(lang)  # unknown language: ValueError listing the available ones
     bad = sorted(set(restate) - set(RESTATABLE))
     if bad:
         raise ValueError(f"--restate: {', '.join(bad)} cannot restate; choose from {', '.join(RESTATABLE)}")
@@ -130,11 +140,14 @@ def generate(
     if isinstance(mixture, dict):
         mixture = ",".join(f"{k}={v}" for k, v in mixture.items())
     mix = parse_mixture(mixture, tasks, split)
+    untranslated = [t for t in mix if lang != "en" and t not in world_lang.LOCALIZED_TASKS]
+    if untranslated:
+        raise ValueError(f"--lang {lang}: tasks {', '.join(untranslated)} have no translation")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{split}.jsonl"
     tmp = out_dir / f".{split}.jsonl.partial{os.getpid()}"
-    job = _Job(str(out_dir), int(seed), split, mix, tuple(sorted(restate)))
+    job = _Job(str(out_dir), int(seed), split, mix, tuple(sorted(restate)), lang)
     items = ((job, i) for i in range(n))
     bar = None
     if progress:

@@ -16,14 +16,16 @@ from .parse_image import parse_image
 from .scene import Scene, normalize_text, parse_caption
 from .speech_judge import SpeechJudge, accepted, candidates_for
 
-_speech_judge: SpeechJudge | None = None
+_speech_judges: dict[str, SpeechJudge] = {}
 
 
-def _sj() -> SpeechJudge:
-    global _speech_judge
-    if _speech_judge is None:
-        _speech_judge = SpeechJudge()
-    return _speech_judge
+def _sj(lang: str = "en") -> SpeechJudge:
+    """The speech judge of `lang` (its reference voices speak that language; `lang.judge_voices`)."""
+    if lang not in _speech_judges:
+        from . import lang as world_lang
+
+        _speech_judges[lang] = SpeechJudge() if lang == "en" else SpeechJudge(world_lang.judge_voices(lang))
+    return _speech_judges[lang]
 
 
 def text_match(truth: str, answer: str) -> tuple[float, dict]:
@@ -32,10 +34,15 @@ def text_match(truth: str, answer: str) -> tuple[float, dict]:
     return float(ok), {"expected": normalize_text(truth), "got": normalize_text(answer)}
 
 
-def caption_match(truth: Scene, answer: str) -> tuple[float, dict]:
-    """Captions compared as sets of objects (any phrase order)."""
+def caption_match(truth: Scene, answer: str, lang: str = "en") -> tuple[float, dict]:
+    """Captions compared as sets of objects (any phrase order), read with `lang`'s lexicon."""
     try:
-        got = parse_caption(answer)
+        if lang == "en":
+            got = parse_caption(answer)
+        else:
+            from . import lang as world_lang
+
+            got = world_lang.get(lang).parse_caption(answer)
     except ValueError as e:
         return 0.0, {"error": str(e)}
     return float(got == truth), {"got": got.to_dict()}
@@ -78,7 +85,7 @@ def mesh_match(truth: scene3d.Scene3D, answer) -> tuple[float, dict]:  # noqa: A
 def speech_match(task: str, truth: dict, wav: np.ndarray) -> tuple[float, dict]:
     """Closed-set speech judge: 1 when the nearest candidate is the true transcript (for spoken
     questions: the true answer, bare or restating the question)."""
-    best, dist = _sj().pick(np.asarray(wav, np.float32), candidates_for(task, truth))
+    best, dist = _sj(truth.get("lang", "en")).pick(np.asarray(wav, np.float32), candidates_for(task, truth))
     return float(best in accepted(task, truth)), {"heard": best, "expected": truth["transcript"]}
 
 
@@ -87,7 +94,10 @@ def wer(truth: str, hypothesis: str) -> float:
     import jiwer
 
     def clean(t: str) -> str:
-        return " ".join(normalize_text(t).replace(",", " ").replace("?", " ").split())
+        t = normalize_text(t)
+        for mark in ",?¿¡":
+            t = t.replace(mark, " ")
+        return " ".join(t.split())
 
     return float(jiwer.wer(clean(truth), clean(hypothesis) or "<empty>"))
 
@@ -95,7 +105,7 @@ def wer(truth: str, hypothesis: str) -> float:
 def judge(task: str, truth: dict, answer) -> tuple[float, dict]:  # noqa: ANN001 - per-task answer type
     """Score one answer of `task` against the sample's truth."""
     if task == "caption" or (task == "vqa" and truth.get("qtype") == "describe"):
-        return caption_match(Scene.from_dict(truth["scene"]), answer)
+        return caption_match(Scene.from_dict(truth["scene"]), answer, truth.get("lang", "en"))
     if task in ("vqa", "video", "math"):
         return text_match(truth["answer"], answer)
     if task == "asr":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import speech
+from .lang import english_truth, translate, truth_lang
 from .scene import CELL_PHRASES, COLOR_NAMES, NUMBER_WORDS, SHAPES, SIZE_NAMES, spoken_reply
 
 # voices the judge is built on; the floor is measured on other voices (the assistant presets and
@@ -157,6 +158,8 @@ def candidates_for(task: str, truth: dict) -> list[str]:
     Spoken questions may be answered bare ("seven") or restating the question first ("three plus
     four is seven", `scene.spoken_reply`): both forms of every answer in the space are candidates.
     """
+    if truth_lang(truth) != "en":  # the English candidates of the English truth, translated
+        return list(dict.fromkeys(translate(c, truth_lang(truth)) for c in candidates_for(task, english_truth(truth))))
     said = truth["transcript"]
     if task in ("spoken_math", "spoken_vqa"):
         cands = list(NUMBER_WORDS if task == "spoken_math" else SHORT_ANSWERS)
@@ -174,6 +177,8 @@ def candidates_for(task: str, truth: dict) -> list[str]:
 def accepted(task: str, truth: dict) -> set[str]:
     """The candidates that count as right: the true transcript, and for spoken questions the true
     answer in either form (bare or restating the question)."""
+    if truth_lang(truth) != "en":
+        return {translate(c, truth_lang(truth)) for c in accepted(task, english_truth(truth))}
     ok = {truth["transcript"]}
     if task in ("spoken_math", "spoken_vqa") and truth.get("answer"):
         ok.add(truth["answer"])

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import lang as world_lang
 from . import render, scene3d, speech
 from .scene import (
     CELL_NAMES,
@@ -118,6 +119,7 @@ class TaskContext:
     index: int
     compositional: bool = False
     restate: frozenset = frozenset(DEFAULT_RESTATE)  # tasks whose spoken replies restate the question
+    lang: str = "en"  # the language spoken (texts are translated after the task, `lang.localize`)
     sink: MediaSink = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,14 +165,15 @@ def _assistant_voice(rng: np.random.Generator) -> str:
 
 def _user_speech(rng: np.random.Generator, ctx: TaskContext, text: str) -> tuple[dict, dict]:
     """Text spoken by a random user voice -> (audio part, voice dict for the truth)."""
-    voice = speech.sample_user_voice(rng)
-    wav = speech.synthesize(text, voice, rng)
+    voice = world_lang.sample_user_voice(rng, ctx.lang)
+    wav = speech.synthesize(world_lang.translate(text, ctx.lang), voice, rng)
     return ctx.sink.audio(wav), voice.to_dict()
 
 
 def _assistant_speech(rng: np.random.Generator, ctx: TaskContext, text: str) -> dict:
-    name = _assistant_voice(rng)
-    wav = speech.synthesize(text, speech.assistant_voice(name))
+    name = _assistant_voice(rng) if ctx.lang == "en" else _pick(rng, world_lang.assistant_voice_names(ctx.lang))
+    text = world_lang.translate(text, ctx.lang)
+    wav = speech.synthesize(text, world_lang.assistant_voice(name, ctx.lang))
     return ctx.sink.audio(wav, voice=name, transcript=text)
 
 
