@@ -345,3 +345,15 @@ def test_fine_tune_from_a_model_with_a_mesh_range_takes_data_without_one(tmp_pat
     Vocab.build(tok.vocab_size, voices=["nova"], reserve=64).save(tmp_path / "moved.json")
     with pytest.raises(ValueError, match="is not the one"):
         init_weights(model, str(src), cfg, tmp_path / "moved.json")
+
+
+def test_interactive_chat_attaches_a_mesh(vocab, tok, codec, tmp_path, capsys, monkeypatch):
+    from omniloom.cli import main
+
+    model = _model_dir(tmp_path / "m", vocab, tok, codec)
+    stl = write_mesh(_box(), tmp_path / "box.stl")
+    lines = iter([f"/mesh {stl}", "describe the 3D model", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(model), "--max-new-tokens", "3"]) == 0
+    err = capsys.readouterr().err
+    assert int(err.split("tokens: prompt ")[1].split(",")[0]) >= vocab.mesh_tokens + 2  # the shape was sent

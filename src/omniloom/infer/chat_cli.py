@@ -239,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
         _answer(omni, messages, args, out_dir, 0)
         return 0
     print("omniloom chat: type a message (/exit to leave, /reset to start over, "
-          "/image PATH or /audio PATH to attach to the next message)")
-    pending_images, pending_audio, turn = [], [], 0
+          "/image PATH, /audio PATH or /mesh PATH to attach to the next message)")
+    pending_images, pending_audio, pending_meshes, turn = [], [], [], 0
     while True:
         try:
             line = input("> ").strip()
@@ -252,20 +252,20 @@ def run(args: argparse.Namespace) -> int:
         if line == "/reset":
             messages = messages[:1] if args.system else []
             continue
-        if line.startswith("/image ") or line.startswith("/audio "):
+        if line.startswith(("/image ", "/audio ", "/mesh ")):
             kind, path = line.split(" ", 1)
             if not Path(path).is_file():
                 print(f"no such file: {path}")
                 continue
-            (pending_images if kind == "/image" else pending_audio).append(path)
+            {"/image": pending_images, "/audio": pending_audio, "/mesh": pending_meshes}[kind].append(path)
             continue
-        if not line and not pending_images and not pending_audio:
+        if not line and not pending_images and not pending_audio and not pending_meshes:
             continue
         try:
-            messages.append(_user_message(line or None, pending_images, pending_audio, None))
+            messages.append(_user_message(line or None, pending_images, pending_audio, None, pending_meshes))
         except ValueError as e:
             print(f"error: {e}")
             continue
-        pending_images, pending_audio = [], []
+        pending_images, pending_audio, pending_meshes = [], [], []
         messages.append(_answer(omni, messages, args, out_dir, turn))
         turn += 1
