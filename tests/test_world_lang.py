@@ -171,6 +171,22 @@ def test_judges_read_each_language():
     assert judges.wer("¿cuánto es tres más cuatro?", "cuánto es tres más cuatro") == 0.0
 
 
+def test_speech_candidates_per_language():
+    """The tts candidates of a Spanish truth are the English ones translated (English-only junk such
+    as "at the top left right" left out), the truth among them; spoken answers keep both forms."""
+    from omniloom.world.speech_judge import accepted, candidates_for
+
+    en = {"transcript": "add a small green triangle at the top right"}
+    es = {"transcript": lang.translate(en["transcript"], "es"), "lang": "es"}
+    cands = candidates_for("tts", es)
+    assert cands[0] == es["transcript"] and len(cands) == len(set(cands)) > 15
+    assert "añade un triángulo azul pequeño arriba a la derecha" in cands
+    assert all(lang.to_english(c, "es") in candidates_for("tts", en) for c in cands)
+    q = {"transcript": "dos más dos es cuatro", "answer": "cuatro", "question": "¿cuánto es dos más dos?", "lang": "es"}
+    assert accepted("spoken_math", q) == {"dos más dos es cuatro", "cuatro"}
+    assert {"cinco", "dos más dos es cinco"} <= set(candidates_for("spoken_math", q))
+
+
 def test_unknown_language_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown language 'xx'; available: de, en, es, fr"):
         generate(tmp_path, "test", 1, lang="xx")

@@ -152,6 +152,18 @@ def answer_space(task: str, truth: dict) -> list[str]:
     return list(VQA_ANSWERS.get(truth.get("qtype"), SHORT_ANSWERS))
 
 
+def _translated(sentences: list[str], lang: str) -> list[str]:
+    """The sentences in `lang`, leaving out those no language has: a cell swap inside a longer cell
+    phrase ("at the top right" -> "at the top left right") is a distractor only in English."""
+    out = []
+    for s in sentences:
+        try:
+            out.append(translate(s, lang))
+        except ValueError:
+            continue
+    return out
+
+
 def candidates_for(task: str, truth: dict) -> list[str]:
     """The closed set a spoken answer of `task` is judged against (always contains the truth).
 
@@ -159,7 +171,7 @@ def candidates_for(task: str, truth: dict) -> list[str]:
     four is seven", `scene.spoken_reply`): both forms of every answer in the space are candidates.
     """
     if truth_lang(truth) != "en":  # the English candidates of the English truth, translated
-        return list(dict.fromkeys(translate(c, truth_lang(truth)) for c in candidates_for(task, english_truth(truth))))
+        return list(dict.fromkeys(_translated(candidates_for(task, english_truth(truth)), truth_lang(truth))))
     said = truth["transcript"]
     if task in ("spoken_math", "spoken_vqa"):
         cands = list(NUMBER_WORDS if task == "spoken_math" else SHORT_ANSWERS)
