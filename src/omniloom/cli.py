@@ -18,6 +18,8 @@ VERBS: dict[str, tuple[str, str]] = {
                  "datasets, interleaved web pages, preference pairs) into token shards"),
     "train": ("omniloom.train.cli", "train a model on token shards (1 process or torchrun)"),
     "plan": ("omniloom.train.plan", "estimate memory per GPU and tokens/s of a training run before renting GPUs"),
+    "sweep": ("omniloom.train.sweep", "train a ladder of model sizes (or read finished runs) and fit scaling laws "
+              "L(N), L(D) per modality"),
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),
     "export": ("omniloom.model.export_cli", "export a checkpoint (Hugging Face Llama, model directory, adapter delta, llama.cpp GGUF) or import one back"),
     "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
