@@ -412,6 +412,20 @@ def _fmt(fit: dict[str, Any], sym: str) -> str:
     return f"α_{sym}={fit['alpha']:.3f}{err}, L∞={fit['l_inf']:.2f}"
 
 
+def _human(n: float) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k" if n >= 1e3 else f"{n:g}"
+
+
+def _log_x(ax: Any) -> None:
+    """Log x axis labelled at 1, 2, 5 x 10^k; the loss axis stays linear (its range is narrow)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_sweep(fits: dict[str, Any], out: Path) -> list[Path]:
     """scaling_N.png (final loss vs N with the fit, per modality) and scaling_D.png (training
     curves vs D, the largest run's fit dashed), small enough to commit."""
@@ -435,8 +449,7 @@ def plot_sweep(fits: dict[str, Any], out: Path) -> list[Path]:
         if f.get("alpha") is not None:
             grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 100)
             ax.plot(grid, power_law_log(grid, f["alpha"], f["log_x_c"], f["l_inf"]), "-", color="C1", lw=1.2)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_x(ax)
         ax.set_title(f"{m}: {_fmt(f, 'N')}", fontsize=8)
         ax.set_xlabel("non-embedding parameters N", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -456,14 +469,13 @@ def plot_sweep(fits: dict[str, Any], out: Path) -> list[Path]:
             curve = fits["curves"][p["label"]].get(m, [])
             if curve:
                 d, v = zip(*curve)
-                ax.plot(d, v, "-", color=c, lw=1.2, label=f"{p['params_non_embedding'] / 1e6:.2g}M")
+                ax.plot(d, v, "-", color=c, lw=1.2, label=_human(p["params_non_embedding"]))
         f = fits["L_D"].get(largest, {}).get(m, {})
         curve = fits["curves"][largest].get(m, [])
         if f.get("alpha") is not None and curve:
             grid = np.geomspace(curve[0][0], curve[-1][0], 100)
             ax.plot(grid, power_law_log(grid, f["alpha"], f["log_x_c"], f["l_inf"]), "--", color="C3", lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_x(ax)
         ax.set_title(f"{m}: {_fmt(f, 'D')} ({largest})", fontsize=8)
         ax.set_xlabel("tokens seen D", fontsize=8)
         ax.tick_params(labelsize=7)
