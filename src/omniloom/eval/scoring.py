@@ -108,15 +108,15 @@ def _say(text: str, voice: str | None, rng: np.random.Generator, lang: str = "en
 def chance_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
     """A guess from the task's answer space that ignores the input (in the truth's language)."""
     lang = truth.get("lang", "en")
-    if lang != "en":
+    if lang != "en" and OUTPUT_OF[task] == "audio":  # a candidate of the language's own set
+        guess = str(rng.choice(candidates_for(task, truth)))
+        return Answer(transcript=guess, audio=_say(guess, truth.get("voice"), rng, lang))
+    if lang != "en":  # the English guess, translated
         from ..world.lang import english_truth, translate
 
         guess = chance_answer(task, english_truth(truth), rng)
         if guess.text:
             guess.text = translate(guess.text, lang)
-        if guess.audio is not None:
-            guess.transcript = translate(guess.transcript, lang)
-            guess.audio = _say(guess.transcript, truth.get("voice"), rng, lang)
         return guess
     if task == "caption":
         return Answer(text=ws.caption(_random_scene(rng)))
