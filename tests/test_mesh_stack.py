@@ -357,3 +357,15 @@ def test_interactive_chat_attaches_a_mesh(vocab, tok, codec, tmp_path, capsys, m
     assert main(["chat", "--model", str(model), "--max-new-tokens", "3"]) == 0
     err = capsys.readouterr().err
     assert int(err.split("tokens: prompt ")[1].split(",")[0]) >= vocab.mesh_tokens + 2  # the shape was sent
+
+
+def test_gguf_vocabulary_names_the_mesh_codes(vocab):
+    from omniloom.model.gguf_io import CONTROL, UNUSED, gguf_omni_vocab
+
+    tokens, types, _ = gguf_omni_vocab(vocab.to_dict())
+    T = vocab.text_size
+    lo, hi = vocab.range_of("mesh")
+    assert len(tokens) == len(types) == vocab.size - T
+    assert tokens[lo - T] == "<|mesh:0|>" and tokens[hi - 1 - T] == f"<|mesh:{vocab.mesh_codebook_size - 1}|>"
+    assert set(types[lo - T:hi - T]) == {CONTROL} and set(types[hi - T:]) <= {UNUSED}
+    assert tokens[vocab.special("mesh") - T] == "<|reserved:3|>"  # the span marker keeps its stored name

@@ -10,8 +10,8 @@ Both directions live here so that they cannot drift apart: :func:`read_gguf` in 
 ids ``[0, T)`` are the text tokenizer's own tokens (BPE vocabulary and merges, its added tokens as
 control or user-defined tokens); the ids after them are omniloom's (``docs/token-format.md``),
 written as control tokens: the named specials as named (``<|bos|>``, ``<|voice:0|>``, ``<|t:3|>``),
-image codes ``<|image:c|>``, audio codes ``<|audio:k:c|>`` (codebook ``k``), and the padding tail
-``<|unused:i|>`` (unused). They are read off ``vocab.json``'s documented fields (``special_tokens``,
+image codes ``<|image:c|>``, audio codes ``<|audio:k:c|>`` (codebook ``k``), 3D shape codes
+``<|mesh:c|>`` (when ``ranges`` holds a mesh range), and the padding tail ``<|unused:i|>`` (unused). They are read off ``vocab.json``'s documented fields (``special_tokens``,
 ``ranges``, ``chat``) because this layer knows no :class:`~omniloom.tokens.Vocab`; the test suite
 checks the ids against it. ``tokenizer.ggml.eos_token_id`` is the vocabulary's end of
 conversation, ``eot_token_id`` the end of a turn, where generation stops.
@@ -220,8 +220,12 @@ def gguf_omni_vocab(vocab: dict[str, Any], where: str = "vocab.json") -> tuple[l
     tokens += [f"<|image:{c}|>" for c in range(ranges["image"][1] - ranges["image"][0])]
     a0, a1 = ranges["audio"]
     tokens += [f"<|audio:{j // cb}:{j % cb}|>" for j in range(a1 - a0)]
-    tokens += [f"<|unused:{i}|>" for i in range(a1, size)]
-    types = [CONTROL] * (a1 - T) + [UNUSED] * (size - a1)
+    m0, m1 = ranges.get("mesh", (a1, a1))
+    if m0 != a1:
+        raise ValueError(f"{where}: the mesh range {ranges['mesh']} does not follow the audio range {ranges['audio']}")
+    tokens += [f"<|mesh:{c}|>" for c in range(m1 - m0)]
+    tokens += [f"<|unused:{i}|>" for i in range(m1, size)]
+    types = [CONTROL] * (m1 - T) + [UNUSED] * (size - m1)
     sid = {s: T + i for i, s in enumerate(specials)}
     chat = vocab.get("chat")
     bos = list(chat.get("bos", [])) if chat else [sid["<|bos|>"]]
