@@ -369,3 +369,11 @@ def test_gguf_vocabulary_names_the_mesh_codes(vocab):
     assert tokens[lo - T] == "<|mesh:0|>" and tokens[hi - 1 - T] == f"<|mesh:{vocab.mesh_codebook_size - 1}|>"
     assert set(types[lo - T:hi - T]) == {CONTROL} and set(types[hi - T:]) <= {UNUSED}
     assert tokens[vocab.special("mesh") - T] == "<|reserved:3|>"  # the span marker keeps its stored name
+
+
+def test_plan_counts_the_mesh_range_apart_from_the_padding(vocab):
+    from omniloom.train.plan import _vocab_summary
+
+    s = _vocab_summary(vocab)
+    assert s["mesh"] == vocab.mesh_codebook_size and s["padding"] == vocab.size - vocab.range_of("mesh")[1]
+    assert s["specials"] + s["image"] + s["audio"] + s["mesh"] + s["padding"] == s["added"]

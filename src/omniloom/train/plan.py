@@ -504,7 +504,8 @@ def _vocab_summary(vocab: Any) -> dict[str, Any]:
         "image": vocab.image_codebook_size, "image_tokens": vocab.image_tokens,
         "audio": vocab.audio_codebook_size * vocab.audio_codebooks,
         "audio_codebooks": vocab.audio_codebooks, "audio_codebook_size": vocab.audio_codebook_size,
-        "padding": vocab.size - vocab.audio_end,
+        "mesh": vocab.mesh_codebook_size, "mesh_tokens": vocab.mesh_tokens,
+        "padding": vocab.size - vocab.mesh_end,
         "added": vocab.size - vocab.text_size, "size": vocab.size,
     }
 
@@ -560,6 +561,8 @@ def format_plan(p: dict[str, Any]) -> str:
             grown.append(f"{v['image']:,} image codes ({v['image_tokens']} per image)")
         if v["audio"]:
             grown.append(f"{v['audio']:,} audio codes ({v['audio_codebooks']} x {v['audio_codebook_size']})")
+        if v.get("mesh"):
+            grown.append(f"{v['mesh']:,} 3D shape codes ({v['mesh_tokens']} per shape)")
         if v["padding"]:
             grown.append(f"{v['padding']} padding")
         lines.append(f"  vocab {v['text']:,} text ids + {v['added']:,} rows ({' + '.join(grown)}) = {v['size']:,}")
