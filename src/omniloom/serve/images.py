@@ -10,8 +10,9 @@ description of its result). Both default to the model's ``generation.json``, els
 
 An edit with a ``mask`` (a PNG of the image's size whose transparent pixels, alpha 0, mark the area
 to change, as OpenAI defines it) inpaints: the code cells under the transparent area are redrawn and
-every other cell keeps the source image's own codes (``omniloom.infer.inpaint``); ``image_candidates``
-masked drawings are searched (default 8), the one the model finds most likely as a whole kept.
+every other cell keeps the source image's own codes (``omniloom.infer.inpaint``). The first image is
+drawn greedily, the others sampled; ``image_candidates`` > 1 searches that many masked drawings per
+image and keeps the one the model finds most likely as a whole (default 1: measured no better).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float
     def fn(omni):
         for i in range(n):
             sampling = SamplingParams(max_new_tokens=image_tokens + 4, temperature=1.0)
-            if regenerate is not None:
+            if regenerate is not None:  # the first image greedy (measured best, bench/inpaint.py), then varied
+                sampling.temperature = 0.0 if i == 0 else 1.0
                 yield from inpaint(omni, messages, regenerate, candidates=candidates, sampling=sampling,
                                    cfg_scale=guidance)
             else:
@@ -138,7 +140,8 @@ async def edits(
     return await _run(st, request, msgs, n, guidance, candidates, regenerate)
 
 
-INPAINT_CANDIDATES = 8  # masked drawings searched per inpainted image unless image_candidates says
+INPAINT_CANDIDATES = 1  # masked drawings searched per inpainted image unless image_candidates says (the
+# likelihood search measured no better than one greedy drawing: bench/inpaint.py, docs/benchmarks.md)
 
 
 def _mask_cells(st, data: bytes, image_wh: tuple[int, int]):
