@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,3 +188,47 @@ def test_config_checks_the_weight():
         _cfg(contrastive_weight=-1.0).validate()
     with pytest.raises(ValueError, match="contrastive_temperature"):
         _cfg(contrastive_temperature=0.0).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel, pair_docs", [("fsdp", 60), ("replicate", 60), ("fsdp", 1)])
+def test_two_ranks_train_with_the_contrastive_term(tmp_path, parallel, pair_docs):
+    """torchrun, 2 CPU ranks: the sharded forward of the paired spans is collective, so ranks with
+    fewer than 2 pairs (pair_docs=1: nearly every step) still run it; the run must finish, train,
+    and log a finite contrastive loss whenever rank 0 had pairs."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from omniloom.data.shards import ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "train", VOCAB, shard_tokens=4000) as w:
+        for d in range(80):
+            if d < pair_docs:
+                ids = _doc(_img(torch.randint(0, 16, (4,), generator=g).tolist()),
+                           torch.randint(0, 32, (3,), generator=g).tolist())
+            else:
+                ids = [S("bos"), *torch.randint(0, 32, (12,), generator=g).tolist(), S("eos")]
+            w.add(ids, [1] * len(ids))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", "omniloom.cli", "train", "--preset", "debug", "--parallel", parallel,
+           "model.vocab_size=0", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+           "model.ffn_dim=64", "model.max_seq_len=128", "data.seq_len=64", "train.batch_size=4",
+           "train.micro_batch_size=1", "train.dtype=fp32", "train.warmup_steps=1", "train.log_every=1",
+           "train.progress=false", "train.steps=4", "train.ckpt_every=100", "train.lr=1e-2",
+           "train.contrastive_weight=1.0", f"data.train={tmp_path / 'train'}", f"train.out_dir={out}"]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-4000:]
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in recs if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4]
+    with_pairs = [x for x in steps if x["contrastive_pairs"] >= 2]
+    assert all(np.isfinite(x["loss/contrastive"]) for x in with_pairs)
+    assert (len(with_pairs) == 4) if pair_docs == 60 else (len(with_pairs) == 0)
