@@ -188,7 +188,7 @@ def test_speech_candidates_per_language():
 
 
 def test_unknown_language_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="unknown language 'xx'; available: de, en, es, fr"):
+    with pytest.raises(ValueError, match="unknown language .xx.; available: de, en, es, fr, it"):
         generate(tmp_path, "test", 1, lang="xx")
     with pytest.raises(ValueError, match="text_to_3d"):
         generate(tmp_path, "test", 1, tasks=["text_to_3d"], lang="es")
