@@ -1,4 +1,4 @@
-"""`omniloom world bench`: generator throughput (samples/s) for image-only and speech tasks."""
+"""`omniloom world bench`: generator throughput (samples/s) for image-only, speech and 3D tasks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..utils.fileio import atomic_write_json
 GROUPS: dict[str, list[str]] = {
     "image-only (caption,vqa,draw,edit,video)": ["caption", "vqa", "draw", "edit", "video"],
     "speech (asr,tts,spoken_vqa,spoken_math,spoken_draw)": ["asr", "tts", "spoken_vqa", "spoken_math", "spoken_draw"],
+    "3D, opt-in (text_to_3d,describe_3d)": ["text_to_3d", "describe_3d"],
     "all (default mixture)": [],
 }
 

@@ -5,11 +5,13 @@
   omniloom world generate --out data/world --split train --n 1000 --mixture vqa=3,math=0
   omniloom world scene --out scene.png --seed 3          # one scene to show a model
   omniloom world judge-floor --n 40 --json floor.json
+  omniloom world judge-floor --kind 3d --n 500 --json floor3d.json   # chance/oracle of the 3D tasks
   omniloom world bench --n 64 --json bench.json
 
 Splits: train, val, test (no held-out color+shape pair anywhere) and compositional (every sample
 carries a held-out pair). Tasks: caption, vqa, draw, edit, video, math, asr, tts, spoken_vqa,
-spoken_math, spoken_draw. Output: DIR/<split>.jsonl of {"task", "messages", "truth"} with media
+spoken_math, spoken_draw; opt-in (only when --tasks names them): text_to_3d, describe_3d.
+Output: DIR/<split>.jsonl of {"task", "messages", "truth"} with media
 under DIR/media/<split>/ (paths in the jsonl are relative to DIR). Sample i depends only on
 (seed, split, i), whatever --workers is. See docs/world.md.
 """
@@ -48,8 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--objects", type=int, default=None, choices=[1, 2, 3], help="how many shapes (default: 1-3)")
 
-    f = sub.add_parser("judge-floor", help="measure the speech judge's error on eSpeak renders in held-out voices")
-    f.add_argument("--n", type=int, default=40, help="utterances per voice per judge kind")
+    f = sub.add_parser("judge-floor", help="measure the speech judge's error on eSpeak renders in held-out voices "
+                                           "(--kind 3d: chance and oracle rows of the 3D tasks)")
+    f.add_argument("--kind", choices=["speech", "3d"], default="speech",
+                   help="speech: the speech judge's floor; 3d: text_to_3d / describe_3d chance and oracle rows")
+    f.add_argument("--codec", default="mesh-world", help="--kind 3d: the mesh codec of the oracle's round trip")
+    f.add_argument("--n", type=int, default=40, help="utterances per voice per judge kind (--kind 3d: scenes)")
     f.add_argument("--seed", type=int, default=1234)
     f.add_argument("--json", default=None, help="write the figures here as JSON")
 
@@ -105,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {caption(scene)}")
         return 0
     if cmd == "judge-floor":
+        if args.kind == "3d":
+            from .floor import main_floor_3d
+
+            return main_floor_3d(n=args.n, seed=args.seed, json_out=args.json, codec=args.codec)
         from .floor import main_floor
 
         return main_floor(n=args.n, seed=args.seed, json_out=args.json)

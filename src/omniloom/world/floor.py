@@ -1,5 +1,6 @@
 """`omniloom world judge-floor`: the speech judge's error on eSpeak renders of the truth in voices
-it was not built on (the assistant presets and sampled user voices), per voice and answer kind."""
+it was not built on (the assistant presets and sampled user voices), per voice and answer kind;
+with `--kind 3d`, the chance and oracle rows of the 3D tasks (text_to_3d, describe_3d)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,72 @@ def main_floor(n: int, seed: int, json_out: str | None) -> int:
     for name, r in res["voices"].items():
         print(f"{name:28s} {r['espeak']:20s} {r['short_wer']:10.3f} {r['sentence_wer']:13.3f}")
     print(f"mean short-answer WER {res['mean_short_wer']:.3f}; assistant voices {res['assistant_short_wer']:.3f}")
+    if json_out:
+        atomic_write_json(json_out, res)
+    return 0
+
+
+# ---------------------------------------------------------------- 3D tasks: chance and oracle rows
+
+def measure_3d_bounds(n: int = 500, seed: int = 1234, codec: str = "mesh-world") -> dict:
+    """Chance and oracle rows of text_to_3d and describe_3d on `n` fresh 3D scenes, through the judges.
+
+    text_to_3d: chance answers another random scene's voxels; the oracle answers the true voxels
+    after the mesh codec's round trip (what a perfect model's codes decode to), and again after an
+    STL file of them is written and read back. describe_3d: chance answers a random scene's caption;
+    the oracle the true caption; "reader" captions the codec's round trip of the input with the
+    programmatic scene reader (`scene3d.parse_voxels`), how much of the scene the 3D input keeps.
+    """
+    import torch
+
+    from ..codecs import load_codec
+    from ..codecs.mesh import mesh_bytes, read_mesh_voxels
+    from .judges import judge
+    from .scene3d import caption3d, parse_voxels, sample_scene3d, voxelize
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    mesh_codec = load_codec(codec)
+    scenes = [sample_scene3d(rng) for _ in range(n)]
+    others = [sample_scene3d(rng) for _ in range(n)]
+    vox = np.stack([voxelize(s) for s in scenes])
+    with torch.no_grad():
+        rec = mesh_codec.decode(mesh_codec.encode(vox)).numpy()
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def add(task: str, row: str, score: float, iou: float | None = None) -> None:
+        r = rows.setdefault(f"{task} {row}", {"score": [], "iou": []})
+        r["score"].append(score)
+        if iou is not None:
+            r["iou"].append(iou)
+
+    for s, o, r in zip(scenes, others, rec):
+        truth = {"scene3d": s.to_dict()}
+        for row, answer in (("chance", voxelize(o)), ("oracle (codec)", r),
+                            ("oracle (codec + STL file)", read_mesh_voxels(mesh_bytes(r, "stl")))):
+            score, detail = judge("text_to_3d", truth, answer)
+            add("text_to_3d", row, score, detail["iou"])
+        read = parse_voxels(r)
+        for row, answer in (("chance", caption3d(o)), ("oracle", caption3d(s)),
+                            ("reader (codec)", caption3d(read) if read else "")):
+            add("describe_3d", row, judge("describe_3d", truth, answer)[0])
+    out = {"n": n, "seed": seed, "codec": codec, "rows": {}}
+    for name, r in rows.items():
+        out["rows"][name] = {"exact": float(np.mean(r["score"])),
+                             "voxel_iou": float(np.mean(r["iou"])) if r["iou"] else None}
+    return out
+
+
+def main_floor_3d(n: int, seed: int, json_out: str | None, codec: str = "mesh-world") -> int:
+    t = time.time()
+    res = measure_3d_bounds(n=n, seed=seed, codec=codec)
+    res["seconds"] = time.time() - t
+    print(f"{'task row':40s} {'exact':>6s} {'voxel IoU':>10s}")
+    for name, r in res["rows"].items():
+        iou = "" if r["voxel_iou"] is None else f"{r['voxel_iou']:.3f}"
+        print(f"{name:40s} {r['exact']:6.3f} {iou:>10s}")
+    print(f"{n} scenes, codec {codec}, {res['seconds']:.1f}s")
     if json_out:
         atomic_write_json(json_out, res)
     return 0
