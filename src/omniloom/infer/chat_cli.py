@@ -10,8 +10,9 @@
 
 Text streams to the terminal as it is generated. Generated images are written as PNG and speech
 as WAV under --out-dir, and their paths are printed; a 3D answer (--mesh FILE) is written to FILE
-(.stl, .obj or .glb by its suffix) with whether the mesh is watertight. In interactive mode the conversation is kept
-(media files attach to the next message); type /exit to leave, /reset to start over.
+(.stl, .obj or .glb by its suffix) with whether the mesh is watertight. In interactive mode the
+conversation is kept (media files attach to the next message); type /exit to leave, /reset to
+start over.
 """
 
 from __future__ import annotations
