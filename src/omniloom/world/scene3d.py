@@ -236,8 +236,10 @@ def parse_caption3d(text: str) -> Scene3D | None:
 def classify_solid(vox: np.ndarray) -> str:
     """The shape class of one solid's voxels (any size, any place), from its horizontal layers:
     a sphere's bottom and top layers are smaller than its middle; a cone's top layer is at most half
-    its bottom; of the straight solids, the cube fills its bounding box (fill >= 0.93) and the
-    cylinder does not (a disk fills pi/4 of its square, ~0.8-0.9 on a small grid)."""
+    its bottom; of the straight solids, the cube fills its footprint's bounding square (>= 0.93) and
+    its corner columns (half of them, over their height) and the cylinder (a disk: pi/4 of its square, the
+    corners empty) does not. The footprint is the columns filled in more than half of the layers, so
+    a stray voxel or a corner lost on one layer (a codec's reconstruction) does not flip the answer."""
     v = np.asarray(vox, dtype=bool)
     if not v.any():
         raise ValueError("classify_solid: no voxels")
@@ -249,24 +251,61 @@ def classify_solid(vox: np.ndarray) -> str:
         return "sphere"
     if areas[-1] <= 0.5 * areas[0]:
         return "cone"
-    return "cube" if part.sum() / part.size >= 0.93 else "cylinder"
+    columns = part.sum(axis=2)
+    fx, fy = np.nonzero(columns > part.shape[2] / 2)
+    if len(fx) == 0:
+        return "cylinder"
+    core = columns[fx.min():fx.max() + 1, fy.min():fy.max() + 1] > part.shape[2] / 2
+    corners = columns[[fx.min(), fx.min(), fx.max(), fx.max()], [fy.min(), fy.max(), fy.min(), fy.max()]]
+    square = core.mean() >= 0.93 and corners.sum() >= 0.5 * 4 * part.shape[2]
+    return "cube" if square else "cylinder"
 
 
 def _size_name(extent: int) -> str:
     return "small" if extent <= (SIZES3D["small"] + SIZES3D["big"]) / 2 else "big"
 
 
-def parse_voxels(vox: np.ndarray) -> Scene3D | None:
-    """Read an occupancy grid as a scene: None when it is not one (empty, more than 2 solids, two
-    objects in one cell). Each connected component is one stack; one taller than its width plus one
-    holds two solids, split at the base's height (its width: bases are cubes or cylinders)."""
-    v = np.asarray(vox, dtype=bool)
-    labels, count = components(v)
-    if count == 0:
-        return None
-    stacks = []
+MIN_PIECE = 4  # fewer voxels than this in a component: noise (the smallest solid has 20)
+MAX_STACK_WIDTH = 7  # a component wider than this along x or y is two stacks joined by stray voxels
+
+
+def _pieces(vox: np.ndarray) -> list[np.ndarray]:
+    """The stacks of a grid: its components of at least MIN_PIECE voxels, each one wider than a
+    stack cut at its thinnest slice across that axis (a bridge of stray voxels between two objects
+    one voxel apart) until every piece is narrow enough."""
+    labels, count = components(vox)
+    out = []
     for k in range(1, count + 1):
         comp = labels == k
+        if comp.sum() < MIN_PIECE:
+            continue
+        for axis in (0, 1):
+            counts = comp.sum(axis=tuple(a for a in range(3) if a != axis))
+            idx = np.nonzero(counts)[0]
+            if idx.max() - idx.min() + 1 > MAX_STACK_WIDTH:
+                cut = min(range(idx.min() + 2, idx.max() - 1), key=lambda i: counts[i])
+                below, above = comp.copy(), comp.copy()
+                lo, hi = [slice(None)] * 3, [slice(None)] * 3
+                lo[axis], hi[axis] = slice(cut, None), slice(None, cut + 1)
+                below[tuple(lo)] = False
+                above[tuple(hi)] = False
+                out += _pieces(below) + _pieces(above)
+                break
+        else:
+            out.append(comp)
+    return out
+
+
+def parse_voxels(vox: np.ndarray) -> Scene3D | None:
+    """Read an occupancy grid as a scene: None when it is not one (empty, more than 2 solids, two
+    objects in one cell). Each connected component is one stack (`_pieces`: specks dropped, bridges
+    cut); one taller than its width plus one holds two solids, split at the base's height (its
+    width: bases are cubes or cylinders)."""
+    pieces = _pieces(np.asarray(vox, dtype=bool))
+    if not pieces:
+        return None
+    stacks = []
+    for comp in pieces:
         xs, ys, zs = np.nonzero(comp)
         width = int(max(xs.max() - xs.min(), ys.max() - ys.min())) + 1
         height = int(zs.max() - zs.min()) + 1
