@@ -11,8 +11,8 @@ A codec turns raw media into *local* integer codes and back:
 **The codec registry.** Every codec is named by one spec string, wherever a codec is chosen
 (``tokenize --codec``, ``graft --codec``, ``codec eval``, a model directory's ``codecs.json``):
 
-- a shipped name: ``image-world``, ``audio-world`` (``omniloom/assets/codecs/<name>/``: a
-  ``config.json`` whose ``"type": "image" | "audio"`` picks the class, and ``model.safetensors``);
+- a shipped name: ``image-world``, ``audio-world``, ``mesh-world`` (``omniloom/assets/codecs/<name>/``: a
+  ``config.json`` whose ``"type": "image" | "audio" | "mesh"`` picks the class, and ``model.safetensors``);
 - a folder saved by omniloom (same layout);
 - ``hf:PATH``: a transformers codec saved with ``save_pretrained``; the folder's ``config.json``
   ``model_type`` picks the adapter in ``HF_ADAPTERS``. Options follow a ``?``:
