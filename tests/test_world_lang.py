@@ -204,6 +204,12 @@ def test_lexicon_file_as_a_language(tmp_path):
     with pytest.raises(ValueError, match="missing numbers"):
         lang.get(str(bad))
     lex = json.loads((lang.LEXICON_DIR / "es.json").read_text(encoding="utf-8"))
+    lex["colors"]["white"] = "verde"  # two meanings, one text: refused
+    clash = tmp_path / "yy.json"
+    clash.write_text(json.dumps(lex), encoding="utf-8")
+    with pytest.raises(ValueError, match="renders both"):
+        lang.get(str(clash)).table
+    lex = json.loads((lang.LEXICON_DIR / "es.json").read_text(encoding="utf-8"))
     lex["voices"]["assistant"]["luna"] = {"language": "es", "variant": "f5", "pitch": 70, "range": 60, "rate": 150}
     good = tmp_path / "es-luna.json"
     good.write_text(json.dumps(lex), encoding="utf-8")

@@ -225,7 +225,7 @@ class Language:
                 slots = dict(zip(names, values))
                 text = self.render(form, **slots)
                 key = (form, tuple(sorted(slots.items())))
-                if out.setdefault(text, key) != key and _meaning(out[text]) != _meaning(key):
+                if out.setdefault(text, key) != key:
                     raise ValueError(f"lexicon {self.code}: {text!r} renders both {out[text]} and {key}")
         return out
 
@@ -252,12 +252,6 @@ class Language:
         if form == "p_draw":
             return self.render(form, caption=self.caption(source.caption_objects(slots["caption"]), "object_acc"))
         return self.render(form, **slots)
-
-
-def _meaning(key: tuple[str, tuple]) -> tuple:
-    """Forms that say the same thing with the same words (a count answer and a number) may share text."""
-    form, slots = key
-    return ("number", dict(slots)["n"]) if form == "a_number" else key
 
 
 @functools.cache
