@@ -377,3 +377,27 @@ def test_plan_counts_the_mesh_range_apart_from_the_padding(vocab):
     s = _vocab_summary(vocab)
     assert s["mesh"] == vocab.mesh_codebook_size and s["padding"] == vocab.size - vocab.range_of("mesh")[1]
     assert s["specials"] + s["image"] + s["audio"] + s["mesh"] + s["padding"] == s["added"]
+
+
+def test_the_world_model_loads_its_mesh_codec_and_answers_in_3d(tmp_path):
+    """The shipped world model carries a mesh range and the mesh-world codec (its weights predate
+    3D, so the shape is untrained; what is checked is the path: a whole span, decoded, written)."""
+    import trimesh
+
+    from omniloom.codecs import model_codec_refs
+    from omniloom.utils.model_dir import resolve_model_dir
+
+    world = resolve_model_dir("world")
+    assert model_codec_refs(world)["mesh"] == "mesh-world"
+    v = Vocab.load(world / "vocab.json")
+    codec = MeshCodec.from_dir("mesh-world")
+    assert (v.mesh_codebook_size, v.mesh_tokens) == (codec.codebook_size, codec.tokens)
+    cfg = json.loads((world / "config.json").read_text())
+    assert cfg["model"]["vocab_size"] >= v.range_of("mesh")[1]  # the range lies inside the trained rows
+    omni = OmniModel.load("world")
+    events = list(generate(omni, [{"role": "user", "content": "make a 3D model of a big red cube"}], "mesh",
+                           ("mesh",), sampling=SamplingParams(max_new_tokens=v.mesh_tokens + 2)))
+    shape = next(e for e in events if isinstance(e, MeshOut))
+    assert len(shape.codes) == v.mesh_tokens and shape.voxels.shape == (16, 16, 16)
+    if shape.voxels.any():
+        assert trimesh.load(write_mesh(shape.voxels, tmp_path / "w.stl"), force="mesh").is_watertight
