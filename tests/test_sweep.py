@@ -30,6 +30,15 @@ def test_fit_recovers_known_parameters(alpha, n_c, l_inf):
     assert np.allclose(f.predict(N), y, atol=1e-3)
 
 
+def test_fit_without_floor_is_a_pure_power_law():
+    y = (8.8e13 / N) ** 0.076 + 1.0  # a floor the pure fit may not use
+    pure = fit_power_law(N, (8.8e13 / N) ** 0.076, floor=False)
+    assert pure.l_inf == 0 and pure.alpha == pytest.approx(0.076, rel=0.01)
+    forced = fit_power_law(N, y, floor=False)
+    assert forced.l_inf == 0 and forced.alpha < 0.076  # the floor shows up as a flatter exponent
+    assert forced.rmse > fit_power_law(N, y).rmse
+
+
 def test_fit_with_noise_and_bootstrap_brackets_the_truth():
     rng = np.random.default_rng(3)
     y = (3e5 / N) ** 0.3 + 2.5 + rng.normal(0, 0.004, N.size)
@@ -139,6 +148,7 @@ def test_tiny_sweep_trains_fits_plots_and_reads_back(tmp_path):
     for m in fits["modalities"]:
         f = on_disk["L_N"][m]
         assert "error" in f or f["n_points"] == 3
+        assert on_disk["L_N_no_floor"][m].get("l_inf", 0) == 0
     assert set(on_disk["L_D"]) == {"d16-l1", "d32-l1", "d64-l2"}
     curve = on_disk["curves"]["d64-l2"]["text"]
     assert len(curve) >= 5 and all(d > 2 * 4 * 32 for d, _ in curve)  # after warm-up

@@ -66,8 +66,9 @@ def _check(x: np.ndarray, y: np.ndarray, what: str) -> None:
                          f"{MIN_POINTS} distinct x values, got {len(np.unique(x))}")
 
 
-def _best(u: np.ndarray, y: np.ndarray) -> tuple[int, float, float, float]:
-    """(grid index, A, L_inf, sse) of the best fit of ``A u^-alpha + L_inf`` over ``ALPHA_GRID``."""
+def _best(u: np.ndarray, y: np.ndarray, floor: bool = True) -> tuple[int, float, float, float]:
+    """(grid index, A, L_inf, sse) of the best fit of ``A u^-alpha + L_inf`` over ``ALPHA_GRID``
+    (``floor=False``: ``L_inf`` fixed at 0, a pure power law)."""
     f = np.exp(-ALPHA_GRID[:, None] * np.log(u)[None, :])  # (G, n)
     n = y.size
     sf, sy, sff, sfy = f.sum(1), y.sum(), (f * f).sum(1), f @ y
@@ -76,7 +77,7 @@ def _best(u: np.ndarray, y: np.ndarray) -> tuple[int, float, float, float]:
         a = (n * sfy - sf * sy) / det
         c = (sy - a * sf) / n
     # constraints: L_inf >= 0 (then A from y alone), A >= 0 (then a flat line at the mean)
-    neg_c = ~(c >= 0)
+    neg_c = ~(c >= 0) | (not floor)
     a = np.where(neg_c, sfy / sff, a)
     c = np.where(neg_c, 0.0, c)
     flat = ~(a > 0)
@@ -87,12 +88,13 @@ def _best(u: np.ndarray, y: np.ndarray) -> tuple[int, float, float, float]:
     return i, float(a[i]), float(c[i]), float(sse[i])
 
 
-def fit_power_law(x: Any, y: Any, what: str = "fit") -> PowerLawFit:
-    """Least-squares fit of ``y = (x_c / x)^alpha + L_inf`` (in loss units) to the points."""
+def fit_power_law(x: Any, y: Any, what: str = "fit", floor: bool = True) -> PowerLawFit:
+    """Least-squares fit of ``y = (x_c / x)^alpha + L_inf`` (in loss units) to the points;
+    ``floor=False`` fixes ``L_inf = 0`` (Kaplan et al.'s pure power law)."""
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     _check(xa, ya, what)
     ref = float(np.exp(np.log(xa).mean()))  # work in x / geometric mean: well-conditioned columns
-    i, a, c, sse = _best(xa / ref, ya)
+    i, a, c, sse = _best(xa / ref, ya, floor)
     rmse = float(np.sqrt(sse / ya.size))
     if a <= 0:
         return PowerLawFit(float("nan"), float("nan"), c, rmse, int(ya.size))
@@ -103,13 +105,14 @@ def fit_power_law(x: Any, y: Any, what: str = "fit") -> PowerLawFit:
     return PowerLawFit(alpha, x_c, c, rmse, int(ya.size), at_bound=i in (0, ALPHA_GRID.size - 1), log_x_c=log_x_c)
 
 
-def bootstrap_power_law(x: Any, y: Any, n_boot: int = 500, seed: int = 0, what: str = "fit") -> dict[str, Any]:
+def bootstrap_power_law(x: Any, y: Any, n_boot: int = 500, seed: int = 0, what: str = "fit",
+                        floor: bool = True) -> dict[str, Any]:
     """The fit to all points plus bootstrap spreads (resampling the points with replacement;
     resamples with fewer than 3 distinct x are skipped). ``*_std`` are standard deviations,
     ``*_p16``/``*_p84`` the 16th/84th percentiles (a 68% interval); ``x_c`` spreads are taken in
     log space, where it is roughly symmetric."""
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    fit = fit_power_law(xa, ya, what)
+    fit = fit_power_law(xa, ya, what, floor)
     out = fit.to_dict()
     rng = np.random.default_rng(seed)
     samples: list[tuple[float, float, float]] = []
@@ -117,7 +120,7 @@ def bootstrap_power_law(x: Any, y: Any, n_boot: int = 500, seed: int = 0, what: 
         idx = rng.integers(0, xa.size, xa.size)
         if len(np.unique(xa[idx])) < MIN_POINTS:
             continue
-        f = fit_power_law(xa[idx], ya[idx], what)
+        f = fit_power_law(xa[idx], ya[idx], what, floor)
         if np.isfinite(f.alpha):
             samples.append((f.alpha, f.log_x_c, f.l_inf))
     out["bootstrap_samples"] = len(samples)

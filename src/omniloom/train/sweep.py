@@ -20,7 +20,8 @@ For each run the whole validation set (--val, else data.val) is scored by the la
 the loss split by the modality of the target token (text, image, audio; Vocab.modality_of).
 N = non-embedding parameters, D = tokens seen. Fitted per modality, by least squares with
 bootstrap errors over the points (omniloom.train.scaling):
-  L(N) = (N_c / N)^alpha_N + L_inf   over the runs' final losses (needs >= 3 sizes)
+  L(N) = (N_c / N)^alpha_N + L_inf   over the runs' final losses (needs >= 3 sizes); also with
+                                     L_inf = 0 (Kaplan et al.'s form: L_N_no_floor)
   L(D) = (D_c / D)^alpha_D + L_inf   over each run's training curve (the loss of each logged
                                      batch before its update, binned in log D, after warm-up)
 Writes DIR/fits.json, DIR/scaling_N.png and DIR/scaling_D.png.
@@ -350,11 +351,11 @@ def training_curves(run: Run, bins: int = 12) -> dict[str, list[tuple[float, flo
     return out
 
 
-def _fit_or_error(x: list[float], y: list[float], what: str, n_boot: int) -> dict[str, Any]:
+def _fit_or_error(x: list[float], y: list[float], what: str, n_boot: int, floor: bool = True) -> dict[str, Any]:
     from .scaling import bootstrap_power_law
 
     try:
-        return bootstrap_power_law(x, y, n_boot=n_boot, what=what)
+        return bootstrap_power_law(x, y, n_boot=n_boot, what=what, floor=floor)
     except ValueError as e:
         return {"error": str(e)}
 
@@ -379,6 +380,9 @@ def fit_sweep(runs: list[Run], evals: list[dict[str, Any]], n_boot: int = 500) -
                        "loss": ev["loss"], "loss_tokens": ev["tokens"]})
     mods = [m for m in evals[0]["loss"] if m not in SKIP_MODALITIES and all(m in ev["loss"] for ev in evals)]
     l_n = {m: _fit_or_error(ns, [ev["loss"][m] for ev in evals], f"L(N) {m}", n_boot) for m in mods}
+    # Kaplan et al.'s form, without the floor: its exponents are the ones published for language
+    l_n_pure = {m: _fit_or_error(ns, [ev["loss"][m] for ev in evals], f"L(N) {m}", n_boot, floor=False)
+                for m in mods}
     l_d: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for r in runs:
@@ -388,7 +392,8 @@ def fit_sweep(runs: list[Run], evals: list[dict[str, Any]], n_boot: int = 500) -
     tokens = {p["tokens"] for p in points}
     return {"formula": "L(x) = (x_c / x)^alpha + L_inf; x = N (non-embedding parameters) for L_N, "
                        "D (tokens seen) for L_D; losses in nats per target token",
-            "modalities": mods, "same_tokens": len(tokens) == 1, "points": points, "L_N": l_n, "L_D": l_d,
+            "modalities": mods, "same_tokens": len(tokens) == 1, "points": points, "L_N": l_n,
+            "L_N_no_floor": l_n_pure, "L_D": l_d,
             "curves": {k: {m: [list(p) for p in v] for m, v in c.items()} for k, c in curves.items()}}
 
 
@@ -617,6 +622,9 @@ def _table(fits: dict[str, Any]) -> str:
                                       + (f" ± {f['alpha_std']:.4f}" if "alpha_std" in f else "")
                                       + (f", N_c={f['x_c']:.3g}" if f.get("x_c") else "")
                                       + f", L_inf={f['l_inf']:.4f}, rmse={f['rmse']:.4f}"))
+        g = fits["L_N_no_floor"][m]
+        if g.get("alpha") is not None:
+            lines.append(f"L(N) {m}, L_inf=0: alpha={g['alpha']:.4f}, rmse={g['rmse']:.4f}")
     return "\n".join(lines)
 
 
