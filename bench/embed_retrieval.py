@@ -128,6 +128,12 @@ class Features:
         return self.fn(p)
 
 
+def _layout(vocab) -> list:
+    """The id ranges and span tokens an embedding uses (other ranges, e.g. a new modality, may differ)."""
+    return [vocab.range_of(m) for m in ("text", "image", "audio")] + \
+        [vocab.special(s) for s in ("image", "/image", "audio", "/audio", "voice:none")]
+
+
 def model_scores(model_dir: str, pairs: list, vocab, batch: int) -> np.ndarray:
     """Cosine scores (n, n) of the model's pooled stand-alone embeddings, media i vs text j."""
     import torch
@@ -137,8 +143,8 @@ def model_scores(model_dir: str, pairs: list, vocab, batch: int) -> np.ndarray:
     from omniloom.tokens.pairs import embed_sequence
 
     omni = OmniModel.load(model_dir)
-    if omni.vocab != vocab:
-        raise SystemExit(f"{model_dir}: its vocabulary is not the shards' one")
+    if _layout(omni.vocab) != _layout(vocab):  # the ids embedded must mean the same to the model
+        raise SystemExit(f"{model_dir}: its vocabulary lays out text, image or audio ids unlike the shards'")
     model = omni.model.eval()
 
     def embed(kind_ids: list[tuple[str, tuple[int, ...]]]) -> np.ndarray:
