@@ -373,8 +373,8 @@ class TrainStep:
 
         if self.vocab is None:
             raise ValueError("train.contrastive_weight needs the vocabulary (TrainStep(vocab=...)) to find pairs")
-        pairs = [p for mb in micro_batches
-                 for row_ids, row_docs in zip(mb["ids"], mb.get("doc_ids", torch.zeros_like(mb["ids"])))
+        pairs = [p for mb in micro_batches  # read on the host: the batches may already sit on the GPU
+                 for row_ids, row_docs in zip(mb["ids"].cpu(), mb.get("doc_ids", torch.zeros_like(mb["ids"])).cpu())
                  for p in find_pairs(row_ids, self.vocab, row_docs)]
         n = len(pairs)
         if n < 2 and not self.fsdp:
