@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -533,6 +534,7 @@ def _train_runs(runs: list[Run], progress: bool, say: Any) -> None:
 
     total = sum(r.cfg.train.steps - r.done_steps() for r in todo)
     bar = tqdm(total=total, unit="step", desc="sweep", dynamic_ncols=True, disable=not progress)
+    note = (lambda msg: bar.write(msg, file=sys.stderr)) if progress else say  # lines above the bar
     for i, r in enumerate(todo):
         first = r.done_steps()
         bar.set_description(f"sweep {i + 1}/{len(todo)} {r.label}")
@@ -546,9 +548,9 @@ def _train_runs(runs: list[Run], progress: bool, say: Any) -> None:
                 if m and int(m.group(1)) > seen[0]:
                     bar.update(int(m.group(1)) - seen[0])
                     seen[0] = int(m.group(1))
-            say(f"{r.label}: training {non_embedding_params(r.cfg.model):,} non-embedding parameters for "
-                f"{r.cfg.train.steps} steps ({r.cfg.train.steps * r.tokens_per_step():,} tokens)"
-                + (f", resuming at step {first}" if first else "") + f"; log in {r.path / 'train.log'}")
+            note(f"{r.label}: training {non_embedding_params(r.cfg.model):,} non-embedding parameters for "
+                 f"{r.cfg.train.steps} steps ({r.cfg.train.steps * r.tokens_per_step():,} tokens)"
+                 + (f", resuming at step {first}" if first else "") + f"; log in {r.path / 'train.log'}")
             train(r.cfg, resume="auto", log=write)
         bar.update(r.cfg.train.steps - seen[0])
     bar.close()
@@ -650,8 +652,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     tokens = None
     if args.tokens is not None:
         count = parse_count(args.tokens)
