@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PowerLawFit", "fit_power_law", "bootstrap_power_law", "power_law", "power_law_log"]
+__all__ = ["PowerLawFit", "bootstrap_power_law", "fit_power_law", "power_law", "power_law_log"]
 
 #: the exponents searched: 0.001 .. 5, 0.25% apart
 ALPHA_GRID = np.logspace(-3, np.log10(5.0), 3600)

@@ -38,8 +38,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Size", "parse_sizes", "parse_count", "shape_for", "shape_for_params", "non_embedding_params",
-           "modality_losses", "training_curves", "fit_sweep", "sweep"]
+__all__ = [
+    "Size",
+    "fit_sweep",
+    "modality_losses",
+    "non_embedding_params",
+    "parse_count",
+    "parse_sizes",
+    "shape_for",
+    "shape_for_params",
+    "sweep",
+    "training_curves",
+]
 
 #: modalities of the vocabulary that are not fitted (end-of-turn and other structure tokens)
 SKIP_MODALITIES = ("special",)
@@ -97,7 +107,7 @@ def shape_for(dim: int, n_layers: int, spec: str = "") -> Size:
     head = HEAD_DIM if dim % HEAD_DIM == 0 else 16
     heads = dim // head
     kv = heads // 2 if heads % 2 == 0 else heads
-    ffn = max(32, int(round(dim * 8 / 3 / 32)) * 32)
+    ffn = max(32, round(dim * 8 / 3 / 32) * 32)
     return Size(dim, n_layers, heads, kv, ffn, spec or f"{dim}x{n_layers}")
 
 
@@ -241,8 +251,7 @@ def ladder_config(size: Size, tokens: int, out: Path, preset_name: str = "debug"
         if key not in given:
             bookkeeping[key] = value
     apply_overrides(cfg, bookkeeping)
-    if cfg.model.max_seq_len < cfg.data.seq_len:
-        cfg.model.max_seq_len = cfg.data.seq_len
+    cfg.model.max_seq_len = max(cfg.model.max_seq_len, cfg.data.seq_len)
     return cfg.validate()
 
 
