@@ -90,3 +90,44 @@ def test_eval_through_the_server(tmp_path, tiny_dir, capsys):
     # answers came back (wrong, from a random model) rather than transport errors: the server took
     # the guidance and candidates extensions the eval sent with the image requests
     assert not any("error" in f for r in rows.values() for f in r["failures"])
+
+
+@pytest.mark.parametrize("task", ["text_to_3d", "describe_3d"])
+def test_3d_tasks_are_bounded_by_chance_and_oracle(tmp_path, task):
+    path = ensure_split(tmp_path, "test", task, 4, seed=7)
+    rng = np.random.default_rng(0)
+    for s in load_samples(path):
+        assert score(task, s["truth"], oracle_answer(task, s["truth"], rng))[0] == 1.0
+        assert score(task, s["truth"], Answer(text="", mesh=np.zeros((16, 16, 16), bool)))[0] == 0.0
+        assert score(task, s["truth"], Answer())[0] == 0.0  # no shape at all
+        assert score(task, s["truth"], chance_answer(task, s["truth"], rng))[0] in (0.0, 1.0)
+
+
+def test_eval_all_leaves_the_3d_tasks_out_unless_named():
+    from omniloom.eval.cli import parse_tasks
+
+    assert "text_to_3d" not in parse_tasks("all") and len(parse_tasks("all")) == 11
+    assert parse_tasks("text_to_3d,describe_3d") == ["text_to_3d", "describe_3d"]
+
+
+@pytest.mark.slow
+def test_eval_3d_tasks_locally_and_through_the_server(tmp_path, capsys):
+    """A tiny model with an untrained mesh codec answers both 3D tasks in process; text_to_3d also
+    through the server's /v1/3d/generations route."""
+    from omniloom.serve import ServeSettings, create_app
+    from omniloom.serve.testing import serve_in_thread
+    from omniloom.serve.tiny import build_tiny_model, save_model
+
+    d = save_model(build_tiny_model(mesh=True), tmp_path / "m3d")
+    out = tmp_path / "r.json"
+    assert cli(["eval", "--model", str(d), "--tasks", "text_to_3d,describe_3d", "--n", "2", "--data",
+                str(tmp_path / "data"), "--json", str(out), "--no-progress", "--max-new-tokens", "80"]) == 0
+    rows = {r["task"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["text_to_3d"]["oracle"] == 1.0 and rows["describe_3d"]["oracle"] == 1.0
+    assert not any("error" in f for r in rows.values() for f in r["failures"])
+    app = create_app(build_tiny_model(mesh=True), ServeSettings(model_id="tiny"))
+    with serve_in_thread(app) as url:
+        assert cli(["eval", "--server", url, "--model", "tiny", "--tasks", "text_to_3d", "--n", "2", "--data",
+                    str(tmp_path / "data"), "--json", str(out), "--no-progress", "--no-bounds"]) == 0
+    rows = {r["task"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["text_to_3d"]["n"] == 2 and not any("error" in f for f in rows["text_to_3d"]["failures"])

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bundled model name, model directory or training run (with --server: the model id to ask for)")
     p.add_argument("--server", default=None, metavar="URL", help="an OpenAI-compatible server instead of a local model")
     p.add_argument("--api-key", default=None, help="API key for --server")
-    p.add_argument("--tasks", default="all", help="comma-separated tasks (default: all eleven)")
+    p.add_argument("--tasks", default="all", help="comma-separated tasks (default: all eleven 2D/speech tasks; the 3D tasks text_to_3d and "
+                        "describe_3d are scored when named, for a model with a mesh codec)")
     p.add_argument("--n", type=int, default=50, help="samples per task (default 50)")
     p.add_argument("--split", default="test", choices=["test", "val", "compositional"])
     p.add_argument("--seed", type=int, default=1234, help="seed of the generated test samples")
@@ -48,9 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_tasks(text: str) -> list[str]:
     from .runner import TASKS
+    from .scoring import OPT_IN_TASKS
 
     if text == "all":
-        return list(TASKS)
+        return [t for t in TASKS if t not in OPT_IN_TASKS]
     tasks = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
@@ -117,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         what = str(directory)
     samples = {}
     for task in tasks:
-        if args.split == "compositional" and task in ("math", "asr", "tts", "spoken_math"):
-            continue  # these tasks have no scenes, so no held-out pairs
+        if args.split == "compositional" and task in ("math", "asr", "tts", "spoken_math", "text_to_3d", "describe_3d"):
+            continue  # these tasks have no 2D scenes, so no held-out pairs
         path = ensure_split(args.data, args.split, task, args.n, args.seed, args.lang)
         samples[task] = (load_samples(path, args.n), path.parent)
     total = sum(len(s) for s, _ in samples.values())

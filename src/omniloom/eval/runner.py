@@ -78,8 +78,8 @@ class LocalBackend:
 
 def answer_from_events(events) -> tuple[Answer, Any]:
     """``generate()`` events -> (the judged :class:`Answer`: text, transcript, speech at 16 kHz,
-    the first non-empty image; the Done event or None)."""
-    from ..infer.generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta
+    the first non-empty image and 3D shape; the Done event or None)."""
+    from ..infer.generate import AudioChunk, Done, ImageOut, MeshOut, TextDelta, TranscriptDelta
 
     ans, pcm, rate, done = Answer(), [], 16000, None
     for ev in events:
@@ -92,6 +92,8 @@ def answer_from_events(events) -> tuple[Answer, Any]:
             rate = ev.sample_rate
         elif isinstance(ev, ImageOut) and ans.image is None and ev.image.size:
             ans.image = ev.image
+        elif isinstance(ev, MeshOut) and ans.mesh is None and ev.voxels.size:
+            ans.mesh = ev.voxels
         elif isinstance(ev, Done):
             done = ev
     if pcm:
@@ -114,6 +116,18 @@ class ServerBackend:
         self.image_extra = {k: v for k, v in (("guidance_scale", cfg_scale), ("image_candidates", image_candidates))
                             if v != 1}
 
+    def _mesh_answer(self, sample: dict) -> Answer:
+        """A 3D answer through omniloom's ``POST /v1/3d/generations`` extension (an STL, read back)."""
+        from ..codecs.mesh import read_mesh_voxels
+
+        prompt = " ".join(m["content"] if isinstance(m["content"], str) else
+                          " ".join(p["text"] for p in m["content"] if p.get("type") == "text")
+                          for m in _prompt_messages(sample) if m["role"] == "user")
+        r = self.client.post("/3d/generations", cast_to=object, body={
+            "model": self.model, "prompt": prompt, "output_format": "stl", "temperature": 0.0, "seed": 0})
+        data = base64.b64decode(r["data"][0]["b64_json"])
+        return Answer(mesh=read_mesh_voxels(data) if r["data"][0].get("triangles") else np.zeros((16, 16, 16), bool))
+
     def _part(self, part: dict, base_dir: Path) -> list[dict]:
         t = part.get("type")
         if t == "text":
@@ -127,10 +141,13 @@ class ServerBackend:
         if t == "video":
             return [{"type": "video_url", "video_url": {"url": _frames_to_mp4_data_url(
                 [base_dir / f for f in part["frames"]], part.get("fps", 4.0))}}]
-        raise ValueError(f"cannot send a {t!r} part to a server")
+        raise ValueError(f"cannot send a {t!r} part to a server" + (
+            " (chat completions have no 3D content part; score describe_3d in process)" if t == "mesh" else ""))
 
     def answer(self, sample: dict, base_dir: Path) -> Answer:
         kind = OUTPUT_OF[sample["task"]]
+        if kind == "mesh":
+            return self._mesh_answer(sample)
         messages = []
         for m in _prompt_messages(sample):
             content = m["content"]

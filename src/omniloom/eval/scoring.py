@@ -21,17 +21,21 @@ from ..world import judges
 from ..world.render import render_scene
 from ..world.speech_judge import VQA_ANSWERS, accepted, candidates_for
 
-__all__ = ["Answer", "TASK_METRIC", "OUTPUT_OF", "score", "chance_answer", "oracle_answer"]
+__all__ = ["Answer", "TASK_METRIC", "OUTPUT_OF", "OPT_IN_TASKS", "score", "chance_answer", "oracle_answer"]
 
 TASK_METRIC = {
     "caption": "exact", "vqa": "exact", "draw": "exact", "edit": "exact", "video": "exact", "math": "exact",
     "asr": "wer", "tts": "wer", "spoken_vqa": "exact", "spoken_math": "exact", "spoken_draw": "exact",
+    "text_to_3d": "exact", "describe_3d": "exact",
 }
+# the 3D tasks are scored when asked for (`--tasks text_to_3d,describe_3d`), not by default
+OPT_IN_TASKS = ("text_to_3d", "describe_3d")
 # what the answer is judged on
 OUTPUT_OF = {
     "caption": "text", "vqa": "text", "video": "text", "math": "text", "asr": "text",
     "draw": "image", "edit": "image", "spoken_draw": "image",
     "tts": "audio", "spoken_vqa": "audio", "spoken_math": "audio",
+    "text_to_3d": "mesh", "describe_3d": "text",
 }
 
 
@@ -41,6 +45,7 @@ class Answer:
     transcript: str = ""
     audio: np.ndarray | None = None  # (samples,) float32 at 16 kHz
     image: np.ndarray | None = None  # (64, 64, 3) uint8
+    mesh: np.ndarray | None = None  # (16, 16, 16) bool occupancy
     extra: dict = field(default_factory=dict)
 
 
@@ -65,6 +70,11 @@ def score(task: str, truth: dict, ans: Answer) -> tuple[float, str]:
     if task not in TASK_METRIC:
         raise ValueError(f"unknown task {task!r}; tasks: {sorted(TASK_METRIC)}")
     kind = OUTPUT_OF[task]
+    if kind == "mesh":
+        if ans.mesh is None or ans.mesh.size == 0:
+            return 0.0, "no shape"
+        value, detail = judges.judge(task, truth, ans.mesh)
+        return value, _read_shape(ans.mesh)
     if kind == "text":
         if task == "asr":
             return judges.wer(truth["transcript"], ans.text), ans.text
@@ -79,6 +89,14 @@ def score(task: str, truth: dict, ans: Answer) -> tuple[float, str]:
     if task == "tts":
         return judges.wer(truth["transcript"], heard), heard
     return float(heard in accepted(task, truth)), heard
+
+
+def _read_shape(vox: np.ndarray) -> str:
+    """What the world's shape reader makes of a grid, as a caption (or why it cannot)."""
+    from ..world import scene3d
+
+    got = scene3d.parse_voxels(vox)
+    return scene3d.caption3d(got) if got is not None else "unreadable shape"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +136,11 @@ def chance_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
         if guess.text:
             guess.text = translate(guess.text, lang)
         return guess
+    if task in OPT_IN_TASKS:
+        from ..world import scene3d
+
+        guess = scene3d.sample_scene3d(rng)
+        return Answer(mesh=scene3d.voxelize(guess)) if task == "text_to_3d" else Answer(text=scene3d.caption3d(guess))
     if task == "caption":
         return Answer(text=ws.caption(_random_scene(rng)))
     if task == "vqa":
@@ -140,6 +163,10 @@ def chance_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
 def oracle_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
     """The true answer in the answer's modality (fresh renders and speech, not the data set's files)."""
     kind = OUTPUT_OF[task]
+    if kind == "mesh":
+        from ..world import scene3d
+
+        return Answer(mesh=scene3d.voxelize(scene3d.Scene3D.from_dict(truth["scene3d"])))
     if kind == "text":
         return Answer(text=truth["answer"])
     if kind == "image":
@@ -149,6 +176,10 @@ def oracle_answer(task: str, truth: dict, rng: np.random.Generator) -> Answer:
 
 
 def describe_truth(task: str, truth: dict) -> str:
+    if OUTPUT_OF[task] == "mesh":
+        from ..world import scene3d
+
+        return scene3d.caption3d(scene3d.Scene3D.from_dict(truth["scene3d"]))
     if OUTPUT_OF[task] == "image":
         return ws.caption(_target_scene(task, truth))
     return str(truth.get("answer") or truth.get("transcript") or "")
