@@ -62,3 +62,31 @@ def test_3d_generation_needs_a_mesh_codec():
     with serve_in_thread(app) as u:
         r = httpx.post(u + "/v1/3d/generations", json={"model": "tiny", "prompt": "a cube"}, timeout=60)
     assert r.status_code == 400 and "no mesh codec" in r.json()["error"]["message"]
+
+
+def test_untrained_3d_answers_carry_a_warning(tmp_path):
+    """A model whose generation.json marks mesh answers untrained says so with every 3D answer."""
+    omni = build_tiny_model(mesh=True)
+    omni.generation["untrained"] = {"mesh": "never trained on 3D"}
+    app = create_app(omni, ServeSettings(model_id="tiny"))
+    with serve_in_thread(app) as u:
+        r = httpx.post(u + "/v1/3d/generations", json={"model": "tiny", "prompt": "a cube"}, timeout=60)
+    assert r.status_code == 200 and r.json()["warnings"] == ["never trained on 3D"]
+
+
+def test_generation_json_untrained_is_checked(tmp_path):
+    import json
+
+    from omniloom.infer.generate import read_generation
+
+    (tmp_path / "generation.json").write_text(json.dumps({"untrained": {"mesh": "noise"}}))
+    assert read_generation(tmp_path)["untrained"] == {"mesh": "noise"}
+    (tmp_path / "generation.json").write_text(json.dumps({"untrained": {"smell": "x"}}))
+    with pytest.raises(ValueError, match="untrained must be an object of output modality"):
+        read_generation(tmp_path)
+
+
+def test_the_bundled_world_model_says_its_3d_is_untrained():
+    from omniloom.infer.generate import read_generation, resolve_model_dir
+
+    assert "never trained" in read_generation(resolve_model_dir("world"))["untrained"]["mesh"]

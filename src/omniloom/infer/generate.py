@@ -105,7 +105,10 @@ from ..utils.model_dir import MODELS_DIR, resolve_model_dir  # noqa: E402  (re-e
 #: before drawing it (``omniloom world generate --restate edit``); :func:`generate` then lets it
 #: write that description first, and judges its candidate drawings against it
 GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1),
-                   "prompts": (dict, 0, 0), "voice_aliases": (dict, 0, 0), "speak_via_text": (bool, 0, 1)}
+                   "prompts": (dict, 0, 0), "voice_aliases": (dict, 0, 0), "speak_via_text": (bool, 0, 1),
+                   "untrained": (dict, 0, 0)}
+#: ``untrained`` maps an output modality the model's vocabulary and codecs allow but its weights were
+#: never trained to write (e.g. the world model's 3D shapes) to the warning every such answer carries
 
 #: the task prompts a model directory may name in generation.json's ``prompts``: the instruction it
 #: was trained to answer for each job the server and the drawing search give it (``speak`` holds
@@ -135,6 +138,13 @@ def read_generation(path: str | Path) -> dict:
             if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
                                                       for k, v in value.items()):
                 raise ValueError(f"generation defaults {f}: voice_aliases must be an object of name -> voice name")
+            out[key] = dict(value)
+            continue
+        if key == "untrained":
+            if not isinstance(value, dict) or not all(m in OUTPUTS and isinstance(w, str) and w.strip()
+                                                      for m, w in value.items()):
+                raise ValueError(f"generation defaults {f}: untrained must be an object of output modality "
+                                 f"({', '.join(OUTPUTS)}) -> warning text")
             out[key] = dict(value)
             continue
         if kind is dict:
@@ -334,6 +344,9 @@ def generate(
     prompt = proc.prompt_ids(coded, output_modality, voice)
     warnings = [p["unfamiliar"]["message"] for m in coded for p in m["content"]
                 if isinstance(p, dict) and "unfamiliar" in p]
+    untrained = (omni.generation.get("untrained") or {}).get(output_modality or "")
+    if untrained:
+        warnings.append(untrained)
     for w in warnings:
         log.warning(w)
     if omni.on_prompt is not None:

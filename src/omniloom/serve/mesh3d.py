@@ -6,7 +6,8 @@ Request: ``{"model", "prompt", "n" (1-4), "output_format": "stl" | "obj" | "glb"
 codec's codes), which is decoded to an occupancy grid and turned into a closed triangle mesh
 (marching cubes over the zero-padded grid, ``omniloom.codecs.mesh``). Response:
 ``{"created", "output_format", "data": [{"b64_json", "watertight", "triangles", "voxels"}], "usage"}``
-where ``voxels`` counts the filled cells. A model without a mesh codec gets a 400.
+where ``voxels`` counts the filled cells, and ``warnings`` when the model's ``generation.json`` marks
+3D answers as untrained (the bundled world model's are). A model without a mesh codec gets a 400.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ async def generations(body: MeshRequest, request: Request) -> dict:
     temperature = 1.0 if body.temperature is None else body.temperature
     job = st.scheduler.submit(_mesh_job(body.prompt, body.n, st.omni.vocab.mesh_tokens, temperature, body.seed))
     watcher = asyncio.create_task(watch_disconnect(request, job))
-    shapes, usage = [], {"prompt_tokens": 0, "completion_tokens": 0}
+    shapes, usage, warnings = [], {"prompt_tokens": 0, "completion_tokens": 0}, []
     try:
         await job.ready()
         async for ev in job.events():
@@ -77,6 +78,7 @@ async def generations(body: MeshRequest, request: Request) -> dict:
             elif isinstance(ev, Done):
                 usage["prompt_tokens"] += ev.usage.get("prompt_tokens", 0)
                 usage["completion_tokens"] += ev.usage.get("completion_tokens", 0)
+                warnings += [w for w in ev.warnings if w not in warnings]
     finally:
         watcher.cancel()
         job.cancel.set()
@@ -85,4 +87,5 @@ async def generations(body: MeshRequest, request: Request) -> dict:
     data = await asyncio.to_thread(lambda: [mesh_entry(v, body.output_format) for v in shapes])
     return {"created": int(time.time()), "output_format": body.output_format, "data": data,
             "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
-                      "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}}
+                      "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
+            **({"warnings": warnings} if warnings else {})}
