@@ -129,6 +129,27 @@ async def text_and_done(request: Request, job, is_started: bool = False) -> tupl
     return "".join(text), done
 
 
+async def outputs_and_usage(request: Request, job, kind: type) -> tuple[list, dict[str, int], list[str]]:
+    """A non-streaming media answer: (its events of type ``kind``, e.g. ImageOut, in order; the
+    prompt and completion tokens summed over every Done, since a job may answer several times; the
+    Done warnings, each once), cancelled when the client goes away; the job is cancelled at the end."""
+    watcher = asyncio.create_task(watch_disconnect(request, job))
+    outs, usage, warnings = [], {"prompt_tokens": 0, "completion_tokens": 0}, []
+    try:
+        await job.ready()
+        async for ev in job.events():
+            if isinstance(ev, kind):
+                outs.append(ev)
+            elif isinstance(ev, Done):
+                usage["prompt_tokens"] += ev.usage.get("prompt_tokens", 0)
+                usage["completion_tokens"] += ev.usage.get("completion_tokens", 0)
+                warnings += [w for w in ev.warnings if w not in warnings]
+    finally:
+        watcher.cancel()
+        job.cancel.set()
+    return outs, usage, warnings
+
+
 def _job(messages: list[dict], output_modality, outputs, voice, sampling, guidance: float = 1.0,
          candidates: int = 1):
     def fn(omni):

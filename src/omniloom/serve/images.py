@@ -17,7 +17,6 @@ image and keeps the one the model finds most likely as a whole (default 1: measu
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from typing import Literal
@@ -25,10 +24,10 @@ from typing import Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..infer.generate import Done, ImageOut, generate
+from ..infer.generate import ImageOut, generate
 from ..infer.inpaint import alpha_of, code_grid, inpaint, mask_cells
 from ..infer.sampling import SamplingParams
-from .chat import watch_disconnect
+from .chat import outputs_and_usage
 from .errors import APIError, bad_request
 from .media import check_image_bytes, png_data_url
 
@@ -78,21 +77,9 @@ def _images_job(messages: list[dict], n: int, image_tokens: int, guidance: float
 async def _run(st, request: Request, messages: list[dict], n: int, guidance: float, candidates: int = 1,
                regenerate=None) -> dict:
     job = st.scheduler.submit(_images_job(messages, n, st.omni.vocab.image_tokens, guidance, candidates, regenerate))
-    watcher = asyncio.create_task(watch_disconnect(request, job))
-    data, usage, warnings = [], {"prompt_tokens": 0, "completion_tokens": 0}, []
-    try:
-        await job.ready()
-        async for ev in job.events():
-            if isinstance(ev, ImageOut) and ev.image.size:
-                url = png_data_url(ev.image)
-                data.append({"b64_json": url.split(",", 1)[1], "revised_prompt": None})
-            elif isinstance(ev, Done):
-                usage["prompt_tokens"] += ev.usage.get("prompt_tokens", 0)
-                usage["completion_tokens"] += ev.usage.get("completion_tokens", 0)
-                warnings += [w for w in ev.warnings if w not in warnings]
-    finally:
-        watcher.cancel()
-        job.cancel.set()
+    images, usage, warnings = await outputs_and_usage(request, job, ImageOut)
+    data = [{"b64_json": png_data_url(ev.image).split(",", 1)[1], "revised_prompt": None}
+            for ev in images if ev.image.size]
     if len(data) != n:
         raise APIError(500, f"the model drew {len(data)} of {n} images", code="generation_failed")
     return {"created": int(time.time()), "data": data, "output_format": "png",

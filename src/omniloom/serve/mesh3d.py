@@ -20,9 +20,9 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..infer.generate import Done, MeshOut, generate
+from ..infer.generate import MeshOut, generate
 from ..infer.sampling import SamplingParams
-from .chat import watch_disconnect
+from .chat import outputs_and_usage
 from .errors import APIError
 
 __all__ = ["router", "MeshRequest"]
@@ -68,20 +68,8 @@ async def generations(body: MeshRequest, request: Request) -> dict:
     st.need("mesh", "model")
     temperature = 1.0 if body.temperature is None else body.temperature
     job = st.scheduler.submit(_mesh_job(body.prompt, body.n, st.omni.vocab.mesh_tokens, temperature, body.seed))
-    watcher = asyncio.create_task(watch_disconnect(request, job))
-    shapes, usage, warnings = [], {"prompt_tokens": 0, "completion_tokens": 0}, []
-    try:
-        await job.ready()
-        async for ev in job.events():
-            if isinstance(ev, MeshOut) and ev.voxels.size:
-                shapes.append(ev.voxels)
-            elif isinstance(ev, Done):
-                usage["prompt_tokens"] += ev.usage.get("prompt_tokens", 0)
-                usage["completion_tokens"] += ev.usage.get("completion_tokens", 0)
-                warnings += [w for w in ev.warnings if w not in warnings]
-    finally:
-        watcher.cancel()
-        job.cancel.set()
+    outs, usage, warnings = await outputs_and_usage(request, job, MeshOut)
+    shapes = [ev.voxels for ev in outs if ev.voxels.size]
     if len(shapes) != body.n:
         raise APIError(500, f"the model made {len(shapes)} of {body.n} shapes", code="generation_failed")
     data = await asyncio.to_thread(lambda: [mesh_entry(v, body.output_format) for v in shapes])
