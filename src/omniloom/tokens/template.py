@@ -109,32 +109,29 @@ def normalize_content(content: Any, where: str = "message") -> list[dict]:
     return content
 
 
-def _image_span(vocab: Vocab, codes: Any, where: str) -> list[int]:
+def _fixed_span(vocab: Vocab, modality: str, name: str, tokens: int, codes: Any, where: str) -> list[int]:
+    """``<|m|> c_1 .. c_tokens <|/m|>`` of a modality whose every item is exactly ``tokens`` codes
+    (an image, a mesh); ``name`` says one item in the errors ("an image")."""
+    if tokens == 0:
+        raise ValueError(f"{where}: this vocabulary has no {modality} codes ({modality}_codebook_size=0)")
     arr = np.asarray(_np(codes), dtype=np.int64).reshape(-1)
-    if vocab.image_tokens == 0:
-        raise ValueError(f"{where}: this vocabulary has no image codes (image_codebook_size=0)")
-    if arr.size != vocab.image_tokens:
-        raise ValueError(f"{where}: an image needs exactly {vocab.image_tokens} codes, got {arr.size}")
+    if arr.size != tokens:
+        raise ValueError(f"{where}: {name} needs exactly {tokens} codes, got {arr.size}")
     try:
-        g = vocab.to_global("image", arr)
+        g = vocab.to_global(modality, arr)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    return [vocab.special("image"), *g.tolist(), vocab.special("/image")]
+    return [vocab.special(modality), *g.tolist(), vocab.special("/" + modality)]
+
+
+def _image_span(vocab: Vocab, codes: Any, where: str) -> list[int]:
+    return _fixed_span(vocab, "image", "an image", vocab.image_tokens, codes, where)
 
 
 def _mesh_span(vocab: Vocab, codes: Any, where: str) -> list[int]:
     if codes is None:
         raise ValueError(f"{where}: mesh_codes part has no 'codes'")
-    if vocab.mesh_tokens == 0:
-        raise ValueError(f"{where}: this vocabulary has no mesh codes (mesh_codebook_size=0)")
-    arr = np.asarray(_np(codes), dtype=np.int64).reshape(-1)
-    if arr.size != vocab.mesh_tokens:
-        raise ValueError(f"{where}: a mesh needs exactly {vocab.mesh_tokens} codes, got {arr.size}")
-    try:
-        g = vocab.to_global("mesh", arr)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-    return [vocab.special("mesh"), *g.tolist(), vocab.special("/mesh")]
+    return _fixed_span(vocab, "mesh", "a mesh", vocab.mesh_tokens, codes, where)
 
 
 def _audio_span(vocab: Vocab, part: dict, text_tokenizer: Any, where: str) -> list[int]:
