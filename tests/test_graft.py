@@ -2,6 +2,7 @@
 text behaviour intact (logits parity over the base's ids, the base's own chat format)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -296,7 +297,8 @@ smollm2 = pytest.mark.skipif(
 def smol_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("smol") / "omni"
     graft(read_base("smollm2-135m"), d, codecs=["image-world", "audio-world"], voices=["nova", "atlas"])
-    return d
+    yield d
+    shutil.rmtree(d.parent, ignore_errors=True)  # ~550 MB of fp32 weights: not kept to the session's end
 
 
 @smollm2
