@@ -2,15 +2,19 @@
 
     python bench/familiarity.py --model world --json docs/bench/familiarity_world.json
 
-Scores each item with the model's codecs (reconstruction error, src/omniloom/processor/familiarity.py)
-against the thresholds in the model directory's familiarity.json, and reports the fraction flagged:
+Scores each item with every check in the model directory's familiarity.json (the codec's
+reconstruction error; for audio also the quietest 10 ms frame's level; src/omniloom/processor/familiarity.py)
+and reports the fraction each check flags and the fraction the server flags (any check):
 
 - held-out world media: the world's test split (``omniloom world generate --split test --seed 1234``,
-  a different split and seed than the calibration's train split), which should be flagged rarely;
+  a different split and seed than the calibration's train split): its user turns' images and audio,
+  what the model reads, should be flagged rarely (the model's own answers, fed back in as input,
+  are reported on a row of their own: the spoken ones are trimmed to the word);
 - real photos: scikit-image's bundled photos (``skimage/data``), each cut into ``--crops`` random
   square crops (different views of real scenes), which should be flagged;
 - real speech: Debian's asterisk-core-sounds-en-wav prompts (``/usr/share/asterisk/sounds/en``)
-  and pocketsphinx-testdata's LibriVox and other recordings (``/usr/share/pocketsphinx/test/data``).
+  and pocketsphinx-testdata's recordings (``/usr/share/pocketsphinx/test/data``): its LibriVox read
+  speech, and its other recordings (the cards .wav files and the 16 kHz .raw files).
 
 Targets (issue 21.4): >= 95% of real photos and real speech flagged, <= 2% of held-out world items.
 A source that is not installed is skipped and says so.
@@ -28,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ASTERISK = "/usr/share/asterisk/sounds/en"
@@ -37,7 +42,7 @@ POCKETSPHINX = "/usr/share/pocketsphinx/test/data"
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="world", help="model name or directory with familiarity.json")
-    p.add_argument("--world-n", type=int, default=600, help="held-out world samples to generate (default 600)")
+    p.add_argument("--world-n", type=int, default=1500, help="held-out world samples to generate (default 1500)")
     p.add_argument("--max-items", type=int, default=300, help="items per source at most (default 300)")
     p.add_argument("--crops", type=int, default=8, help="random crops per real photo (default 8)")
     p.add_argument("--seed", type=int, default=0)
@@ -48,7 +53,7 @@ def main() -> int:
     from PIL import Image
 
     from omniloom.infer.generate import OmniModel, resolve_model_dir
-    from omniloom.processor.familiarity import audio_error, image_error, read_familiarity
+    from omniloom.processor.familiarity import checks, image_error, read_familiarity, score_part
     from omniloom.utils.media import load_audio, load_image
 
     directory = resolve_model_dir(a.model)
@@ -61,34 +66,52 @@ def main() -> int:
     rng = random.Random(a.seed)
     rows, t0 = [], time.time()
 
+    def add_row(name: str, kind: str, scores: torch.Tensor, entries: list[dict]) -> None:
+        """scores: (n, checks) -> a row with each check's share flagged and the share any check flags."""
+        hit = torch.stack([scores[:, j] > e["threshold"] for j, e in enumerate(entries)], 1)
+        rows.append({"source": name, "modality": kind, "n": len(scores), "flagged": float(hit.any(1).float().mean()),
+                     "checks": [{"measure": e["measure"], "flagged": float(hit[:, j].float().mean()),
+                                 "median": float(scores[:, j].median()), "threshold": float(e["threshold"])}
+                                for j, e in enumerate(entries)]})
+
     def score_images(name: str, xs: list) -> None:
         xs = xs[: a.max_items]
         errs = torch.cat([image_error(ic, torch.stack(xs[i:i + 64])) for i in range(0, len(xs), 64)])
-        thr = fam["image"]["threshold"]
-        rows.append({"source": name, "modality": "image", "n": len(xs), "flagged": float((errs > thr).float().mean()),
-                     "median_error": float(errs.median()), "threshold": thr})
+        add_row(name, "image", errs[:, None], checks(fam, "image"))
 
-    def score_audio(name: str, files: list[str]) -> None:
-        files = files[: a.max_items]
-        errs = torch.tensor([audio_error(ac, load_audio(f, ac.sample_rate)[: ac.sample_rate * 30]) for f in files])
-        thr = fam["audio"]["threshold"]
-        rows.append({"source": name, "modality": "audio", "n": len(files), "flagged": float((errs > thr).float().mean()),
-                     "median_error": float(errs.median()), "threshold": thr})
+    def score_audio(name: str, clips: list) -> None:
+        """clips: file paths, or (raw int16 path, its rate) pairs."""
+        entries = checks(fam, "audio")
+        scores = []
+        for c in clips[: a.max_items]:
+            if isinstance(c, tuple):  # headerless 16-bit PCM
+                pcm = torch.from_numpy(np.fromfile(c[0], dtype="<i2").astype(np.float32) / 32768.0)
+                wav = load_audio(pcm, ac.sample_rate, source_rate=c[1])
+            else:
+                wav = load_audio(c, ac.sample_rate)
+            wav = wav[: ac.sample_rate * 30]
+            scores.append([score_part(e["measure"], ac, wav) for e in entries])
+        add_row(name, "audio", torch.tensor(scores, dtype=torch.float64), entries)
 
     with tempfile.TemporaryDirectory() as tmp:
         from omniloom.cli import main as omniloom_main
+        from omniloom.eval.familiarity_cli import user_media
 
         if omniloom_main(["world", "generate", "--out", tmp, "--split", "test", "--n", str(a.world_n), "--seed", "1234",
                           "--quiet"]):
             return 2
-        pngs = sorted(glob.glob(f"{tmp}/media/**/*.png", recursive=True))
-        wavs = sorted(glob.glob(f"{tmp}/media/**/*.wav", recursive=True))
-        rng.shuffle(pngs)
-        rng.shuffle(wavs)
-        if ic is not None and "image" in fam:
-            score_images("world test split (held out)", [load_image(f, ic.resolution) for f in pngs[: a.max_items]])
-        if ac is not None and "audio" in fam:
-            score_audio("world test split (held out)", wavs)
+        # what the model reads (user turns) is what the flag is for; its own answers, fed back, are shown apart
+        user_pngs, user_wavs = (sorted(x) for x in user_media([f"{tmp}/test.jsonl"]))
+        answer_pngs = sorted(set(glob.glob(f"{tmp}/media/**/*.png", recursive=True)) - {str(Path(f)) for f in user_pngs})
+        answer_wavs = sorted(set(glob.glob(f"{tmp}/media/**/*.wav", recursive=True)) - {str(Path(f)) for f in user_wavs})
+        for files in (user_pngs, user_wavs, answer_pngs, answer_wavs):
+            rng.shuffle(files)
+        for who, pngs, wavs in (("user turns", user_pngs, user_wavs), ("the model's answers, fed back", answer_pngs,
+                                                                        answer_wavs)):
+            if ic is not None and "image" in fam and pngs:
+                score_images(f"world test split: {who}", [load_image(f, ic.resolution) for f in pngs[: a.max_items]])
+            if ac is not None and "audio" in fam and wavs:
+                score_audio(f"world test split: {who}", wavs)
 
     if ic is not None and "image" in fam:
         try:
@@ -113,19 +136,29 @@ def main() -> int:
             rng.shuffle(crops)
             score_images(f"real photos: {len(photos)} scikit-image photos x {a.crops} crops", crops)
     if ac is not None and "audio" in fam:
-        for name, root in (("real speech: asterisk-core-sounds-en-wav", ASTERISK),
-                           ("real speech: pocketsphinx-testdata", POCKETSPHINX)):
-            files = sorted(glob.glob(f"{root}/**/*.wav", recursive=True))
+        sources = [("real speech: asterisk prompts (8 kHz telephone voice)", ASTERISK, "asterisk-core-sounds-en-wav",
+                    sorted(glob.glob(f"{ASTERISK}/**/*.wav", recursive=True))),
+                   ("real speech: pocketsphinx LibriVox read speech", POCKETSPHINX, "pocketsphinx-testdata",
+                    sorted(glob.glob(f"{POCKETSPHINX}/librivox/*.wav"))),
+                   ("real speech: pocketsphinx other recordings", POCKETSPHINX, "pocketsphinx-testdata",
+                    sorted(f for f in glob.glob(f"{POCKETSPHINX}/**/*.wav", recursive=True) if "/librivox/" not in f)
+                    + [(f, 16000) for f in sorted(glob.glob(f"{POCKETSPHINX}/**/*.raw", recursive=True))])]
+        for name, root, package, files in sources:
             if not files:
-                print(f"{root} not found: skipped (apt install {name.split(': ')[1]})", file=sys.stderr)
+                print(f"{root} not found: skipped (apt install {package})", file=sys.stderr)
                 continue
             rng.shuffle(files)
             score_audio(name, files)
 
-    print(f"\n{'source':58s} {'kind':6s} {'n':>5s} {'flagged':>8s} {'median err':>11s} {'threshold':>10s}")
+    measures = [c["measure"] for r in rows for c in r["checks"]]
+    measures = list(dict.fromkeys(measures))
+    print(f"\n{'source':58s} {'kind':6s} {'n':>5s} {'flagged':>8s}  " + "  ".join(f"{m} (flagged, median, threshold)"
+                                                                          for m in measures))
     for r in rows:
-        print(f"{r['source']:58s} {r['modality']:6s} {r['n']:5d} {100 * r['flagged']:7.1f}% {r['median_error']:11.4f} "
-              f"{r['threshold']:10.4f}")
+        by = {c["measure"]: c for c in r["checks"]}
+        cells = [f"{100 * by[m]['flagged']:5.1f}% {by[m]['median']:9.4g} {by[m]['threshold']:9.4g}" if m in by
+                 else f"{'-':>26s}" for m in measures]
+        print(f"{r['source']:58s} {r['modality']:6s} {r['n']:5d} {100 * r['flagged']:7.1f}%  " + "  ".join(cells))
     out = {"model": str(directory), "command": " ".join(sys.argv), "seconds": round(time.time() - t0, 1),
            "rows": rows}
     path = Path(a.json)

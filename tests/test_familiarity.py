@@ -5,6 +5,7 @@ docs/benchmarks.md (bench/familiarity.py)."""
 import base64
 import io
 import json
+import re
 
 import httpx2 as httpx
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 from PIL import Image
 
 from omniloom.infer.generate import Done, OmniModel, generate
-from omniloom.processor.familiarity import FAMILIARITY_FILE, calibrate, read_familiarity
+from omniloom.processor.familiarity import (FAMILIARITY_FILE, FLOOR_MIN_DB, calibrate, checks, pause_floor_db,
+                                            read_familiarity)
 from omniloom.serve import ServeSettings, create_app
 from omniloom.serve.testing import serve_in_thread
 from omniloom.serve.tiny import build_tiny_model
@@ -56,8 +58,11 @@ def _warnings(omni, content) -> list[str]:
 
 def test_the_world_model_ships_its_familiarity(world):
     fam = read_familiarity("src/omniloom/assets/models/world")
-    assert fam["image"]["measure"] == "reconstruction_mse" and fam["audio"]["measure"] == "reconstruction_logspec_l1"
-    assert fam["image"]["median"] < fam["image"]["threshold"] and fam["audio"]["median"] < fam["audio"]["threshold"]
+    assert fam["image"]["measure"] == "reconstruction_mse" and fam["image"]["median"] < fam["image"]["threshold"]
+    codec, floor = checks(fam, "audio")
+    assert codec["measure"] == "reconstruction_logspec_l1" and codec["median"] < codec["threshold"]
+    # the world's user speech is digitally silent between words, so the floor threshold is the clamp
+    assert floor["measure"] == "pause_floor_db" and floor["calibrated"] < -150 and floor["threshold"] == FLOOR_MIN_DB
     assert world.processor.familiarity == fam
 
 
@@ -83,6 +88,44 @@ def test_world_speech_passes_and_other_audio_is_flagged(world):
         assert len(w) == 1 and "this audio is unlike" in w[0], w
 
 
+def test_a_noise_floor_flags_world_speech_as_a_recording(world):
+    """The same world sentence passes clean and with 16-bit dither, and is flagged once it carries a
+    microphone-like noise floor (-60 dBFS, where the read speech measured sits): its pauses are heard."""
+    ask = {"type": "text", "text": "transcribe the audio"}
+    speech = _world_speech("how many circles are there", 7)
+    rng = np.random.default_rng(0)
+    dithered = speech + rng.uniform(-1, 1, speech.shape) / 32768  # about -100 dBFS
+    assert _warnings(world, [{"type": "audio", "audio": dithered.astype(np.float32), "sample_rate": 16000}, ask]) == []
+    noisy = speech + rng.normal(0, 10 ** (-60 / 20), speech.shape)
+    w = _warnings(world, [{"type": "audio", "audio": noisy.astype(np.float32), "sample_rate": 16000}, ask])
+    assert len(w) == 1 and re.search(r"its pauses sit at -6[0-2] dBFS", w[0]), w  # the quietest frame of many
+
+
+def test_pause_floor_measures_pauses_only():
+    t = torch.arange(16000) / 16000
+    tone = 0.3 * torch.sin(2 * torch.pi * 220 * t)
+    assert pause_floor_db(tone, 16000) == -180.0  # no pause at all: a trimmed word gives no evidence
+    gap = torch.cat([tone, torch.zeros(1600), tone])
+    assert pause_floor_db(gap, 16000) == -180.0  # digital silence
+    floor = gap + torch.randn(len(gap), generator=torch.Generator().manual_seed(0)) * 10 ** (-60 / 20)
+    assert abs(pause_floor_db(floor, 16000) + 60) < 3
+    assert pause_floor_db(torch.zeros(10), 16000) == -180.0  # shorter than a frame
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/pocketsphinx/test/data/librivox"),
+                    reason="pocketsphinx-testdata is not installed")
+def test_real_read_speech_is_flagged(world):
+    """LibriVox read speech, which the codec check alone let through half the time (issue 21.4)."""
+    import glob
+
+    files = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav"))
+    assert files
+    ask = {"type": "text", "text": "transcribe the audio"}
+    for f in files:
+        w = _warnings(world, [{"type": "audio", "audio": open(f, "rb").read()}, ask])
+        assert len(w) == 1 and "this audio is unlike" in w[0], (f, w)
+
+
 def test_calibrate_sets_the_quantile_and_checks_its_input():
     omni = build_tiny_model()
     rng = torch.Generator().manual_seed(0)
@@ -94,11 +137,25 @@ def test_calibrate_sets_the_quantile_and_checks_its_input():
         calibrate(omni.codecs, images=images[:5], progress=False)
     with pytest.raises(ValueError, match="quantile"):
         calibrate(omni.codecs, images=images, quantile=1.0, progress=False)
+    g = torch.Generator().manual_seed(1)
+    audio = [torch.cat([torch.randn(4000, generator=g) * 0.1, torch.zeros(800), torch.randn(4000, generator=g) * 0.1])
+             for _ in range(30)]
+    fam = calibrate(omni.codecs, audio=audio, progress=False)
+    codec, floor = fam["audio"]
+    assert codec["measure"] == "reconstruction_logspec_l1" and codec["n"] == 30
+    assert floor["calibrated"] == -180.0 and floor["threshold"] == FLOOR_MIN_DB  # the clamp, recorded as such
 
 
 def test_bad_familiarity_json_is_named(tmp_path):
     (tmp_path / FAMILIARITY_FILE).write_text(json.dumps({"image": {"measure": "psnr", "threshold": 1}}))
     with pytest.raises(ValueError, match="reconstruction_mse"):
+        read_familiarity(tmp_path)
+    (tmp_path / FAMILIARITY_FILE).write_text(json.dumps({"audio": [
+        {"measure": "reconstruction_logspec_l1", "threshold": 1.0}, {"measure": "loudness", "threshold": 1}]}))
+    with pytest.raises(ValueError, match="pause_floor_db.*loudness"):
+        read_familiarity(tmp_path)
+    (tmp_path / FAMILIARITY_FILE).write_text(json.dumps({"audio": []}))
+    with pytest.raises(ValueError, match="empty list"):
         read_familiarity(tmp_path)
     (tmp_path / FAMILIARITY_FILE).write_text(json.dumps({"smell": {}}))
     with pytest.raises(ValueError, match="unknown modality 'smell'"):
@@ -117,6 +174,18 @@ def test_familiarity_verb_writes_the_file(tmp_path, capsys):
     assert main(["familiarity", "--model", str(model), "--images", str(tmp_path / "*.png")]) == 0
     fam = read_familiarity(model)
     assert fam["image"]["n"] == 25 and "25 images" in fam["image"]["source"]
+    # --data: the user turns' media only (an assistant's drawing is what the model writes, not reads)
+    rows = [{"messages": [{"role": "user", "content": [{"type": "image", "path": f"w{i}.png"}]},
+                          {"role": "assistant", "content": [{"type": "image", "path": "absent.png"}]}]}
+            for i in range(22)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["familiarity", "--model", str(model), "--data", str(tmp_path / "train.jsonl")]) == 0
+    fam = read_familiarity(model)
+    assert fam["image"]["n"] == 22 and "(user turns)" in fam["image"]["source"]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": [
+        {"type": "image", "path": "gone.png"}]}]}) + "\n")
+    assert main(["familiarity", "--model", str(model), "--data", str(tmp_path / "bad.jsonl")]) == 2
+    assert "named in --data do not exist" in capsys.readouterr().err
     assert main(["familiarity", "--model", str(model), "--images", str(tmp_path / "none*.png")]) == 2
     assert "no image files match" in capsys.readouterr().err
 

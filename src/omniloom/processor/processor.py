@@ -34,7 +34,7 @@ from ..tokens.template import (
 )
 from ..tokens.vocab import Vocab
 from ..utils.media import load_audio, load_image
-from .familiarity import audio_error, image_error, unfamiliar_note
+from .familiarity import checks, score_part, unfamiliar_note
 
 __all__ = ["Processor", "RAW_PART_TYPES"]
 
@@ -102,13 +102,7 @@ class Processor:
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         codes = codec.encode(x[None])  # (1, N)
-        extra = {}
-        entry = (self.familiarity or {}).get("image")
-        if entry is not None:
-            score = float(image_error(codec, x[None], codes)[0])
-            if score > entry["threshold"]:
-                extra["unfamiliar"] = unfamiliar_note("image", score, entry, where)
-        return codes[0].tolist(), extra
+        return codes[0].tolist(), self._familiarity_extra("image", codec, x, codes, where)
 
     def _audio_codes(self, src: Any, base_dir: Path | None, where: str, part_type: str,
                      source_rate: int | None = None) -> tuple[list[list[int]], dict]:
@@ -120,13 +114,15 @@ class Processor:
         if wav.numel() == 0:
             raise ValueError(f"{where}: the audio has no samples")
         codes = codec.encode(wav[None])  # (1, F, K)
-        extra = {}
-        entry = (self.familiarity or {}).get("audio")
-        if entry is not None:
-            score = audio_error(codec, wav, codes)
+        return codes[0].tolist(), self._familiarity_extra("audio", codec, wav, codes, where)
+
+    def _familiarity_extra(self, kind: str, codec: Any, x: Any, codes: Any, where: str) -> dict:
+        """{"unfamiliar": note} when a check of familiarity.json flags the part (the first that does), else {}."""
+        for entry in checks(self.familiarity, kind):
+            score = score_part(entry["measure"], codec, x, codes)
             if score > entry["threshold"]:
-                extra["unfamiliar"] = unfamiliar_note("audio", score, entry, where)
-        return codes[0].tolist(), extra
+                return {"unfamiliar": unfamiliar_note(kind, score, entry, where)}
+        return {}
 
     def _mesh_codes(self, src: Any, base_dir: Path | None, where: str) -> list[int]:
         """A 3D shape (mesh file or bytes, .npy voxels, or a voxel array) -> the mesh codec's codes."""
