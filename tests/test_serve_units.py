@@ -104,3 +104,16 @@ def test_worker_views_of_an_int8_model_share_its_weights_and_answer_alike():
     params = SamplingParams(max_new_tokens=10, temperature=0)
     prompt = [omni.vocab.bos_id, 5, 6, 7]
     assert view.engine.generate([Request(prompt, params)]) == omni.engine.generate([Request(prompt, params)])
+
+
+def test_sse_error_event_ends_a_stream_in_the_openai_envelope():
+    """An error found after a stream's headers went out is sent as one last event (chat and completions)."""
+    from omniloom.serve.errors import APIError, sse_error_event
+
+    ev = sse_error_event(APIError(429, "busy"))
+    assert ev.startswith("data: ") and ev.endswith("\n\n")
+    body = json.loads(ev[6:])
+    assert body["error"]["message"] == "busy" and body["error"]["type"] == "rate_limit_error"
+    body = json.loads(sse_error_event(ValueError("the audio has no samples"))[6:])
+    assert body["error"] == {"message": "the audio has no samples", "type": "invalid_request_error", "param": None,
+                             "code": None}

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..infer.generate import AudioChunk, Done, ImageOut, TextDelta, TranscriptDelta, generate
-from .errors import APIError, bad_request, error_body
+from .errors import APIError, bad_request, sse_error_event
 from .media import API_RATE, Resampler, TempFiles, encode_audio, pcm16_bytes, png_data_url
 from .state import ServerState, new_id
 
@@ -317,7 +317,6 @@ async def _stream(st: ServerState, job, cid: str, created: int, audio_out: bool,
             yield chunk(None, usage=st.usage(done.usage if done else {}, job.prompt_ids))
         yield "data: [DONE]\n\n"
     except (ValueError, APIError) as e:  # found after the headers went out: an error event ends the stream
-        status = getattr(e, "status", 400)
-        yield f"data: {json.dumps(error_body(status, str(getattr(e, 'message', e))))}\n\n"
+        yield sse_error_event(e)
     finally:  # client gone (the response task is cancelled) or finished: stop generating
         job.cancel.set()

@@ -23,7 +23,7 @@ from ..infer.engine import Request as EngineRequest
 from ..infer.generate import Done, TextDelta
 from ..infer.sampling import SamplingParams
 from .chat import started, text_and_done
-from .errors import APIError, bad_request, error_body
+from .errors import APIError, bad_request, sse_error_event
 from .state import ServerState, new_id
 
 __all__ = ["router", "CompletionRequest", "StopScanner"]
@@ -179,7 +179,6 @@ async def _stream(st: ServerState, job, cid: str, created: int, prompt: list[int
         yield chunk("", done.finish_reason if done else "stop", st.usage(done.usage if done else {}, prompt))
         yield "data: [DONE]\n\n"
     except (ValueError, APIError) as e:  # found after the headers went out: an error event ends the stream
-        status = getattr(e, "status", 400)
-        yield f"data: {json.dumps(error_body(status, str(getattr(e, 'message', e))))}\n\n"
+        yield sse_error_event(e)
     finally:  # client gone (the response task is cancelled) or finished: stop generating
         job.cancel.set()

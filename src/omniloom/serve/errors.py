@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,6 +34,12 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
                type: str | None = None) -> dict:
     return {"error": {"message": message, "type": type or _TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
+
+
+def sse_error_event(e: Exception) -> str:
+    """The server-sent event that ends a stream whose error was found after the headers went out."""
+    status = getattr(e, "status", 400)
+    return f"data: {json.dumps(error_body(status, str(getattr(e, 'message', e))))}\n\n"
 
 
 def _resp(e: APIError) -> JSONResponse:
