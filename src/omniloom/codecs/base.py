@@ -25,7 +25,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..utils.fileio import read_json
+from ..utils.fileio import atomic_path, atomic_write_json, read_json
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "codecs"
 
@@ -206,3 +206,39 @@ def _register_builtin_adapters() -> None:
         except ModuleNotFoundError as e:
             if e.name != module:  # the module exists but a dependency is missing
                 raise ValueError(f"{module} needs a package that is not installed: {e}") from e
+
+
+def save_codec_folder(codec: Any, directory: str | Path, kind: str, dtype: Any = None) -> Path:
+    """Write an omniloom codec (an ``nn.Module`` with ``config_dict()``) as ``config.json`` +
+    ``model.safetensors`` into ``directory``, each file atomically; ``dtype=torch.float16`` halves the
+    file (shipped codecs), and loading casts back to float32."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in codec.state_dict().items()}
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "codec": kind})
+    atomic_write_json(directory / "config.json", codec.config_dict())
+    return directory
+
+
+def load_codec_folder(cls: Any, config_cls: Any, directory: str | Path, kind: str, device: Any = "cpu") -> Any:
+    """The codec ``save_codec_folder`` wrote: ``cls(config_cls.from_dict(config))`` with its weights as
+    float32, in eval mode on ``device``; a folder of another codec type or with missing or mismatched
+    weights is refused by name."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg = read_codec_config(directory)
+    if cfg["type"] != kind:
+        raise ValueError(f"{directory}/config.json: type is {cfg['type']!r}, not {kind!r}")
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(f"codec directory {directory} has no model.safetensors")
+    codec = cls(config_cls.from_dict(cfg))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = codec.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return codec.to(device).eval()

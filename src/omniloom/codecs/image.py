@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils.fileio import atomic_path, atomic_write_json
 
 
 @dataclass
@@ -292,37 +291,15 @@ class ImageCodec(nn.Module):
         return grown.train(self.training)
 
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically).
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically);
+        ``dtype=torch.float16`` halves the file (shipped codecs); loading casts back to float32."""
+        from .base import save_codec_folder
 
-        ``dtype=torch.float16`` halves the file (shipped codecs); loading casts back to float32.
-        """
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "codec": "image"})
-        atomic_write_json(directory / "config.json", self.config_dict())
-        return directory
+        return save_codec_folder(self, directory, "image", dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ImageCodec":
-        """Load a codec written by ``save`` (or a shipped one); returns it in eval mode."""
-        from safetensors.torch import load_file
+        """Load a codec written by ``save`` (or a shipped one, by folder); eval mode, float32."""
+        from .base import load_codec_folder
 
-        from .base import read_codec_config
-
-        directory = Path(directory)
-        cfg = read_codec_config(directory)
-        if cfg["type"] != "image":
-            raise ValueError(f"{directory}/config.json: type is {cfg['type']!r}, not 'image'")
-        weights = directory / "model.safetensors"
-        if not weights.is_file():
-            raise ValueError(f"codec directory {directory} has no model.safetensors")
-        codec = cls(ImageCodecConfig.from_dict(cfg))
-        state = load_file(str(weights))
-        missing, unexpected = codec.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return codec.to(device).eval()
+        return load_codec_folder(cls, ImageCodecConfig, directory, "image", device)

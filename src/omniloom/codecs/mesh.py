@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils.fileio import atomic_path, atomic_write_json
+from ..utils.fileio import atomic_path
 
 GRID = 16  # voxels per axis
 MESH_SUFFIXES: tuple[str, ...] = (".stl", ".obj", ".glb")
@@ -241,38 +241,18 @@ class MeshCodec(nn.Module):
         return {"type": "mesh", **asdict(self.cfg)}
 
     def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each atomically);
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (each file atomically);
         ``dtype=torch.float16`` halves the file (shipped codecs); loading casts back to float32."""
-        from safetensors.torch import save_file
+        from .base import save_codec_folder
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "codec": "mesh"})
-        atomic_write_json(directory / "config.json", self.config_dict())
-        return directory
+        return save_codec_folder(self, directory, "mesh", dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MeshCodec":
         """Load a codec written by ``save`` (or a shipped one, by folder); eval mode, float32."""
-        from safetensors.torch import load_file
+        from .base import load_codec_folder
 
-        from .base import read_codec_config
-
-        directory = Path(directory)
-        cfg = read_codec_config(directory)
-        if cfg["type"] != "mesh":
-            raise ValueError(f"{directory}/config.json: type is {cfg['type']!r}, not 'mesh'")
-        weights = directory / "model.safetensors"
-        if not weights.is_file():
-            raise ValueError(f"codec directory {directory} has no model.safetensors")
-        codec = cls(MeshCodecConfig.from_dict(cfg))
-        state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        missing, unexpected = codec.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{weights}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return codec.to(device).eval()
+        return load_codec_folder(cls, MeshCodecConfig, directory, "mesh", device)
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MeshCodec":
