@@ -167,6 +167,36 @@ def test_speech_sse(server):
     assert all(e["type"] == "speech.audio.delta" for e in evs[:-1]) and len(evs) > 1
 
 
+def _encoded(container: str, codec: str, rate: int, seconds: float = 1.0) -> bytes:
+    """A 220 Hz tone encoded by FFmpeg (PyAV): what a phone (m4a) or a browser (webm) uploads."""
+    import av
+
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray((0.3 * 32767 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)[None],
+                                           format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,container,codec,rate", [("a.m4a", "ipod", "aac", 16000),
+                                                       ("a.webm", "webm", "libopus", 48000)])
+def test_transcriptions_read_what_libsndfile_cannot(client, name, container, codec, rate):
+    """OpenAI's transcription API takes m4a, mp4 and webm; libsndfile reads none of them, FFmpeg does."""
+    import soundfile
+
+    data = _encoded(container, codec, rate)
+    with pytest.raises(Exception):
+        soundfile.read(io.BytesIO(data))  # the reader the server tried first
+    r = client.audio.transcriptions.create(model="tiny", file=(name, data), response_format="verbose_json")
+    assert r.duration == pytest.approx(1.0, abs=0.1)
+
+
 @pytest.mark.parametrize("fmt", ["json", "text", "verbose_json", "srt", "vtt"])
 def test_transcriptions(client, fmt):
     r = client.audio.transcriptions.create(model="tiny", file=("a.wav", _wav(1.0)), response_format=fmt)

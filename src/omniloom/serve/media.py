@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 
-from ..utils.media import parse_data_url, to_data_url
+from ..utils.media import decode_audio_av, parse_data_url, to_data_url
 from .errors import bad_request
 
 __all__ = ["API_RATE", "Resampler", "pcm16_bytes", "pcm16_to_float", "encode_audio", "png_data_url",
@@ -144,14 +144,19 @@ def check_duration(samples: int, rate: int, what: str, min_seconds: float = 0.0,
 
 
 def audio_seconds(data: bytes, what: str, min_seconds: float = 0.0, max_seconds: float = float("inf")) -> float:
-    """Duration of an encoded audio file (wav, flac, mp3, ogg); a 400 naming the problem when it is
-    unreadable, truncated, or out of bounds (:func:`check_duration`)."""
+    """Duration of an encoded audio file (wav, flac, mp3, ogg by libsndfile; m4a, mp4, webm and the
+    rest by FFmpeg); a 400 naming the problem when it is unreadable, truncated, or out of bounds
+    (:func:`check_duration`)."""
     import soundfile as sf
 
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as e:  # soundfile raises its own error types
-        raise bad_request(f"{what}: cannot read audio ({e})", what, "invalid_audio") from None
+        try:  # decoded whole: container durations are often absent (a browser's WebM) or untrue
+            samples, rate = decode_audio_av(data)
+        except Exception as e2:  # noqa: BLE001 - both readers' reasons go to the client
+            raise bad_request(f"{what}: cannot read audio ({e}; FFmpeg: {e2})", what, "invalid_audio") from None
+        return check_duration(len(samples), rate, what, min_seconds, max_seconds)
     if not info.samplerate:
         raise bad_request(f"{what}: audio has no sample rate", what, "invalid_audio")
     cut = _wav_truncation(data)

@@ -127,6 +127,23 @@ def load_image(src: Any, resolution: int | None = None, base_dir: str | Path | N
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())  # (3, H, W)
 
 
+def decode_audio_av(data: bytes) -> tuple[np.ndarray, int]:
+    """Encoded audio bytes -> (mono float32 samples, rate), through PyAV (FFmpeg)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+        parts = [f.to_ndarray().reshape(-1) for frame in container.decode(stream) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+        rate = stream.rate
+    if not parts:
+        raise ValueError("the audio stream has no samples")
+    return np.concatenate(parts).astype(np.float32), rate
+
+
 def load_audio(src: Any, sample_rate: int, base_dir: str | Path | None = None,
                source_rate: int | None = None) -> torch.Tensor:
     """Audio (path, bytes, data URL, or an array/tensor at ``source_rate``) -> mono (samples,) float32 at ``sample_rate``."""
@@ -144,9 +161,12 @@ def load_audio(src: Any, sample_rate: int, base_dir: str | Path | None = None,
         data = read_source_bytes(src, base_dir, "audio")
         try:
             x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+            x = x.mean(axis=1)
         except Exception as e:  # soundfile raises its own error types
-            raise ValueError(f"cannot read audio {str(src)[:60]!r}: {e}") from e
-        x = x.mean(axis=1)
+            try:  # what libsndfile cannot read (m4a/mp4 AAC, WebM, MPEG audio in other boxes): FFmpeg's decoders
+                x, sr = decode_audio_av(data)
+            except Exception as e2:  # noqa: BLE001 - both readers' reasons go to the user
+                raise ValueError(f"cannot read audio {str(src)[:60]!r}: {e}; FFmpeg: {e2}") from e
     if sr != sample_rate:
         import soxr
 
