@@ -15,6 +15,12 @@
 # tokens per second (an estimate from the reference model's GPU runs in docs/benchmarks.md, not
 # measured for this model): N=200000 samples (~30M tokens) and STEPS=6000 at BATCH=64 is about an
 # hour there. Set MINUTES to stop (checkpointed) after that many minutes of training.
+#
+# Rehearsal from step 0 (docs/graft.md, "Rehearsal"): REHEARSAL=DIR names the shards of the base's
+# own answers (examples/rehearsal_data.py, then omniloom tokenize --model GRAFT), listed REPEAT
+# times (default 3) beside the world data, so the adapters learn the world without unlearning the
+# base's answer style. SHARDS=DIR (and VAL=DIR) train on shards made before (e.g. a larger world
+# set) instead of generating N samples.
 set -euo pipefail
 DATA=${DATA:-data/smolworld}
 OUT=${OUT:-runs/smol-world}
@@ -31,17 +37,30 @@ MINUTES=${MINUTES:-}
 NPROC=${NPROC:-1}
 EVAL_N=${EVAL_N:-50}
 WORKERS=${WORKERS:-$(nproc)}
+REHEARSAL=${REHEARSAL:-}
+REPEAT=${REPEAT:-3}
+SHARDS=${SHARDS:-$DATA/shards/train}
+VAL=${VAL:-$DATA/shards/val}
 
 [ -f "$GRAFT/model.safetensors" ] || omniloom graft --base smollm2-135m --out "$GRAFT" \
   --codec image-world --codec audio-world --voices nova,atlas
-[ -f "$DATA/train.jsonl" ] || omniloom world generate --out "$DATA" --split train --n "$N" --seed 1 \
-  --workers "$WORKERS"
-[ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" --cfg-drop 0.1 \
-  --tokenizer "$GRAFT/tokenizer.json" --vocab "$GRAFT/vocab.json" --codec image-world --codec audio-world \
-  --out "$DATA/shards" --val-fraction 0.02 --workers "$WORKERS"
+if [ "$SHARDS" = "$DATA/shards/train" ]; then  # the world data of this run, made here
+  [ -f "$DATA/train.jsonl" ] || omniloom world generate --out "$DATA" --split train --n "$N" --seed 1 \
+    --workers "$WORKERS"
+  [ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" --cfg-drop 0.1 \
+    --tokenizer "$GRAFT/tokenizer.json" --vocab "$GRAFT/vocab.json" --codec image-world --codec audio-world \
+    --out "$DATA/shards" --val-fraction 0.02 --workers "$WORKERS"
+fi
+[ -f "$SHARDS/manifest.json" ] || { echo "SHARDS=$SHARDS has no manifest.json (tokenized shards)" >&2; exit 1; }
+[ -f "$VAL/manifest.json" ] || { echo "VAL=$VAL has no manifest.json (tokenized shards)" >&2; exit 1; }
 
+TRAIN_SETS=$SHARDS
+if [ -n "$REHEARSAL" ]; then
+  [ -f "$REHEARSAL/manifest.json" ] || { echo "REHEARSAL=$REHEARSAL has no manifest.json (tokenized shards)" >&2; exit 1; }
+  for _ in $(seq "$REPEAT"); do TRAIN_SETS="$TRAIN_SETS,$REHEARSAL"; done
+fi
 TRAIN=(-m omniloom.cli train --config "$GRAFT/config.json" ${MINUTES:+--stop-after-minutes "$MINUTES"}
-  data.train="$DATA/shards/train" data.val="$DATA/shards/val" data.seq_len="$SEQ"
+  data.train="$TRAIN_SETS" data.val="$VAL" data.seq_len="$SEQ"
   train.out_dir="$OUT" train.init_from="$GRAFT" train.freeze_base=true train.lora_rank="$RANK"
   train.lora_alpha=$((2 * RANK)) train.lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
   train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$MICRO" train.lr="$LR"
