@@ -352,15 +352,67 @@ class _RayUnit:
 
 def _run_ray(job: _Job, units: list[Unit], address: str, workers: int, bar: Any) -> Iterator[dict[str, Any]]:
     """Run the units as Ray Data tasks on a pool of actors (one CPU each). ``address``: ``auto``
-    (the running cluster, else a local Ray started here) or a cluster address. Every node must
-    see the inputs and the output directory at the same paths (a shared file system)."""
-    try:
-        import ray
-        import ray.data
-    except ImportError as e:
-        raise ValueError(f"--ray needs Ray: pip install 'omniloom[ray]' ({e})") from e
+    (the running cluster, else a local Ray started for this run) or a cluster address. Every node
+    must see the inputs and the output directory at the same paths (a shared file system).
+
+    The Ray driver runs in a child process, never in the caller's: a Ray driver installs SIGTERM
+    handlers, may start a new local Ray from a Ray Data thread still running after shutdown, and
+    ends its whole process (exit 1, no message) when that cluster's GCS goes away a minute later:
+    a test runner or a server that called tokenize would die with it."""
+    import importlib.util
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("--ray needs Ray: pip install 'omniloom[ray]'")
     if not units:
         return
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    child = ctx.Process(target=_ray_driver, args=(job, units, address, workers, q), name="omniloom-ray-driver")
+    child.start()
+    try:
+        while True:
+            try:
+                kind, value = q.get(timeout=1.0)
+            except queue_mod.Empty:
+                if not child.is_alive():
+                    raise RuntimeError(f"the Ray driver process ended (exit code {child.exitcode}) before the "
+                                       "last unit") from None
+                continue
+            if kind == "record":
+                bar.update(value["docs"])
+                yield value
+            elif kind == "error":  # bad input, or a cluster that cannot be reached: the user's to fix
+                raise ValueError(value)
+            elif kind == "failed":
+                raise RuntimeError(f"the Ray run failed: {value}")
+            else:  # "end"
+                break
+    finally:
+        child.join(timeout=60)
+        if child.is_alive():  # the caller stopped early (an error, or the generator closed)
+            child.terminate()
+            child.join(timeout=10)
+
+
+def _ray_driver(job: _Job, units: list[Unit], address: str, workers: int, q: Any) -> None:
+    """The child process of :func:`_run_ray`: connects to (or starts) Ray, runs the units, and puts
+    ("record", rec) per unit, then ("end", None); or ("error", message) / ("failed", message)."""
+    try:
+        for rec in _ray_records(job, units, address, workers):
+            q.put(("record", rec))
+        q.put(("end", None))
+    except ValueError as e:
+        q.put(("error", str(e)))
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        q.put(("failed", f"{type(e).__name__}: {e}"))
+
+
+def _ray_records(job: _Job, units: list[Unit], address: str, workers: int) -> Iterator[dict[str, Any]]:
+    import ray
+    import ray.data
+
     started = False
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -386,9 +438,7 @@ def _run_ray(job: _Job, units: list[Unit], address: str, workers: int, bar: Any)
         for row in ds.iter_rows():
             if row["error"]:
                 raise ValueError(row["error"])
-            rec = json.loads(row["record"])
-            bar.update(rec["docs"])
-            yield rec
+            yield json.loads(row["record"])
     finally:
         if started:
             ray.shutdown()
