@@ -446,6 +446,45 @@ def test_delta_directory_rebuilds_the_model_from_its_base(tmp_path, capsys):
         OmniModel.load(tmp_path / "delta")
 
 
+def test_a_delta_with_position_gated_adapters_keeps_them_and_the_base_text(tmp_path):
+    """A run with train.lora_gate_from=-1 exports as a delta whose adapters stay unmerged: loaded, it
+    answers media like the trained model and text-only input exactly as the graft (= the base)."""
+    from safetensors.torch import save_file
+
+    from omniloom.cli import main
+    from omniloom.config import config_from_dict
+    from omniloom.model.lora import LoRALinear, apply_lora
+
+    base_dir = make_hf_base(tmp_path / "base")
+    graft(read_base(base_dir), tmp_path / "omni", codecs=["image-world"])
+    cfg = config_from_dict(json.loads((tmp_path / "omni" / "config.json").read_text()))
+    cfg.train.freeze_base, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.lora_gate_from = True, 2, 4.0, -1
+    pristine = OmniModel.load(tmp_path / "omni")
+    omni = OmniModel.load(tmp_path / "omni")
+    T = omni.vocab.text_size
+    apply_lora(omni.model, ["q_proj", "up_proj"], 2, 4.0, gate_from=T)
+    torch.manual_seed(1)
+    for m in omni.model.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_b, std=0.2)  # as if trained
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    save_file({k: v.detach().clone() for k, v in omni.model.state_dict().items()}, str(ck / "model.safetensors"))
+    (ck / "config.json").write_text(json.dumps(__import__("dataclasses").asdict(cfg)))
+    for f in ("vocab.json", "codecs.json"):
+        (ck / f).write_text((tmp_path / "omni" / f).read_text())
+    assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir),
+                 "--dtype", "float32", "--out", str(tmp_path / "delta")]) == 0
+    back = OmniModel.load(tmp_path / "delta")
+    assert back.model.lora_gate_from == T
+    text = torch.tensor([build_prompt(CONV, back.vocab, back.tok)])
+    media = torch.tensor([text[0].tolist()[:-2] + [T + 5, T + 9] + text[0].tolist()[-2:]])
+    with torch.no_grad():
+        assert torch.equal(back.model(text), pristine.model(text))  # text only: the base's logits
+        assert (back.model(media) - omni.model(media)).abs().max().item() <= 1e-5
+        assert (back.model(media) - pristine.model(media)).abs().max().item() > 1e-3
+
+
 def test_a_delta_over_a_missing_named_base_says_what_to_install(tmp_path, monkeypatch):
     import omniloom.model.base_lm as base_lm
 

@@ -191,3 +191,99 @@ def test_init_from_a_run_with_adapters_keeps_or_folds_them(tmp_path):
     merged = merge_lora_state(sd, 8.0)
     for k, v in plain.state_dict().items():
         assert torch.equal(v, merged[k]), k
+
+
+def _gated_model(gate_from: int = TEXT) -> tuple[Transformer, Transformer, ModelConfig]:
+    """(a random 'base', the same with position-gated adapters that have learnt something)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=160, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=32)
+    base = Transformer(cfg).eval()
+    gated = Transformer(cfg).eval()
+    gated.load_state_dict(base.state_dict())
+    apply_lora(gated, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], rank=4,
+               alpha=8.0, gate_from=gate_from)
+    for m in gated.modules():
+        if isinstance(m, LoRALinear):
+            torch.nn.init.normal_(m.lora_b, std=0.2)  # as if trained
+    return base, gated, cfg
+
+
+def test_gated_adapters_leave_text_only_input_to_the_base():
+    base, gated, _ = _gated_model()
+    text = torch.randint(0, TEXT, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(gated(text), base(text))  # text-only: the base's logits, bit for bit
+        mixed = text.clone()
+        mixed[:, 4:8] = torch.randint(TEXT, 160, (2, 4))  # a media span in the middle
+        a, b = gated(mixed), base(mixed)
+    assert torch.equal(a[:, :4], b[:, :4])  # before the span: causal, so still the base
+    assert (a[:, 4:] - b[:, 4:]).abs().max() > 1e-3  # the span and the text after it (attention) move
+    # the ungated adapters would have moved the text-only logits too
+    plain = Transformer(gated.cfg).eval()
+    plain.load_state_dict(merge_lora_state(gated.state_dict(), alpha=8.0))
+    with torch.no_grad():
+        assert (plain(text) - base(text)).abs().max() > 1e-3
+
+
+def test_gated_adapters_decode_with_a_kv_cache_as_the_full_forward():
+    _, gated, _ = _gated_model()
+    ids = torch.tensor([[3, 7, TEXT + 5, TEXT + 9, 11, 2, TEXT + 1, 40]])
+    with torch.no_grad():
+        want = gated(ids)
+        gated.setup_cache(1, 16)
+        got = [gated(ids[:, :3], input_pos=torch.arange(3))]  # prefill, then one id at a time
+        for t in range(3, ids.shape[1]):
+            got.append(gated(ids[:, t:t + 1], input_pos=torch.tensor([t])))
+    assert (torch.cat(got, 1) - want).abs().max().item() < 1e-5
+
+
+def test_gated_adapter_settings_are_checked():
+    from omniloom.config import apply_overrides
+
+    with pytest.raises(ValueError, match="lora_rank is 0"):
+        apply_overrides(Config(), ["train.lora_gate_from=-1"]).validate()
+    with pytest.raises(ValueError, match="lora_gate_from must be"):
+        apply_overrides(Config(), ["train.lora_rank=4", "train.lora_gate_from=-2"]).validate()
+
+
+@pytest.mark.slow
+def test_gated_adapter_run_serves_text_as_the_base_and_refuses_a_merged_export(tmp_path, capsys):
+    from omniloom.cli import main
+    from omniloom.infer.generate import OmniModel
+
+    data, base, ref = _setup(tmp_path)
+    (base / "tokenizer.json").write_text(_tiny_tokenizer_json())
+    out = tmp_path / "run"
+    r = subprocess.run(_cmd(data, base, out, "--stop-after", "6") + ["train.steps=100", "train.lora_gate_from=-1"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ck = _latest(out)
+    sd = load_file(str(ck / "model.safetensors"))
+    assert all(sd[k].abs().sum() > 0 for k in sd if k.endswith(".lora_b"))  # the adapters learnt
+    (ck / "tokenizer.json").write_text(_tiny_tokenizer_json())
+    omni = OmniModel.load(ck)
+    assert omni.model.lora_gate_from == TEXT  # -1 resolved to the vocabulary's first appended id
+    assert any(isinstance(m, LoRALinear) for m in omni.model.modules())  # kept, not folded
+    plain = Transformer(omni.model.cfg).eval()
+    plain.load_state_dict(ref)
+    text, media = torch.tensor([[1, 5, 9, 40, 41]]), torch.tensor([[1, 5, TEXT + 3, 40, 41]])
+    with torch.no_grad():
+        # text-only: the base's logits over its own ids, after training (the appended rows moved)
+        assert torch.equal(omni.model(text)[..., :TEXT], plain(text)[..., :TEXT])
+        assert (omni.model(media) - plain(media)).abs().max() > 1e-4
+    assert main(["export", "--checkpoint", str(ck), "--format", "hf", "--out", str(tmp_path / "hf")]) != 0
+    assert "position-gated (train.lora_gate_from=-1" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+    assert main(["export", "--checkpoint", str(ck), "--format", "omniloom", "--out", str(tmp_path / "dir")]) == 0
+    again = OmniModel.load(tmp_path / "dir")
+    with torch.no_grad():
+        assert torch.equal(again.model(media), omni.model(media))
+
+
+def _tiny_tokenizer_json() -> str:
+    """A byte-level BPE with no merges over TEXT ids would need 256; a word-level one fits in 100."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(TEXT)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok.to_str()

@@ -180,6 +180,11 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
+    # where the adapters act: at positions whose input id is >= lora_gate_from. 0: every position
+    # (plain LoRA, folded into the weights for inference and export); -1: the vocabulary's first id
+    # after the text ids, i.e. only the ids a graft appended (media codes, specials, voice/time
+    # tags), so text-only input runs the base exactly (docs/graft.md, "Position-gated adapters")
+    lora_gate_from: int = 0
     # what the run optimises. 'sft': next-token cross-entropy on the shards' loss mask. 'dpo': direct
     # preference optimisation on preference pairs (tokenize --format preference) against a frozen
     # reference, a copy of the initial weights (train.init_from, else the random init); dpo_beta is
@@ -221,6 +226,11 @@ class TrainConfig:
         bad = [t for t in targets if t not in LORA_TARGETS]
         if bad or (self.lora_rank and not targets):
             raise ValueError(f"train.lora_targets {self.lora_targets!r}: choose among {', '.join(LORA_TARGETS)}")
+        if self.lora_gate_from < -1:
+            raise ValueError(f"train.lora_gate_from must be -1 (the appended ids), 0 (every position) or an id, "
+                             f"got {self.lora_gate_from}")
+        if self.lora_gate_from and not self.lora_rank:
+            raise ValueError("train.lora_gate_from gates adapters, but train.lora_rank is 0 (no adapters)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.dpo_beta > 0:

@@ -357,7 +357,8 @@ class AudioCodec(nn.Module):
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
-    """Read a WAV/FLAC file as mono float32 at `sample_rate` (resampled with soxr)."""
+    """Read an audio file (WAV/FLAC/MP3/OGG by libsndfile; m4a, WebM and the rest through FFmpeg) as
+    mono float32 at `sample_rate` (resampled with soxr)."""
     from ..utils.media import load_audio as decode
 
     p = Path(path)

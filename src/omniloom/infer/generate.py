@@ -246,11 +246,12 @@ class OmniModel:
                     raise ValueError(f"{path} is not an omniloom model directory: {name} is missing")
             cfg = config_from_dict(read_json(path / "config.json", "model config"))
             state = load_file(str(path / "model.safetensors"), device=device)
-            from ..model.lora import has_lora, merge_lora_state
-
-            if has_lora(state):  # a checkpoint of a run with adapters: fold them into the weights
-                state = merge_lora_state(state, cfg.train.lora_alpha)
         model = Transformer(cfg.model)
+        vocab = Vocab.load(path / "vocab.json")
+        from ..model.lora import adapters_for_inference
+
+        # a run with adapters: folded into the weights, or kept (position-gated ones)
+        state = adapters_for_inference(model, state, cfg, vocab.text_size)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path} weights do not fit config.json: missing {missing[:3]}, "
@@ -258,7 +259,6 @@ class OmniModel:
         codecs: dict[str, Any] = {}
         for kind, ref in model_codec_refs(path).items():
             codecs[kind] = load_codec(ref)
-        vocab = Vocab.load(path / "vocab.json")
         tok = tok or TextTokenizer.load(path / "tokenizer.json")
         model = model.to(device)
         if int8:

@@ -113,7 +113,8 @@ def write_delta(cfg: Config, state: dict[str, torch.Tensor], base: str, out_dir:
 
 
 def read_delta(d: str | Path, check_sha: bool = True) -> tuple[Config, dict[str, torch.Tensor], Any]:
-    """(config, full fp32 state dict with the adapters folded in, the base's tokenizers.Tokenizer)."""
+    """(config, full fp32 state dict with the adapters folded in (position-gated ones kept unmerged),
+    the base's tokenizers.Tokenizer)."""
     from safetensors.torch import load_file
 
     d = Path(d)
@@ -137,6 +138,6 @@ def read_delta(d: str | Path, check_sha: bool = True) -> tuple[Config, dict[str,
         if rows is not None:
             state[f"{k}.weight"] = torch.cat([state[f"{k}.weight"], rows])
     state.update(delta)
-    if has_lora(state):
+    if has_lora(state) and not cfg.train.lora_gate_from:  # gated adapters stay (model/lora.py)
         state = merge_lora_state(state, cfg.train.lora_alpha)
     return cfg, state, b.tokenizer

@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _read_checkpoint(d: Path):
-    """(Config, state dict, tokenizer.json text of a delta's base or None) of a checkpoint directory."""
+    """(Config, state dict, tokenizer.json text of a delta's base or None) of a checkpoint directory;
+    adapters folded in, except position-gated ones (model/lora.py), which no merge can express."""
     from safetensors.torch import load_file
 
     from ..config import config_from_dict
@@ -80,7 +81,7 @@ def _read_checkpoint(d: Path):
     from .lora import has_lora, merge_lora_state
 
     state = load_file(str(w_path))
-    if has_lora(state):  # adapters are folded into the weights they adapt
+    if has_lora(state) and not cfg.train.lora_gate_from:  # adapters are folded into the weights they adapt
         state = merge_lora_state(state, cfg.train.lora_alpha)
     return cfg, state, None
 
@@ -245,7 +246,20 @@ def run(args: argparse.Namespace) -> int:
     if src is not None:
         cfg, sd, base_tokenizer = _read_checkpoint(src)
         model = Transformer(cfg.model)
-        load_state_dict_checked(model, {k.removeprefix("_orig_mod."): v for k, v in sd.items()}, source=str(src))
+        sd = {k.removeprefix("_orig_mod."): v for k, v in sd.items()}
+        from .lora import adapters_for_inference, has_lora
+
+        if has_lora(sd):  # position-gated adapters (the others came folded in)
+            if args.format != "omniloom":
+                raise ValueError(f"{src}: its adapters are position-gated (train.lora_gate_from="
+                                 f"{cfg.train.lora_gate_from}: they act on some ids only), which plain weights cannot "
+                                 f"express, so --format {args.format} cannot hold them; export --format omniloom "
+                                 "or --format delta")
+            text_size = read_json(src / "vocab.json", "vocabulary").get("text_size")
+            if not isinstance(text_size, int):
+                raise ValueError(f"{src / 'vocab.json'} has no integer \"text_size\"")
+            adapters_for_inference(model, sd, cfg, text_size)
+        load_state_dict_checked(model, sd, source=str(src))
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if args.format == "omniloom":
             return _export_model_dir(src, out, model, cfg, dtype)

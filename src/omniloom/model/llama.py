@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from .lora import LoRALinear
 
 __all__ = ["Transformer", "KVCache", "rope_tables", "apply_rope", "doc_causal_mask"]
 
@@ -144,6 +145,11 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
+def _proj(layer: nn.Module, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """A projection; position-gated adapters (model/lora.py) take the gate, plain layers ignore it."""
+    return layer(x, gate) if gate is not None and isinstance(layer, LoRALinear) else layer(x)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -156,11 +162,11 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, input_pos=None):
+    def forward(self, x, cos, sin, mask, input_pos=None, gate=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q = _proj(self.q_proj, x, gate).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = _proj(self.k_proj, x, gate).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = _proj(self.v_proj, x, gate).view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
@@ -177,7 +183,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=rep > 1)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
-        return self.o_proj(y)
+        return _proj(self.o_proj, y, gate)
 
 
 class FeedForward(nn.Module):
@@ -187,8 +193,9 @@ class FeedForward(nn.Module):
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x, gate=None):
+        h = F.silu(_proj(self.gate_proj, x, gate)) * _proj(self.up_proj, x, gate)
+        return _proj(self.down_proj, h, gate)
 
 
 class Block(nn.Module):
@@ -199,9 +206,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, mask, input_pos=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, mask, input_pos=None, gate=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos, gate)
+        return x + self.mlp(self.post_attention_layernorm(x), gate)
 
 
 class Transformer(nn.Module):
@@ -226,6 +233,9 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.cache_len = 0
+        # position-gated adapters (model/lora.py apply_lora(gate_from=...)): they act where the
+        # input id is >= this; None: adapters (if any) act everywhere
+        self.lora_gate_from: int | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -335,8 +345,9 @@ class Transformer(nn.Module):
             x = x + self.image_pos(slot) * valid[..., None].to(x.dtype)
         act = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         cos, sin = cos.to(act), sin.to(act)
+        gate = None if self.lora_gate_from is None else (ids >= self.lora_gate_from)[..., None].to(act)  # (B, T, 1)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, input_pos)
+            x = layer(x, cos, sin, mask, input_pos, gate)
         x = self.norm(x)
         if return_hidden:
             return x

@@ -11,6 +11,14 @@ A state dict with adapters holds ``<name>.lora_a`` / ``<name>.lora_b`` beside ``
 :func:`merge_lora_state` folds them into the weights (``W + (alpha / r) B A``) for inference and
 export, so nothing downstream needs to know adapters existed.
 
+**Position-gated adapters** (``train.lora_gate_from``, ``apply_lora(..., gate_from=N)``): the update
+applies only at positions whose input token id is >= N (a graft's appended ids: media codes,
+specials, voice and time tags), as a "modality expert" does; at every other position the layer is
+the frozen base. A text-only input then runs the base's function exactly, so a grafted model keeps
+the base's knowledge by construction, while its media positions (and, through attention, the
+answers that read them) learn. Such adapters cannot be folded into one weight matrix: they stay
+unmerged at inference, and the plain-weight exports (hf, gguf) refuse them.
+
 Why not ``peft``: peft wraps the model and renames every parameter (``base_model.model...``,
 ``lora_A.default``), which our checkpoints, FSDP2 wrapping, ``torch.compile`` of the loss and the
 HF export would all have to undo; this module is ~80 lines and keeps our names.
@@ -27,7 +35,8 @@ import torch.nn.functional as F
 
 from ..config import LORA_TARGETS
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora", "is_adapter_key"]
+__all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora", "is_adapter_key",
+           "lora_gate_from", "adapters_for_inference"]
 
 class LoRALinear(nn.Module):
     """A frozen bias-free linear layer plus a trainable low-rank update."""
@@ -45,15 +54,22 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(out_f, self.rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """x (..., in) -> (..., out); ``gate`` (..., 1) in {0, 1} switches the update per position."""
+        delta = F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+        if gate is not None:
+            delta = delta * gate
+        return F.linear(x, self.weight) + delta
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, rank={self.rank}, alpha={self.alpha}"
 
 
-def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float) -> list[str]:
-    """Replace the targeted linear layers in place; returns the names of the wrapped modules."""
+def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float, gate_from: int = 0) -> list[str]:
+    """Replace the targeted linear layers in place; returns the names of the wrapped modules.
+
+    ``gate_from`` > 0: the adapters act only at positions whose input id is >= it (the model's
+    ``lora_gate_from``, read by its forward); 0: at every position."""
     targets = list(targets)
     bad = [t for t in targets if t not in LORA_TARGETS]
     if bad:
@@ -69,7 +85,34 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float
                 wrapped.append(f"{name}.{t}" if name else t)
     if not wrapped:
         raise ValueError(f"no linear layer named {targets} in the model")
+    if gate_from < 0:
+        raise ValueError(f"the adapters' gate must be an id >= 0 (0: every position), got {gate_from}")
+    if gate_from:
+        model.lora_gate_from = int(gate_from)
     return wrapped
+
+
+def lora_gate_from(train_cfg, text_size: int) -> int:
+    """``train.lora_gate_from`` as an id: -1 is the vocabulary's first id after the ``text_size`` text ids."""
+    g = int(train_cfg.lora_gate_from)
+    return int(text_size) if g == -1 else g
+
+
+def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg,
+                           text_size: int) -> dict[str, torch.Tensor]:
+    """A checkpoint's state for ``model`` as it answers: adapters folded into the weights, or, when
+    they are position-gated (``train.lora_gate_from``), put on ``model`` unmerged and kept."""
+    if not has_lora(state):
+        return state
+    tc = cfg.train
+    if not tc.lora_gate_from:
+        return merge_lora_state(state, tc.lora_alpha)
+    ranks = {v.shape[0] for k, v in state.items() if k.endswith(".lora_a")}
+    if len(ranks) != 1:
+        raise ValueError(f"the checkpoint's adapters have mixed ranks {sorted(ranks)}")
+    targets = sorted({k.removesuffix(".lora_a").rsplit(".", 1)[-1] for k in state if k.endswith(".lora_a")})
+    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, text_size))
+    return state
 
 
 def is_adapter_key(name: str) -> bool:
@@ -82,7 +125,8 @@ def has_lora(state: dict[str, torch.Tensor]) -> bool:
 
 
 def merge_lora_state(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """A state dict with adapters -> plain weights ``W + (alpha / r) B A`` (in W's dtype)."""
+    """A state dict with adapters -> plain weights ``W + (alpha / r) B A`` (in W's dtype). Not for
+    position-gated adapters (see :func:`adapters_for_inference`)."""
     out = {k: v for k, v in state.items() if not is_adapter_key(k)}
     for k, a in state.items():
         if not k.endswith(".lora_a"):

@@ -151,7 +151,12 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     if tc.lora_rank:  # before the weights load, so that a source's adapters load as adapters
         from ..model.lora import apply_lora
 
-        apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha)
+        from ..model.lora import lora_gate_from
+        from ..tokens.vocab import Vocab
+
+        gate_from = lora_gate_from(tc, Vocab.load(train_set.vocab_path()).text_size) if tc.lora_gate_from else 0
+        apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha,
+                   gate_from)
     # a resumed run keeps its own weights, but DPO rebuilds its reference from the initial ones
     if tc.init_from and (resume_from is None or dpo):
         init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
@@ -369,6 +374,11 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
     lora_keys = [k for k in state if is_adapter_key(k)]
     same_adapters = all(k in own and own[k].shape == state[k].shape for k in lora_keys) \
         and src_cfg.train.lora_alpha == cfg.train.lora_alpha
+    src_gate, our_gate = getattr(src_cfg.train, "lora_gate_from", 0), cfg.train.lora_gate_from
+    if lora_keys and src_gate and not (same_adapters and src_gate == our_gate):
+        raise ValueError(f"train.init_from={source}: its adapters act only at ids >= a gate "
+                         f"(train.lora_gate_from={src_gate}), so they cannot be folded into the weights; continue "
+                         f"it with the same adapters (lora_rank, lora_alpha, lora_targets) and lora_gate_from={src_gate}")
     if lora_keys and not same_adapters:  # the source's weights as they answer (adapters folded in)
         state = merge_lora_state(state, src_cfg.train.lora_alpha)
     # the source's adapters go on training when this run has the same ones; a run with adapters
