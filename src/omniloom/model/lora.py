@@ -56,10 +56,10 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         """x (..., in) -> (..., out); ``gate`` (..., 1) in {0, 1} switches the update per position."""
-        delta = F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
-        if gate is not None:
-            delta = delta * gate
-        return F.linear(x, self.weight) + delta
+        h = F.linear(x, self.lora_a)  # (..., r)
+        if gate is not None:  # gated at rank r: the product kept for backward is r wide, not out wide
+            h = h * gate
+        return F.linear(x, self.weight) + F.linear(h, self.lora_b) * self.scale
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, rank={self.rank}, alpha={self.alpha}"
