@@ -26,7 +26,7 @@ import torch
 from ..config import Config, config_from_dict, config_to_dict
 from ..utils.fileio import read_json
 from .base_lm import NAMED_BASES, locate_named_base, read_base
-from .lora import has_lora, is_adapter_key, merge_lora_state
+from .lora import fold_adapters, has_lora, is_adapter_key
 
 __all__ = ["DELTA_FILE", "BASE_FILE", "is_delta_dir", "write_delta", "read_delta", "base_files"]
 
@@ -138,6 +138,4 @@ def read_delta(d: str | Path, check_sha: bool = True) -> tuple[Config, dict[str,
         if rows is not None:
             state[f"{k}.weight"] = torch.cat([state[f"{k}.weight"], rows])
     state.update(delta)
-    if has_lora(state) and not cfg.train.lora_gate_from:  # gated adapters stay (model/lora.py)
-        state = merge_lora_state(state, cfg.train.lora_alpha)
-    return cfg, state, b.tokenizer
+    return cfg, fold_adapters(state, cfg.train), b.tokenizer

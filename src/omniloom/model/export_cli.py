@@ -78,12 +78,9 @@ def _read_checkpoint(d: Path):
         if not f.is_file():
             raise ValueError(f"{f} is missing (a checkpoint directory holds model.safetensors + config.json)")
     cfg = config_from_dict(read_json(cfg_path, "checkpoint config"))  # bad JSON: ValueError naming the file
-    from .lora import has_lora, merge_lora_state
+    from .lora import fold_adapters
 
-    state = load_file(str(w_path))
-    if has_lora(state) and not cfg.train.lora_gate_from:  # adapters are folded into the weights they adapt
-        state = merge_lora_state(state, cfg.train.lora_alpha)
-    return cfg, state, None
+    return cfg, fold_adapters(load_file(str(w_path)), cfg.train), None
 
 
 #: what a model directory carries besides its weights (see ``infer.generate.OmniModel.load``):

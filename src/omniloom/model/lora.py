@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..config import LORA_TARGETS
 
 __all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora", "is_adapter_key",
-           "lora_gate_from", "adapters_for_inference"]
+           "lora_gate_from", "adapters_for_inference", "fold_adapters"]
 
 class LoRALinear(nn.Module):
     """A frozen bias-free linear layer plus a trainable low-rank update."""
@@ -102,16 +102,23 @@ def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg
                            text_size: int) -> dict[str, torch.Tensor]:
     """A checkpoint's state for ``model`` as it answers: adapters folded into the weights, or, when
     they are position-gated (``train.lora_gate_from``), put on ``model`` unmerged and kept."""
+    state = fold_adapters(state, cfg.train)
     if not has_lora(state):
         return state
     tc = cfg.train
-    if not tc.lora_gate_from:
-        return merge_lora_state(state, tc.lora_alpha)
     ranks = {v.shape[0] for k, v in state.items() if k.endswith(".lora_a")}
     if len(ranks) != 1:
         raise ValueError(f"the checkpoint's adapters have mixed ranks {sorted(ranks)}")
     targets = sorted({k.removesuffix(".lora_a").rsplit(".", 1)[-1] for k in state if k.endswith(".lora_a")})
     apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, text_size))
+    return state
+
+
+def fold_adapters(state: dict[str, torch.Tensor], train_cfg) -> dict[str, torch.Tensor]:
+    """``state`` with its adapters folded into the weights, unless they are position-gated
+    (``train.lora_gate_from``), which no merge can express: those are returned as they are."""
+    if has_lora(state) and not train_cfg.lora_gate_from:
+        return merge_lora_state(state, train_cfg.lora_alpha)
     return state
 
 

@@ -149,9 +149,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     model = Transformer(cfg.model).to(device)
     init_dir = None
     if tc.lora_rank:  # before the weights load, so that a source's adapters load as adapters
-        from ..model.lora import apply_lora
-
-        from ..model.lora import lora_gate_from
+        from ..model.lora import apply_lora, lora_gate_from
         from ..tokens.vocab import Vocab
 
         gate_from = lora_gate_from(tc, Vocab.load(train_set.vocab_path()).text_size) if tc.lora_gate_from else 0
@@ -374,7 +372,7 @@ def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: P
     lora_keys = [k for k in state if is_adapter_key(k)]
     same_adapters = all(k in own and own[k].shape == state[k].shape for k in lora_keys) \
         and src_cfg.train.lora_alpha == cfg.train.lora_alpha
-    src_gate, our_gate = getattr(src_cfg.train, "lora_gate_from", 0), cfg.train.lora_gate_from
+    src_gate, our_gate = src_cfg.train.lora_gate_from, cfg.train.lora_gate_from
     if lora_keys and src_gate and not (same_adapters and src_gate == our_gate):
         raise ValueError(f"train.init_from={source}: its adapters act only at ids >= a gate "
                          f"(train.lora_gate_from={src_gate}), so they cannot be folded into the weights; continue "
