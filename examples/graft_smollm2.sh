@@ -24,7 +24,9 @@
 #
 # GATE=-1 puts the adapters on the appended ids' positions only (train.lora_gate_from, docs/graft.md
 # "Position-gated adapters"): text-only input then runs the base exactly, so its knowledge is kept by
-# construction; the default 0 adapts every position.
+# construction; the default 0 adapts every position. GATE_MODE=onward (with GATE=-1) opens the gate
+# at a conversation's first appended id and keeps it open to the end, so the text answer after an
+# image or a voice tag is adapted too (train.lora_gate_mode; the default 'token' gates id by id).
 set -euo pipefail
 DATA=${DATA:-data/smolworld}
 OUT=${OUT:-runs/smol-world}
@@ -46,6 +48,7 @@ REPEAT=${REPEAT:-3}
 SHARDS=${SHARDS:-$DATA/shards/train}
 VAL=${VAL:-$DATA/shards/val}
 GATE=${GATE:-0}
+GATE_MODE=${GATE_MODE:-token}
 
 [ -f "$GRAFT/model.safetensors" ] || omniloom graft --base smollm2-135m --out "$GRAFT" \
   --codec image-world --codec audio-world --voices nova,atlas
@@ -68,7 +71,7 @@ TRAIN=(-m omniloom.cli train --config "$GRAFT/config.json" ${MINUTES:+--stop-aft
   data.train="$TRAIN_SETS" data.val="$VAL" data.seq_len="$SEQ"
   train.out_dir="$OUT" train.init_from="$GRAFT" train.freeze_base=true train.lora_rank="$RANK"
   train.lora_alpha=$((2 * RANK)) train.lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
-  train.lora_gate_from="$GATE"
+  train.lora_gate_from="$GATE" train.lora_gate_mode="$GATE_MODE"
   train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$MICRO" train.lr="$LR"
   train.warmup_steps="$WARMUP" train.weight_decay=0 train.log_every=5 train.eval_every=50
   train.eval_batches=4 train.ckpt_every=25 train.compile=true train.progress=false)

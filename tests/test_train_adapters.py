@@ -193,7 +193,7 @@ def test_init_from_a_run_with_adapters_keeps_or_folds_them(tmp_path):
         assert torch.equal(v, merged[k]), k
 
 
-def _gated_model(gate_from: int = TEXT) -> tuple[Transformer, Transformer, ModelConfig]:
+def _gated_model(gate_from: int = TEXT, mode: str = "token") -> tuple[Transformer, Transformer, ModelConfig]:
     """(a random 'base', the same with position-gated adapters that have learnt something)."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=160, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=32)
@@ -201,7 +201,7 @@ def _gated_model(gate_from: int = TEXT) -> tuple[Transformer, Transformer, Model
     gated = Transformer(cfg).eval()
     gated.load_state_dict(base.state_dict())
     apply_lora(gated, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], rank=4,
-               alpha=8.0, gate_from=gate_from)
+               alpha=8.0, gate_from=gate_from, gate_mode=mode)
     for m in gated.modules():
         if isinstance(m, LoRALinear):
             torch.nn.init.normal_(m.lora_b, std=0.2)  # as if trained
@@ -237,8 +237,73 @@ def test_gated_adapters_decode_with_a_kv_cache_as_the_full_forward():
     assert (torch.cat(got, 1) - want).abs().max().item() < 1e-5
 
 
+def test_onward_gate_opens_at_the_first_appended_id_of_each_document():
+    _, gated, _ = _gated_model(mode="onward")
+    ids = torch.tensor([[3, 7, TEXT + 5, 9, 11, 4, 2, TEXT + 1, 40],
+                        [3, 7, 8, 9, 11, 4, 2, 6, 40]])
+    doc = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 1],
+                        [0, 0, 0, 0, 0, 0, 0, 0, 0]])
+    assert gated.lora_gate(ids).tolist() == [[False, False] + [True] * 7, [False] * 9]
+    # a packed second document starts shut and opens at its own first appended id
+    assert gated.lora_gate(ids, doc).tolist()[0] == [False, False, True, True, False, False, False, True, True]
+    gated.lora_gate_onward = False  # the token gate: the appended ids' own positions only
+    assert gated.lora_gate(ids, doc).tolist()[0] == [False, False, True, False, False, False, False, True, False]
+
+
+def test_onward_gate_adapts_the_answer_after_media_and_leaves_text_to_the_base():
+    base, onward, _ = _gated_model(mode="onward")
+    _, token, _ = _gated_model(mode="token")  # same seed: the same adapters
+    text = torch.randint(0, TEXT, (2, 12))
+    mixed = text.clone()
+    mixed[:, 4:6] = torch.randint(TEXT, 160, (2, 2))
+    with torch.no_grad():
+        assert torch.equal(onward(text), base(text))
+        a, b, c = onward(mixed), token(mixed), base(mixed)
+    assert torch.equal(a[:, :4], c[:, :4])
+    assert torch.equal(a[:, 4:6], b[:, 4:6])  # the span itself: both gates open
+    assert (a[:, 6:] - b[:, 6:]).abs().max() > 1e-3  # after it: only the onward gate adapts the text
+
+
+def test_onward_gate_with_a_kv_cache_matches_the_full_forward_across_requests_and_padding():
+    base, gated, _ = _gated_model(mode="onward")
+    ids = torch.tensor([[3, 7, TEXT + 5, TEXT + 9, 11, 2, 6, 40]])
+    with torch.no_grad():
+        want = gated(ids)
+        gated.setup_cache(1, 16)
+        got = [gated(ids[:, :3], input_pos=torch.arange(3))]  # prefill (opens the gate), then one at a time
+        for t in range(3, ids.shape[1]):
+            got.append(gated(ids[:, t:t + 1], input_pos=torch.tensor([t])))
+        assert (torch.cat(got, 1) - want).abs().max().item() < 1e-5
+        # the next request reuses the cache: a text-only prefill from slot 0 runs shut, as the base
+        text = torch.tensor([[3, 7, 8, 9]])
+        base.setup_cache(1, 16)
+        want = base(text, input_pos=torch.arange(4))
+        assert torch.equal(gated(text, input_pos=torch.arange(4)), want)
+        # a rewind to before the opening (slot 2) forgets it: slot 0 holds the same id in both
+        gated(ids[:, :4], input_pos=torch.arange(4))
+        base(text, input_pos=torch.arange(4))
+        slots = torch.arange(1, 4)
+        assert torch.equal(gated(text[:, 1:], input_pos=slots), base(text[:, 1:], input_pos=slots))
+        # a batch: the left-padded row (padding is an appended id here) stays shut
+        batch = torch.tensor([[TEXT + 2, TEXT + 2, 3, 7], [3, TEXT + 5, 9, 11]])
+        kv_mask = torch.zeros(2, 16, dtype=torch.bool)
+        kv_mask[0, 2:4], kv_mask[1, :4] = True, True
+        gated.setup_cache(2, 16)
+        out = gated(batch, positions=torch.tensor([[0, 0, 0, 1], [0, 1, 2, 3]]), input_pos=torch.arange(4),
+                    kv_mask=kv_mask)
+        assert gated.lora_open_slot.tolist()[1] == 1 and gated.lora_open_slot.tolist()[0] > 16
+        assert (out[0, 2:] - base(batch[:1, 2:])[0]).abs().max().item() < 1e-5
+        assert (out[1] - gated(batch[1:])[0]).abs().max().item() < 1e-5
+
+
 def test_gated_adapter_settings_are_checked():
     from omniloom.config import apply_overrides
+
+    with pytest.raises(ValueError, match="lora_gate_mode must be one of"):
+        apply_overrides(Config(), ["train.lora_rank=4", "train.lora_gate_from=-1",
+                                   "train.lora_gate_mode=after"]).validate()
+    with pytest.raises(ValueError, match="lora_gate_from is 0"):
+        apply_overrides(Config(), ["train.lora_rank=4", "train.lora_gate_mode=onward"]).validate()
 
     with pytest.raises(ValueError, match="lora_rank is 0"):
         apply_overrides(Config(), ["train.lora_gate_from=-1"]).validate()
@@ -247,14 +312,15 @@ def test_gated_adapter_settings_are_checked():
 
 
 @pytest.mark.slow
-def test_gated_adapter_run_serves_text_as_the_base_and_refuses_a_merged_export(tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["token", "onward"])
+def test_gated_adapter_run_serves_text_as_the_base_and_refuses_a_merged_export(tmp_path, capsys, mode):
     from omniloom.cli import main
     from omniloom.infer.generate import OmniModel
 
     data, base, ref = _setup(tmp_path)
     (base / "tokenizer.json").write_text(_tiny_tokenizer_json())
     out = tmp_path / "run"
-    r = subprocess.run(_cmd(data, base, out, "--stop-after", "6") + ["train.steps=100", "train.lora_gate_from=-1"],
+    r = subprocess.run(_cmd(data, base, out, "--stop-after", "6") + ["train.steps=100", "train.lora_gate_from=-1", f"train.lora_gate_mode={mode}"],
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     ck = _latest(out)
@@ -263,6 +329,7 @@ def test_gated_adapter_run_serves_text_as_the_base_and_refuses_a_merged_export(t
     (ck / "tokenizer.json").write_text(_tiny_tokenizer_json())
     omni = OmniModel.load(ck)
     assert omni.model.lora_gate_from == TEXT  # -1 resolved to the vocabulary's first appended id
+    assert omni.model.lora_gate_onward == (mode == "onward")
     assert any(isinstance(m, LoRALinear) for m in omni.model.modules())  # kept, not folded
     plain = Transformer(omni.model.cfg).eval()
     plain.load_state_dict(ref)

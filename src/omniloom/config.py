@@ -120,6 +120,7 @@ OBJECTIVES = ("sft", "dpo", "rft")
 
 #: projections a LoRA may target (the decoder's linear layers, by attribute name)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_GATE_MODES = ("token", "onward")  # train.lora_gate_mode
 
 
 @dataclass
@@ -185,6 +186,10 @@ class TrainConfig:
     # after the text ids, i.e. only the ids a graft appended (media codes, specials, voice/time
     # tags), so text-only input runs the base exactly (docs/graft.md, "Position-gated adapters")
     lora_gate_from: int = 0
+    # how far the gate reaches. 'token': the gated ids' own positions only. 'onward': from the first
+    # gated id of a document (conversation) to its end, so the answer after an image or a voice tag
+    # runs the adapted layers too, while a conversation of text alone still runs the base exactly
+    lora_gate_mode: str = "token"
     # what the run optimises. 'sft': next-token cross-entropy on the shards' loss mask. 'dpo': direct
     # preference optimisation on preference pairs (tokenize --format preference) against a frozen
     # reference, a copy of the initial weights (train.init_from, else the random init); dpo_beta is
@@ -231,6 +236,12 @@ class TrainConfig:
                              f"got {self.lora_gate_from}")
         if self.lora_gate_from and not self.lora_rank:
             raise ValueError("train.lora_gate_from gates adapters, but train.lora_rank is 0 (no adapters)")
+        if self.lora_gate_mode not in LORA_GATE_MODES:
+            raise ValueError(f"train.lora_gate_mode must be one of {', '.join(LORA_GATE_MODES)}, "
+                             f"got {self.lora_gate_mode!r}")
+        if self.lora_gate_mode != "token" and not self.lora_gate_from:
+            raise ValueError(f"train.lora_gate_mode={self.lora_gate_mode!r} shapes a gate, but train.lora_gate_from "
+                             "is 0 (ungated adapters); set it (-1: the appended ids)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.dpo_beta > 0:

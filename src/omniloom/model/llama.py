@@ -77,6 +77,8 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
 BLOCKED_ATTENTION_MIN = 256
 BLOCKED_CAUSAL_MAX = 1024
 _BLOCK = 256
+#: ``lora_open_slot`` of a row whose onward adapter gate is shut
+NO_SLOT = 2**62
 
 
 def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -234,8 +236,12 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.cache_len = 0
         # position-gated adapters (model/lora.py apply_lora(gate_from=...)): they act where the
-        # input id is >= this; None: adapters (if any) act everywhere
+        # input id is >= this; None: adapters (if any) act everywhere. lora_gate_onward: from the
+        # first such id of a document to its end (cache state: per row, the slot where the gate
+        # opened, NO_SLOT while shut)
         self.lora_gate_from: int | None = None
+        self.lora_gate_onward = False
+        self.register_buffer("lora_open_slot", torch.zeros(0, dtype=torch.long), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -266,12 +272,14 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, self.cfg.n_kv_heads, S, self.cfg.head_dim, dtype, device)
         self.image_open_slot = torch.full((batch_size,), -1, dtype=torch.long, device=device)
+        self.lora_open_slot = torch.full((batch_size,), NO_SLOT, dtype=torch.long, device=device)
         self.cache_len = S
 
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.self_attn.kv_cache = None
         self.image_open_slot = torch.zeros(0, dtype=torch.long, device=self.image_open_slot.device)
+        self.lora_open_slot = torch.zeros(0, dtype=torch.long, device=self.lora_open_slot.device)
         self.cache_len = 0
 
     def image_slots(self, ids: torch.Tensor, input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,6 +303,38 @@ class Transformer(nn.Module):
         k = t - last
         valid = in_span & (last >= 0) & (k >= 0) & (k < c.image_tokens)
         return k.clamp(0, c.image_tokens - 1), valid
+
+    def lora_gate(self, ids: torch.Tensor, doc_ids: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
+                  kv_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) bool: where position-gated adapters act (``lora_gate_from``, ``lora_gate_onward``).
+
+        Token gate: where the id is >= ``lora_gate_from``. Onward gate: from the first such id of a
+        document (``doc_ids``; the whole row without them) to its end. With a KV cache the slot where
+        a row's gate opened is carried across calls in ``lora_open_slot``; an opening at or after
+        the call's first slot is forgotten (a new prefill, or a rewind over it), and padding
+        (``kv_mask`` false) never opens it.
+        """
+        hit = ids >= self.lora_gate_from
+        if not self.lora_gate_onward:
+            return hit
+        B, T = ids.shape
+        t = (input_pos if input_pos is not None else torch.arange(T, device=ids.device))[None].expand(B, T)
+        if input_pos is not None and kv_mask is not None:
+            hit = hit & kv_mask.gather(1, t)
+        last = torch.where(hit, t, torch.full_like(t, -1)).cummax(dim=1).values  # the latest gated id up to t
+        if doc_ids is not None:  # the first slot of each position's document
+            new_doc = torch.ones_like(hit)
+            new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+            start = torch.where(new_doc, t, torch.zeros_like(t)).cummax(dim=1).values
+            return last >= start
+        gate = last >= 0
+        if input_pos is not None:
+            prev = self.lora_open_slot[:, None]
+            prev = torch.where(prev < t[:, :1], prev, torch.full_like(prev, NO_SLOT))  # (B, 1)
+            first = torch.where(hit, t, torch.full_like(t, NO_SLOT)).min(dim=1, keepdim=True).values
+            self.lora_open_slot.copy_(torch.minimum(prev, first)[:, 0])
+            gate = gate | (prev != NO_SLOT)
+        return gate
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -345,7 +385,9 @@ class Transformer(nn.Module):
             x = x + self.image_pos(slot) * valid[..., None].to(x.dtype)
         act = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         cos, sin = cos.to(act), sin.to(act)
-        gate = None if self.lora_gate_from is None else (ids >= self.lora_gate_from)[..., None].to(act)  # (B, T, 1)
+        gate = None
+        if self.lora_gate_from is not None:
+            gate = self.lora_gate(ids, doc_ids, input_pos, kv_mask)[..., None].to(act)  # (B, T, 1)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, input_pos, gate)
         x = self.norm(x)

@@ -16,7 +16,9 @@ applies only at positions whose input token id is >= N (a graft's appended ids: 
 specials, voice and time tags), as a "modality expert" does; at every other position the layer is
 the frozen base. A text-only input then runs the base's function exactly, so a grafted model keeps
 the base's knowledge by construction, while its media positions (and, through attention, the
-answers that read them) learn. Such adapters cannot be folded into one weight matrix: they stay
+answers that read them) learn. ``train.lora_gate_mode='onward'`` widens the gate from the first
+such id of a conversation to its end: the answer about an image runs adapted layers too, and a
+conversation of text alone still runs the base exactly. Such adapters cannot be folded into one weight matrix: they stay
 unmerged at inference, and the plain-weight exports (hf, gguf) refuse them.
 
 Why not ``peft``: peft wraps the model and renames every parameter (``base_model.model...``,
@@ -33,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import LORA_TARGETS
+from ..config import LORA_GATE_MODES, LORA_TARGETS
 
 __all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora", "is_adapter_key",
            "lora_gate_from", "adapters_for_inference", "fold_adapters"]
@@ -65,11 +67,13 @@ class LoRALinear(nn.Module):
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, rank={self.rank}, alpha={self.alpha}"
 
 
-def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float, gate_from: int = 0) -> list[str]:
+def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float, gate_from: int = 0,
+               gate_mode: str = "token") -> list[str]:
     """Replace the targeted linear layers in place; returns the names of the wrapped modules.
 
     ``gate_from`` > 0: the adapters act only at positions whose input id is >= it (the model's
-    ``lora_gate_from``, read by its forward); 0: at every position."""
+    ``lora_gate_from``, read by its forward), or with ``gate_mode='onward'`` from the first such
+    id of a document to its end; 0: at every position."""
     targets = list(targets)
     bad = [t for t in targets if t not in LORA_TARGETS]
     if bad:
@@ -87,8 +91,11 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float
         raise ValueError(f"no linear layer named {targets} in the model")
     if gate_from < 0:
         raise ValueError(f"the adapters' gate must be an id >= 0 (0: every position), got {gate_from}")
+    if gate_mode not in LORA_GATE_MODES:
+        raise ValueError(f"the adapters' gate mode must be one of {', '.join(LORA_GATE_MODES)}, got {gate_mode!r}")
     if gate_from:
         model.lora_gate_from = int(gate_from)
+        model.lora_gate_onward = gate_mode == "onward"
     return wrapped
 
 
@@ -110,7 +117,7 @@ def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg
     if len(ranks) != 1:
         raise ValueError(f"the checkpoint's adapters have mixed ranks {sorted(ranks)}")
     targets = sorted({k.removesuffix(".lora_a").rsplit(".", 1)[-1] for k in state if k.endswith(".lora_a")})
-    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, text_size))
+    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, text_size), tc.lora_gate_mode)
     return state
 
 

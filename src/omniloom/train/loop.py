@@ -154,7 +154,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
 
         gate_from = lora_gate_from(tc, Vocab.load(train_set.vocab_path()).text_size) if tc.lora_gate_from else 0
         apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha,
-                   gate_from)
+                   gate_from, tc.lora_gate_mode)
     # a resumed run keeps its own weights, but DPO rebuilds its reference from the initial ones
     if tc.init_from and (resume_from is None or dpo):
         init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
