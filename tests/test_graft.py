@@ -446,7 +446,8 @@ def test_delta_directory_rebuilds_the_model_from_its_base(tmp_path, capsys):
         OmniModel.load(tmp_path / "delta")
 
 
-def test_a_delta_with_position_gated_adapters_keeps_them_and_the_base_text(tmp_path):
+@pytest.mark.parametrize("mode", ["token", "onward"])
+def test_a_delta_with_position_gated_adapters_keeps_them_and_the_base_text(tmp_path, mode):
     """A run with train.lora_gate_from=-1 exports as a delta whose adapters stay unmerged: loaded, it
     answers media like the trained model and text-only input exactly as the graft (= the base)."""
     from safetensors.torch import save_file
@@ -459,10 +460,11 @@ def test_a_delta_with_position_gated_adapters_keeps_them_and_the_base_text(tmp_p
     graft(read_base(base_dir), tmp_path / "omni", codecs=["image-world"])
     cfg = config_from_dict(json.loads((tmp_path / "omni" / "config.json").read_text()))
     cfg.train.freeze_base, cfg.train.lora_rank, cfg.train.lora_alpha, cfg.train.lora_gate_from = True, 2, 4.0, -1
+    cfg.train.lora_gate_mode = mode
     pristine = OmniModel.load(tmp_path / "omni")
     omni = OmniModel.load(tmp_path / "omni")
     T = omni.vocab.text_size
-    apply_lora(omni.model, ["q_proj", "up_proj"], 2, 4.0, gate_from=T)
+    apply_lora(omni.model, ["q_proj", "up_proj"], 2, 4.0, gate_from=T, gate_mode=mode)
     torch.manual_seed(1)
     for m in omni.model.modules():
         if isinstance(m, LoRALinear):
@@ -476,7 +478,7 @@ def test_a_delta_with_position_gated_adapters_keeps_them_and_the_base_text(tmp_p
     assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir),
                  "--dtype", "float32", "--out", str(tmp_path / "delta")]) == 0
     back = OmniModel.load(tmp_path / "delta")
-    assert back.model.lora_gate_from == T
+    assert back.model.lora_gate_from == T and back.model.lora_gate_onward == (mode == "onward")
     text = torch.tensor([build_prompt(CONV, back.vocab, back.tok)])
     media = torch.tensor([text[0].tolist()[:-2] + [T + 5, T + 9] + text[0].tolist()[-2:]])
     with torch.no_grad():
