@@ -171,3 +171,44 @@ def test_time_budget_stops_with_a_checkpoint_and_the_same_command_resumes(tmp_pa
     train(cfg_for(tmp_path, data, *extra, f"train.out_dir={full}"))
     ref = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert next(r["lr"] for r in ref if r.get("step") == 1 and "lr" in r) == lr_at_1  # same schedule
+
+
+def test_cpu_steps_give_the_heaps_free_pages_back_unless_turned_off(tmp_path, monkeypatch):
+    import omniloom.utils.memory as memory
+
+    calls = []
+    monkeypatch.setattr(memory, "release_free_heap", lambda: calls.append(1) or True)
+    data = make_shards(tmp_path / "data")
+    train(cfg_for(tmp_path, data, "train.steps=3", "train.eval_every=100"))
+    assert len(calls) == (3 if memory._malloc_trim() is not None else 0)  # once per step where glibc has it
+    calls.clear()
+    monkeypatch.setenv("OMNILOOM_TRIM_HEAP", "0")
+    assert not memory.heap_trim_enabled()
+    train(cfg_for(tmp_path / "again", data, "train.steps=3", "train.eval_every=100"))
+    assert calls == []
+
+
+def test_release_free_heap_returns_memory_to_the_os():
+    import ctypes
+
+    import omniloom.utils.memory as memory
+
+    if memory._malloc_trim() is None:
+        pytest.skip("this C library has no malloc_trim")
+
+    def rss_mb() -> float:
+        return int(next(x for x in open("/proc/self/status") if x.startswith("VmRSS:")).split()[1]) / 1024
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 * 1024) for _ in range(3000)]  # ~190 MB from the heap (below the mmap threshold)
+    for b in blocks:
+        ctypes.memset(b, 1, 64 * 1024)  # touched: resident
+    for b in blocks[:-1]:
+        libc.free(b)  # the last one pins the heap's top, so free() alone cannot shrink it
+    before = rss_mb()
+    assert memory.release_free_heap()
+    after = rss_mb()
+    libc.free(blocks[-1])
+    assert before - after > 100, (before, after)

@@ -246,12 +246,17 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     record: dict[str, Any] = {}
     tokens_window, time_window = 0.0, 0.0
     deadline = None if stop_after_s is None else time.monotonic() + stop_after_s
+    from ..utils.memory import heap_trim_enabled, release_free_heap
+
+    trim_heap = device.type == "cpu" and heap_trim_enabled()  # else resident memory creeps up (utils/memory.py)
     while step.step < last_target:
         t0 = time.perf_counter()
         batch = loader.next_batch()
         stats = step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        if trim_heap:
+            release_free_heap()
         dt = time.perf_counter() - t0
         tokens_window += stats["tokens"]
         time_window += dt
