@@ -77,8 +77,6 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
 BLOCKED_ATTENTION_MIN = 256
 BLOCKED_CAUSAL_MAX = 1024
 _BLOCK = 256
-#: ``lora_open_slot`` of a row whose onward adapter gate is shut
-NO_SLOT = 2**62
 
 
 def blocked_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -213,6 +211,21 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x), gate)
 
 
+def _last_marked(marked: torch.Tensor, t: torch.Tensor, carried: torch.Tensor | None) -> torch.Tensor:
+    """(B, T): per position, the latest slot ``<= t`` whose ``marked`` is true, -1 where none.
+
+    ``t`` (B, T) are the positions' slots. With a KV cache, ``carried`` (B,) holds each row's latest
+    marked slot from earlier calls and is updated; a carried slot at or after this call's first
+    slot (a new prefill, or a rewind over it) is forgotten.
+    """
+    last = torch.where(marked, t, torch.full_like(t, -1)).cummax(dim=1).values
+    if carried is not None:
+        prev = carried[:, None]
+        last = torch.maximum(last, torch.where(prev < t[:, :1], prev, torch.full_like(prev, -1)))
+        carried.copy_(last[:, -1])
+    return last
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -237,8 +250,8 @@ class Transformer(nn.Module):
         self.cache_len = 0
         # position-gated adapters (model/lora.py apply_lora(gate_from=...)): they act where the
         # input id is >= this; None: adapters (if any) act everywhere. lora_gate_onward: from the
-        # first such id of a document to its end (cache state: per row, the slot where the gate
-        # opened, NO_SLOT while shut)
+        # first such id of a document to its end (cache state: per row, the slot of the last such
+        # id, -1: none, so the gate is shut)
         self.lora_gate_from: int | None = None
         self.lora_gate_onward = False
         self.register_buffer("lora_open_slot", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -272,7 +285,7 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch_size, self.cfg.n_kv_heads, S, self.cfg.head_dim, dtype, device)
         self.image_open_slot = torch.full((batch_size,), -1, dtype=torch.long, device=device)
-        self.lora_open_slot = torch.full((batch_size,), NO_SLOT, dtype=torch.long, device=device)
+        self.lora_open_slot = torch.full((batch_size,), -1, dtype=torch.long, device=device)
         self.cache_len = S
 
     def clear_cache(self) -> None:
@@ -288,18 +301,14 @@ class Transformer(nn.Module):
         The ``<|image|>`` opening predicts slot 0 and the code at slot k predicts slot k+1; the last
         code (it predicts the closing) and every other token are not valid. With a KV cache
         (``input_pos``) the last opening is carried across calls in ``image_open_slot``; a call that
-        starts at cache slot 0 (a prefill) forgets the previous request's.
+        starts at or before it (a prefill, a rewind) forgets it.
         """
         c = self.cfg
         B, T = ids.shape
         t = (input_pos if input_pos is not None else torch.arange(T, device=ids.device))[None].expand(B, T)
         is_open = ids == c.image_open_id
         in_span = is_open | ((ids >= c.image_code_start) & (ids < c.image_code_end))
-        last = torch.where(is_open, t, torch.full_like(t, -1)).cummax(dim=1).values
-        if input_pos is not None:
-            prev = torch.where(t[:, :1] == 0, torch.full_like(t[:, :1], -1), self.image_open_slot[:, None])
-            last = torch.maximum(last, prev)
-            self.image_open_slot.copy_(last[:, -1])
+        last = _last_marked(is_open, t, self.image_open_slot if input_pos is not None else None)
         k = t - last
         valid = in_span & (last >= 0) & (k >= 0) & (k < c.image_tokens)
         return k.clamp(0, c.image_tokens - 1), valid
@@ -321,20 +330,12 @@ class Transformer(nn.Module):
         t = (input_pos if input_pos is not None else torch.arange(T, device=ids.device))[None].expand(B, T)
         if input_pos is not None and kv_mask is not None:
             hit = hit & kv_mask.gather(1, t)
-        last = torch.where(hit, t, torch.full_like(t, -1)).cummax(dim=1).values  # the latest gated id up to t
-        if doc_ids is not None:  # the first slot of each position's document
-            new_doc = torch.ones_like(hit)
-            new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-            start = torch.where(new_doc, t, torch.zeros_like(t)).cummax(dim=1).values
-            return last >= start
-        gate = last >= 0
-        if input_pos is not None:
-            prev = self.lora_open_slot[:, None]
-            prev = torch.where(prev < t[:, :1], prev, torch.full_like(prev, NO_SLOT))  # (B, 1)
-            first = torch.where(hit, t, torch.full_like(t, NO_SLOT)).min(dim=1, keepdim=True).values
-            self.lora_open_slot.copy_(torch.minimum(prev, first)[:, 0])
-            gate = gate | (prev != NO_SLOT)
-        return gate
+        last = _last_marked(hit, t, self.lora_open_slot if input_pos is not None else None)
+        if doc_ids is None:
+            return last >= 0
+        new_doc = torch.ones_like(hit)  # the first slot of each position's document
+        new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        return last >= torch.where(new_doc, t, torch.zeros_like(t)).cummax(dim=1).values
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
