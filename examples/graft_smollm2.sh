@@ -27,6 +27,10 @@
 # construction; the default 0 adapts every position. GATE_MODE=onward (with GATE=-1) opens the gate
 # at a conversation's first appended id and keeps it open to the end, so the text answer after an
 # image or a voice tag is adapted too (train.lora_gate_mode; the default 'token' gates id by id).
+# TASK_TAG=text-only (with GATE=-1 GATE_MODE=onward) tokenizes the world data with the task tag first in
+# every text-only conversation (omniloom tokenize --task-tag), so the world's arithmetic in words is
+# answered by the adapters while untagged text stays the base's (docs/graft.md, "The task tag"); it
+# applies to the world data made here (shards given with SHARDS must have been tokenized with it).
 set -euo pipefail
 DATA=${DATA:-data/smolworld}
 OUT=${OUT:-runs/smol-world}
@@ -49,6 +53,7 @@ SHARDS=${SHARDS:-$DATA/shards/train}
 VAL=${VAL:-$DATA/shards/val}
 GATE=${GATE:-0}
 GATE_MODE=${GATE_MODE:-token}
+TASK_TAG=${TASK_TAG:-none}
 
 [ -f "$GRAFT/model.safetensors" ] || omniloom graft --base smollm2-135m --out "$GRAFT" \
   --codec image-world --codec audio-world --voices nova,atlas
@@ -57,10 +62,13 @@ if [ "$SHARDS" = "$DATA/shards/train" ]; then  # the world data of this run, mad
     --workers "$WORKERS"
   [ -f "$DATA/shards/train/manifest.json" ] || omniloom tokenize --input "$DATA/train.jsonl" --cfg-drop 0.1 \
     --tokenizer "$GRAFT/tokenizer.json" --vocab "$GRAFT/vocab.json" --codec image-world --codec audio-world \
-    --out "$DATA/shards" --val-fraction 0.02 --workers "$WORKERS"
+    --out "$DATA/shards" --val-fraction 0.02 --workers "$WORKERS" --task-tag "$TASK_TAG"
 fi
 [ -f "$SHARDS/manifest.json" ] || { echo "SHARDS=$SHARDS has no manifest.json (tokenized shards)" >&2; exit 1; }
 [ -f "$VAL/manifest.json" ] || { echo "VAL=$VAL has no manifest.json (tokenized shards)" >&2; exit 1; }
+if [ "$TASK_TAG" != none ] && ! grep -q "\"task_tag\": \"$TASK_TAG\"" "$SHARDS/manifest.json"; then
+  echo "TASK_TAG=$TASK_TAG, but $SHARDS was not tokenized with --task-tag $TASK_TAG: tokenize it again" >&2; exit 1
+fi
 
 TRAIN_SETS=$SHARDS
 if [ -n "$REHEARSAL" ]; then

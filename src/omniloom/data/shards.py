@@ -322,6 +322,10 @@ class ShardSet:
                         total_tokens=base, total_docs=int(sum(s.num_docs for s in sets)),
                         sources=[src for s in sets for src in s.manifest.get("sources", [])],
                         directories=[str(s.path) for s in sets])
+        tags = {s.manifest.get("task_tag") for s in sets} - {None, "none"}
+        manifest.pop("task_tag", None)
+        if tags:  # a model trained on any tagged set is asked with the tag (the widest rule)
+            manifest["task_tag"] = "all" if "all" in tags else "text-only"
         return cls(first.path, shards, np.concatenate(offsets), np.asarray(starts, dtype=np.int64),
                    np.concatenate(owner).astype(np.int32), manifest)
 
@@ -345,7 +349,7 @@ def filter_shards(src: str | Path, out: str | Path, keep: Callable[[np.ndarray],
     if data.pairs:
         raise ValueError(f"{src} holds preference pairs: a filter of single documents would break them")
     tok = data.path / "tokenizer.json"
-    meta = {k: v for k, v in data.manifest.items() if k in ("mode", "codecs", "cfg_drop")}
+    meta = {k: v for k, v in data.manifest.items() if k in ("mode", "codecs", "cfg_drop", "task_tag")}
     meta.update(sources=[str(src)], filter=note)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():

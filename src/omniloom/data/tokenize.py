@@ -125,6 +125,7 @@ def tokenize_files(
     unit_docs: int = DEFAULT_UNIT_DOCS,
     ray: str | None = None,
     fim: FimSettings | None = None,
+    task_tag: str = "none",
 ) -> dict[str, Any]:
     """Write ``out_dir/train`` (and ``out_dir/val`` when ``val_fraction > 0``). Returns a summary.
 
@@ -135,7 +136,11 @@ def tokenize_files(
     ``--cfg-scale`` can guide image generation (``tokens.drop_condition``). ``input_format`` names
     the reader of every input (``omniloom.data.readers.FORMATS``), ``reader_options`` its options.
     ``fim``: fill-in-the-middle for a share of the training documents (``omniloom.data.fim``; the
-    validation split stays left-to-right, so its loss stays comparable).
+    validation split stays left-to-right, so its loss stays comparable). ``task_tag``: ``"text-only"``
+    puts the task tag (``tokens.with_task_tag``) first in the first user turn of every conversation
+    with no media part, ``"all"`` in every conversation with a user turn, ``"none"`` (default) in
+    none; the rule is recorded in the manifests, and a model trained on them records it in its
+    generation.json (``task_tag``), so ``omniloom eval`` asks it the same way (docs/graft.md).
 
     Units (see the module docstring) run in this process (``workers=1``), in ``workers`` local
     processes (one torch thread each; codecs loaded again in each from ``codec_names``), or as Ray
@@ -151,6 +156,12 @@ def tokenize_files(
         if mode != "sft":
             raise ValueError("--format preference needs --mode sft (the loss covers the answers only)")
         cfg_drop = 0.0  # a pair's two documents keep the prompt they share
+    from ..tokens import TASK_TAG_RULES
+
+    if task_tag not in TASK_TAG_RULES:
+        raise ValueError(f"--task-tag must be one of {', '.join(TASK_TAG_RULES)}, got {task_tag!r}")
+    if task_tag != "none" and input_format == "preference":
+        raise ValueError("--task-tag does not apply to --format preference (pairs keep the prompt as written)")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if not 0.0 <= cfg_drop <= 1.0:
@@ -179,7 +190,7 @@ def tokenize_files(
     out = Path(out_dir)
     splits = ["train", "val"] if val_fraction > 0 else ["train"]
     job = _Job(str(out), splits, vocab, str(tokenizer_path), codec_names, mode, shard_tokens, val_fraction, seed,
-               cfg_drop, input_format, dict(reader_options or {}), fim or FimSettings())
+               cfg_drop, input_format, dict(reader_options or {}), fim or FimSettings(), task_tag)
     todo, done = _prepare(out, job, units, inputs, progress)
     from tqdm import tqdm
 
@@ -218,6 +229,7 @@ class _Job:
     input_format: str
     reader_options: dict[str, Any]
     fim: FimSettings = field(default_factory=FimSettings)
+    task_tag: str = "none"
 
     def fingerprint(self, units: list[Unit], inputs: list[str | Path]) -> str:
         """Identifies the plan: units from an earlier run count only when this matches."""
@@ -252,13 +264,13 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
     """Encode one unit's documents into its shards, then write its record (atomically, last)."""
     import torch
 
-    from ..tokens import drop_condition
+    from ..tokens import drop_condition, tag_by_rule
     from ..utils.fileio import atomic_write_text
 
     out = Path(job.out)
     writers = {k: ShardWriter(out / k, job.vocab, None, job.shard_tokens, name_prefix=f"u{unit.index:05d}_", part=True)
                for k in job.splits}
-    counts = {"train": 0, "val": 0, "dropped": 0, "fim": 0}
+    counts = {"train": 0, "val": 0, "dropped": 0, "fim": 0, "tagged": 0}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread is faster than two (measured)
     try:
@@ -268,6 +280,8 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
                 if isinstance(doc, Preference):  # one position, two documents written together
                     pair = encode_preference(processor, doc, base_dir)
                 else:
+                    doc, tagged = tag_by_rule(doc, job.task_tag)
+                    counts["tagged"] += tagged
                     enc = processor.encode_messages(doc, mode=job.mode, base_dir=base_dir)
             except ValueError as e:
                 raise ValueError(f"{unit.input}:{where}: {e}") from e
@@ -498,7 +512,7 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
     missing = [u.index for u in units if u.index not in done]
     if missing:
         raise RuntimeError(f"units {missing[:5]} did not finish")
-    counts = {k: sum(done[u.index]["counts"].get(k, 0) for u in units) for k in ("train", "val", "dropped", "fim")}
+    counts = {k: sum(done[u.index]["counts"].get(k, 0) for u in units) for k in ("train", "val", "dropped", "fim", "tagged")}
     if counts["train"] == 0:
         raise ValueError(f"no documents for the training split in {', '.join(map(str, inputs))}")
     if "val" in job.splits and counts["val"] == 0:
@@ -507,6 +521,8 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
             "codecs": dict(job.codec_names), "cfg_drop": job.cfg_drop, "units": len(units)}
     if job.fim.rate > 0:
         meta["fim"] = {"rate": job.fim.rate, "spm_rate": job.fim.spm_rate}
+    if job.task_tag != "none":
+        meta["task_tag"] = job.task_tag
     if job.input_format == "preference":
         meta["pairs"] = True
     manifests = {k: write_manifest(out / k, job.vocab, [s for u in units for s in done[u.index]["shards"].get(k, [])], meta)
@@ -521,4 +537,5 @@ def _finish(out: Path, job: _Job, units: list[Unit], done: dict[int, dict[str, A
                 "dir": str(out / k), **({"pairs": m["total_docs"] // 2} if m.get("pairs") else {})}
             for k, m in manifests.items()} | {"vocab_size": job.vocab.size,
                                                                      "condition_dropped": counts["dropped"],
-                                                                     "fim_documents": counts["fim"]}
+                                                                     "fim_documents": counts["fim"],
+                                                                     "task_tagged": counts["tagged"]}

@@ -78,6 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "reordered with the FIM sentinels (fill-in-the-middle, docs/token-format.md); default 0 = off")
     p.add_argument("--fim-spm-rate", type=float, default=0.5, metavar="Q",
                    help="share of the FIM documents laid out suffix-prefix-middle (SPM) instead of PSM; default 0.5")
+    p.add_argument("--task-tag", default="none", choices=["none", "text-only", "all"],
+                   help="put the task tag <|task|> first in the first user turn of every text-only conversation "
+                        "('text-only') or of every conversation ('all'): with gated adapters (train.lora_gate_mode="
+                        "onward) a tagged conversation runs through the adapters, an untagged text-only one through "
+                        "the base (docs/graft.md); the trained model records the rule, and eval asks it the same way")
     p.add_argument("--workers", type=int, default=None,
                    help="processes encoding lines (default: all cores; the shards are the same for any count)")
     p.add_argument("--unit-docs", type=int, default=2048, metavar="N",
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                              voices=[v for v in args.voices.split(",") if v] if args.voices else None,
                              cfg_drop=args.cfg_drop, workers=args.workers or os.cpu_count() or 1,
                              unit_docs=args.unit_docs, ray=args.ray, input_format=input_format,
-                             reader_options=reader_options, fim=fim)
+                             reader_options=reader_options, fim=fim, task_tag=args.task_tag)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the request (best-of-N, self-judged; 1 off). Edits always get one sample. With --server it is sent "
                         "as the image_candidates extension")
     p.add_argument("--int8", action="store_true", help="evaluate the local model with int8 weight-only quantization")
+    p.add_argument("--task-tag", default="auto", choices=["auto", "none", "text-only", "all"],
+                   help="put the task tag first in the prompts this rule names (docs/graft.md); auto (default): the "
+                        "rule the model was trained with (its generation.json \"task_tag\"), none with --server")
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -108,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--image-candidates must be >= 1, got {args.image_candidates}")
     if args.server:
         backend = ServerBackend(args.server, args.model, args.api_key, args.max_new_tokens, args.cfg_scale,
-                                args.image_candidates)
+                                args.image_candidates, None if args.task_tag == "auto" else args.task_tag)
         what = f"{args.model} at {args.server}"
     else:
         from ..infer.generate import OmniModel, resolve_model_dir
 
         directory = resolve_model_dir(args.model)
         backend = LocalBackend(OmniModel.load(directory, int8=args.int8), args.max_new_tokens, args.cfg_scale,
-                               args.image_candidates)
+                               args.image_candidates, None if args.task_tag == "auto" else args.task_tag)
         what = str(directory)
     samples = {}
     for task in tasks:
@@ -140,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"model": what, "split": args.split, "lang": args.lang, "seed": args.seed, "n": args.n,
                 "seconds": time.time() - t0,
-                "cfg_scale": args.cfg_scale, "image_candidates": args.image_candidates, "int8": bool(args.int8)}
+                "cfg_scale": args.cfg_scale, "image_candidates": args.image_candidates, "int8": bool(args.int8),
+                "task_tag": backend.task_tag or "none"}
         tmp = out.with_suffix(".tmp")
         tmp.write_text(results_json(results, meta))
         tmp.replace(out)

@@ -56,8 +56,17 @@ def _to_16k(pcm: np.ndarray, rate: int) -> np.ndarray:
 class LocalBackend:
     """Answers through ``generate()`` in this process."""
 
-    def __init__(self, omni, max_new_tokens: int = 256, cfg_scale: float = 1.0, image_candidates: int = 1):
+    def __init__(self, omni, max_new_tokens: int = 256, cfg_scale: float = 1.0, image_candidates: int = 1,
+                 task_tag: str | None = None):
+        from ..tokens import TASK_TAG_RULES
+
         self.omni = omni
+        # the task tag rule the model was trained with (generation.json "task_tag", from `tokenize
+        # --task-tag`): prompts are tagged as its training data was; an explicit rule overrides it
+        self.task_tag = task_tag if task_tag is not None else (getattr(omni, "generation", None) or {}).get("task_tag")
+        if self.task_tag not in (None, *TASK_TAG_RULES):
+            raise ValueError(f"task tag rule {self.task_tag!r} is not one of {', '.join(TASK_TAG_RULES)} "
+                             "(generation.json \"task_tag\")")
         self.max_new_tokens = max_new_tokens
         self.cfg_scale = cfg_scale  # classifier-free guidance for image answers
         self.image_candidates = image_candidates  # best-of-N drawings, judged by the model's own captions
@@ -66,8 +75,11 @@ class LocalBackend:
         from ..infer.generate import generate
         from ..infer.sampling import SamplingParams
 
+        from ..tokens import tag_by_rule
+
         kind = OUTPUT_OF[sample["task"]]
-        events = generate(self.omni, _prompt_messages(sample), output_modality=kind,
+        messages, _ = tag_by_rule(_prompt_messages(sample), self.task_tag)
+        events = generate(self.omni, messages, output_modality=kind,
                           outputs=(kind,) if kind != "image" else ("image", "audio", "text"),
                           voice=_voice(sample) if kind == "audio" else None,
                           sampling=SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0),
@@ -105,13 +117,14 @@ class ServerBackend:
     """Answers through an OpenAI-compatible server (chat completions with data-URL media)."""
 
     def __init__(self, url: str, model: str, api_key: str | None = None, max_tokens: int = 256,
-                 cfg_scale: float = 1.0, image_candidates: int = 1):
+                 cfg_scale: float = 1.0, image_candidates: int = 1, task_tag: str | None = None):
         import openai
 
         self.client = openai.OpenAI(base_url=url.rstrip("/") + ("" if url.rstrip("/").endswith("/v1") else "/v1"),
                                     api_key=api_key or "none", max_retries=1)
         self.model = model
         self.max_tokens = max_tokens
+        self.task_tag = task_tag  # sent as omniloom's {"type": "task_tag"} content part (a server extension)
         # omniloom's extensions for image answers, sent only when asked for (another server may refuse them)
         self.image_extra = {k: v for k, v in (("guidance_scale", cfg_scale), ("image_candidates", image_candidates))
                             if v != 1}
@@ -132,6 +145,8 @@ class ServerBackend:
         t = part.get("type")
         if t == "text":
             return [{"type": "text", "text": part["text"]}]
+        if t == "task_tag":
+            return [{"type": "task_tag"}]
         if t == "image":
             data = base64.b64encode((base_dir / part["path"]).read_bytes()).decode()
             return [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}}]
@@ -148,8 +163,10 @@ class ServerBackend:
         kind = OUTPUT_OF[sample["task"]]
         if kind == "mesh":
             return self._mesh_answer(sample)
+        from ..tokens import tag_by_rule
+
         messages = []
-        for m in _prompt_messages(sample):
+        for m in tag_by_rule(_prompt_messages(sample), self.task_tag)[0]:
             content = m["content"]
             if isinstance(content, list):
                 content = [p for part in content for p in self._part(part, base_dir)]

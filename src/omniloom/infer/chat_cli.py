@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="answer with a 3D shape, written to OUT (.stl, .obj or .glb); needs a model with a 3D codec")
     p.add_argument("--voice", default=None, help="assistant voice for spoken answers (e.g. nova, atlas)")
     p.add_argument("--system", default=None, help="a system message")
+    p.add_argument("--task-tag", action="store_true",
+                   help="put the task tag first in the conversation's first user turn: a model trained with gated "
+                        "adapters on tagged data (tokenize --task-tag) answers it with its adapters, not as the "
+                        "base (docs/graft.md)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default; with --best-of: 1)")
     p.add_argument("--top-k", type=int, default=0)
@@ -81,6 +85,13 @@ def _user_message(text: str | None, images, audios, video, meshes=()) -> dict:
         if "path" in part and not Path(part["path"]).is_file():
             raise ValueError(f"{part['type']} file {part['path']} does not exist")
     return {"role": "user", "content": parts}
+
+
+def _tagged(messages: list[dict], args) -> list[dict]:
+    """``messages`` with the task tag first in the first user turn when ``--task-tag`` asks for it."""
+    from ..tokens import with_task_tag
+
+    return with_task_tag(messages) if getattr(args, "task_tag", False) else messages
 
 
 def _answer(omni, messages, args, out_dir: Path, turn: int) -> dict:
@@ -237,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     messages: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None or args.image or args.audio or args.video or args.mesh_in:
         messages.append(_user_message(args.prompt, args.image, args.audio, args.video, args.mesh_in))
-        _answer(omni, messages, args, out_dir, 0)
+        _answer(omni, _tagged(messages, args), args, out_dir, 0)
         return 0
     print("omniloom chat: type a message (/exit to leave, /reset to start over, "
           "/image PATH, /audio PATH or /mesh PATH to attach to the next message)")
@@ -268,5 +279,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e}")
             continue
         pending_images, pending_audio, pending_meshes = [], [], []
-        messages.append(_answer(omni, messages, args, out_dir, turn))
+        messages.append(_answer(omni, _tagged(messages, args), args, out_dir, turn))
         turn += 1

@@ -106,7 +106,7 @@ from ..utils.model_dir import MODELS_DIR, resolve_model_dir  # noqa: E402  (re-e
 #: write that description first, and judges its candidate drawings against it
 GENERATION_KEYS = {"cfg_scale": (float, 1.0, 10.0), "image_candidates": (int, 1, 64), "describe_edits": (bool, 0, 1),
                    "prompts": (dict, 0, 0), "voice_aliases": (dict, 0, 0), "speak_via_text": (bool, 0, 1),
-                   "untrained": (dict, 0, 0)}
+                   "untrained": (dict, 0, 0), "task_tag": (str, 0, 0)}
 #: ``untrained`` maps an output modality the model's vocabulary and codecs allow but its weights were
 #: never trained to write (e.g. the world model's 3D shapes) to the warning every such answer carries
 
@@ -139,6 +139,14 @@ def read_generation(path: str | Path) -> dict:
                                                       for k, v in value.items()):
                 raise ValueError(f"generation defaults {f}: voice_aliases must be an object of name -> voice name")
             out[key] = dict(value)
+            continue
+        if key == "task_tag":  # the rule its training data was tagged by (tokenize --task-tag): eval asks so
+            from ..tokens import TASK_TAG_RULES
+
+            if value not in TASK_TAG_RULES:
+                raise ValueError(f"generation defaults {f}: task_tag must be one of {', '.join(TASK_TAG_RULES)}, "
+                                 f"got {value!r}")
+            out[key] = value
             continue
         if key == "untrained":
             if not isinstance(value, dict) or not all(m in OUTPUTS and isinstance(w, str) and w.strip()

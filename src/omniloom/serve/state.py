@@ -247,6 +247,8 @@ class ServerState:
             data = b64decode(spec["data"], f"{where}.input_audio.data")
             self.check_audio(data, f"{where}.input_audio")
             return {"type": "input_audio", "input_audio": {"data": spec["data"], "format": fmt}}
+        if kind == "task_tag":  # omniloom's extension: route this conversation through gated adapters
+            return {"type": "task_tag"}
         if kind == "video_url":
             self.need("image", where)
             spec = part.get("video_url")
@@ -261,7 +263,7 @@ class ServerState:
                 raise bad_request(f"{where}: {e}", where) from None
             return {"type": "video", "path": tmp.write(data, ".video")}
         raise bad_request(f"{where}: unsupported content part type {kind!r} (text, image_url, input_audio, "
-                          "video_url)", where, "invalid_value")
+                          "video_url, task_tag)", where, "invalid_value")
 
     def convert_messages(self, messages: list[Any], tmp: TempFiles) -> list[dict]:
         """OpenAI chat messages -> messages for ``generate()`` (roles mapped, media checked)."""

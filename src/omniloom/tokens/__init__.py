@@ -4,6 +4,8 @@ See ``docs/token-format.md`` for the layout, the spans and the loss mask.
 """
 
 from .template import (
+    TASK_TAG_PART,
+    TASK_TAG_RULES,
     Encoded,
     Segment,
     build_prompt,
@@ -11,9 +13,13 @@ from .template import (
     drop_condition,
     encode_conversation,
     encode_part,
+    has_media,
     normalize_content,
     null_condition,
     segments_to_messages,
+    tag_by_rule,
+    task_tag_id,
+    with_task_tag,
 )
 from .vocab import NAMED_SPECIALS, Vocab
 
@@ -30,4 +36,10 @@ __all__ = [
     "normalize_content",
     "null_condition",
     "drop_condition",
+    "TASK_TAG_PART",
+    "task_tag_id",
+    "has_media",
+    "with_task_tag",
+    "tag_by_rule",
+    "TASK_TAG_RULES",
 ]

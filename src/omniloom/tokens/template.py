@@ -16,6 +16,8 @@ Content parts (after codecs ran) become spans:
   fps) and an image span; then ``<|/video|>``.
 - ``mesh_codes``: ``<|mesh|> c_1 .. c_N <|/mesh|>`` with exactly ``vocab.mesh_tokens`` 3D shape codes
   (the markers are aliases of reserved slots 3 and 4; the vocabulary needs a mesh range).
+- ``task_tag``: the one id ``<|task|>`` (reserved slot 5), no payload: it marks a conversation as a
+  task for gated adapters (``with_task_tag`` puts it first in the first user turn); parsing skips it.
 
 ``loss_mask[i] == 1`` means id ``i`` is a training target (the data pipeline shifts ids and mask
 together). ``sft``: the content and ``<|end|>`` of assistant turns; ``pretrain``: every id.
@@ -28,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .vocab import Vocab
+from .vocab import RESERVED_NAMES, Vocab
 
 __all__ = [
     "Encoded",
@@ -36,6 +38,10 @@ __all__ = [
     "ROLES",
     "OUTPUT_MODALITIES",
     "normalize_content",
+    "TASK_TAG_PART",
+    "task_tag_id",
+    "has_media",
+    "with_task_tag",
     "encode_part",
     "encode_conversation",
     "build_prompt",
@@ -47,7 +53,12 @@ __all__ = [
 
 ROLES = ("system", "user", "assistant")
 OUTPUT_MODALITIES = ("text", "image", "audio", "video", "mesh")
-CODE_PART_TYPES = ("text", "image_codes", "audio_codes", "video_codes", "mesh_codes")
+CODE_PART_TYPES = ("text", "image_codes", "audio_codes", "video_codes", "mesh_codes", "task_tag")
+#: the content part that writes the task tag ``<|task|>`` (a reserved slot, so every vocabulary has
+#: it): one appended id with no payload. A model trained with gated adapters (``train.lora_gate_mode``
+#: ``onward``) on data tagged this way (``omniloom tokenize --task-tag``) runs a tagged text-only
+#: conversation through its adapters, an untagged one through the base (docs/graft.md)
+TASK_TAG_PART = {"type": "task_tag"}
 
 
 @dataclass
@@ -203,10 +214,67 @@ def encode_part(part: dict, vocab: Vocab, text_tokenizer: Any, where: str = "par
         return _video_span(vocab, part, where)
     if kind == "mesh_codes":
         return _mesh_span(vocab, part.get("codes"), where)
+    if kind == "task_tag":
+        return [task_tag_id(vocab, where)]
     raise ValueError(
         f"{where}: part type {kind!r} is not a code part ({', '.join(CODE_PART_TYPES)}); "
         "raw media parts go through omniloom.processor.Processor"
     )
+
+
+def task_tag_id(vocab: Vocab, where: str = "task_tag") -> int:
+    """The id of ``<|task|>``; a clear error for a vocabulary built with too few reserved specials."""
+    try:
+        return vocab.special("task")
+    except ValueError:
+        raise ValueError(f"{where}: this vocabulary has no task tag (it needs num_reserved_specials >= "
+                         f"{RESERVED_NAMES.index('task') + 1}, has {vocab.num_reserved_specials})") from None
+
+
+def has_media(messages: Sequence[dict]) -> bool:
+    """Whether any message holds a part other than text (a media part, raw or coded, or a task tag)."""
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content):
+            return True
+    return False
+
+
+def with_task_tag(messages: Sequence[dict]) -> list[dict]:
+    """A copy of ``messages`` with the task tag put first in the first user turn (messages unchanged
+    when that turn already starts with one; ValueError when there is no user turn)."""
+    out = [dict(m) if isinstance(m, dict) else m for m in messages]
+    for m in out:
+        if isinstance(m, dict) and m.get("role") == "user":
+            parts = normalize_content(m.get("content"), "user message")
+            if not (parts and parts[0].get("type") == "task_tag"):
+                parts = [dict(TASK_TAG_PART)] + parts
+            m["content"] = parts
+            return out
+    raise ValueError("a task tag goes at the start of the first user turn, and this conversation has none")
+
+
+#: which conversations a task-tag rule tags (``omniloom tokenize --task-tag``, generation.json ``task_tag``)
+TASK_TAG_RULES = ("none", "text-only", "all")
+
+
+def tag_by_rule(messages: Sequence[dict], rule: str | None) -> tuple[list[dict], bool]:
+    """``(messages, tagged)``: with the task tag put first (:func:`with_task_tag`) when ``rule`` tags
+    this conversation: ``"all"`` every one with a user turn, ``"text-only"`` those that also have no
+    media part, ``"none"``/None none. A conversation that already holds a tag is left as it is."""
+    if rule in (None, "none"):
+        return list(messages), False
+    if rule not in TASK_TAG_RULES:
+        raise ValueError(f"task tag rule must be one of {', '.join(TASK_TAG_RULES)}, got {rule!r}")
+    if not isinstance(messages, (list, tuple)) or not any(
+            isinstance(m, dict) and m.get("role") == "user" for m in messages):
+        return list(messages) if isinstance(messages, (list, tuple)) else messages, False
+    if any(isinstance(m, dict) and isinstance(m.get("content"), list) and any(
+            isinstance(p, dict) and p.get("type") == "task_tag" for p in m["content"]) for m in messages):
+        return list(messages), False
+    if rule == "text-only" and has_media(messages):
+        return list(messages), False
+    return with_task_tag(messages), True
 
 
 def _encode_turns(messages: Sequence[dict], vocab: Vocab, text_tokenizer: Any, mode: str
@@ -346,6 +414,7 @@ class _Parser:
         self.role_of = {self.S[r]: r for r in ROLES}
         # the mesh markers are reserved slots: spans only in a vocabulary with a mesh range
         self.S["mesh"], self.S["/mesh"] = (s("mesh"), s("/mesh")) if vocab.mesh_tokens else (-1, -1)
+        self.S["task"] = s("task") if vocab.num_reserved_specials > RESERVED_NAMES.index("task") else -1
         # a grafted vocab's headers, turn end and begin/end of text are runs of text ids
         self.runs = vocab.chat_runs() if vocab.chat else []
 
@@ -391,7 +460,7 @@ class _Parser:
             elif i in (S["end"], S["eos"]):
                 self.role = None
                 self.pos += 1
-            elif i in (S["bos"], S["pad"], S["null"]):
+            elif i in (S["bos"], S["pad"], S["null"], S["task"]):  # markers with nothing to show
                 self.pos += 1
             elif i == S["image"]:
                 seg = self.image_span()

@@ -47,10 +47,11 @@ NAMED_SPECIALS: tuple[str, ...] = (
 )
 
 #: names given to the first reserved slots (``<|reserved:i|>`` is the i-th name): fill-in-the-middle
-#: sentinels (``omniloom.data.fim``), then the 3D shape span's markers. An alias only: the slot's id,
-#: and the ``special_tokens`` list stored in vocab.json, stay as they were, so every vocabulary
-#: written before keeps its meaning
-RESERVED_NAMES: tuple[str, ...] = ("fim_prefix", "fim_suffix", "fim_middle", "mesh", "/mesh")
+#: sentinels (``omniloom.data.fim``), then the 3D shape span's markers, then the task tag (a
+#: ``{"type": "task_tag"}`` content part: an appended id that opens gated adapters for a text-only
+#: conversation, docs/graft.md). An alias only: the slot's id, and the ``special_tokens`` list stored
+#: in vocab.json, stay as they were, so every vocabulary written before keeps its meaning
+RESERVED_NAMES: tuple[str, ...] = ("fim_prefix", "fim_suffix", "fim_middle", "mesh", "/mesh", "task")
 
 #: keys of a chat format: each a list of text ids. ``system``/``user``/``assistant``: a role's header;
 #: ``end``: after each turn (its first id is the one generation stops at); ``bos``/``eos``: before and

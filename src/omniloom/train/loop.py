@@ -226,6 +226,11 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         if gen.is_file():
             assets["generation.json"] = gen
             break
+    if train_set.manifest.get("task_tag") not in (None, "none"):
+        # data tokenized with --task-tag: the model is asked the same way (omniloom eval reads this)
+        gen = assets.get("generation.json")
+        table = json.loads(Path(gen).read_text()) if gen is not None else {}
+        assets["generation.json"] = json.dumps(table | {"task_tag": train_set.manifest["task_tag"]}, indent=1)
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_root, step.step, model, step.optimizer, cfg, loader.state_dict(), tc.keep_checkpoints,
