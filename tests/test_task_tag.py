@@ -20,6 +20,7 @@ from omniloom.tokens import (
     encode_conversation,
     has_media,
     tag_by_rule,
+    tag_prompt,
     task_tag_id,
     with_task_tag,
 )
@@ -85,6 +86,24 @@ def test_rules_tag_text_only_or_all_conversations():
         tag_by_rule(TEXT_ONLY, "some")
 
 
+def test_a_prompt_is_tagged_as_its_whole_conversation_was():
+    draw = [{"role": "user", "content": "w1 w2"}]  # text alone, but the answer will be an image
+    assert tag_prompt(draw, "text-only", "image") == (draw, False)
+    assert tag_prompt(draw, "text-only", "audio") == (draw, False)
+    assert tag_prompt(draw, "text-only", "text") == (with_task_tag(draw), True)
+    assert tag_prompt(draw, "all", "image") == (with_task_tag(draw), True)
+    # and so does tag_by_rule on the whole conversation it begins
+    whole = draw + [{"role": "assistant", "content": [{"type": "image_codes", "codes": [1]}]}]
+    assert tag_by_rule(whole, "text-only")[1] is False
+
+
+def test_the_tag_is_never_a_loss_target_even_in_pretrain_mode():
+    v = Vocab.build(text_size=TEXT)
+    enc = encode_conversation(with_task_tag(TEXT_ONLY), v, _Words(), mode="pretrain")
+    at = enc.ids.index(task_tag_id(v))
+    assert enc.loss_mask[at] == 0 and sum(enc.loss_mask) == len(enc.ids) - 1
+
+
 def _jsonl(path: Path, docs: list[list[dict]]) -> Path:
     path.write_text("".join(json.dumps({"messages": d}) + "\n" for d in docs))
     return path
@@ -123,6 +142,29 @@ def test_tokenize_tags_text_only_documents_and_records_the_rule(tmp_path):
     assert "task_tag" not in ShardSet.open(f"{out2 / 'train'},{out2 / 'train'}").manifest
     with pytest.raises(ValueError, match="--task-tag must be one of none, text-only, all"):
         _tokenize(tmp_path, "maybe", [text], name="bad")
+    # two sets tagged by different rules cannot be one training set: the model is asked by one rule
+    _, out3 = _tokenize(tmp_path, "all", [text, image], name="all", vocab=vocab)
+    with pytest.raises(ValueError, match="different task tag rules .*--task-tag text-only vs all"):
+        ShardSet.open(f"{out / 'train'},{out3 / 'train'}")
+
+
+def test_tokenize_tags_preference_pairs_by_the_same_rule(tmp_path):
+    from omniloom.data.shards import ShardSet
+    from omniloom.data.tokenize import tokenize_files
+
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(_tiny_tokenizer_json())
+    src = tmp_path / "pairs.jsonl"
+    src.write_text(json.dumps({"prompt": "w3 w4", "chosen": "w5", "rejected": "w6"}) + "\n")
+    vocab = Vocab.build(text_size=TEXT)
+    summary = tokenize_files([src], tok, tmp_path / "o", vocab=vocab, progress=False, input_format="preference",
+                             task_tag="text-only")
+    assert summary["task_tagged"] == 1
+    s = ShardSet.open(tmp_path / "o" / "train")
+    (chosen, cmask), (rejected, _) = s.doc(0), s.doc(1)
+    tag = task_tag_id(vocab)
+    assert int((chosen == tag).sum()) == 1 and int((rejected == tag).sum()) == 1
+    assert cmask[list(chosen).index(tag)] == 0
 
 
 def test_tokenize_cli_task_tag_all(tmp_path):
@@ -184,7 +226,8 @@ def test_a_tagged_run_answers_tagged_text_with_its_adapters_and_untagged_text_as
     sample = {"task": "math", "messages": ask + [{"role": "assistant", "content": "w1"}], "truth": {}}
     LocalBackend(omni).answer(sample, tmp_path)
     LocalBackend(omni, task_tag="none").answer(sample, tmp_path)
-    assert seen[0] == with_task_tag(ask) and seen[1] == ask
+    LocalBackend(omni).answer(dict(sample, task="draw"), tmp_path)  # an image answer: untagged in training too
+    assert seen[0] == with_task_tag(ask) and seen[1] == ask and seen[2] == ask
     assert LocalBackend(omni).task_tag == "text-only"
     # chat --task-tag asks the same way
     import omniloom.infer.chat_cli as chat_cli
@@ -199,10 +242,17 @@ def test_a_tagged_run_answers_tagged_text_with_its_adapters_and_untagged_text_as
 
 
 def test_serve_accepts_a_task_tag_part_and_eval_sends_one():
+    from types import SimpleNamespace
+
     from omniloom.eval.runner import ServerBackend
+    from omniloom.serve.errors import APIError
     from omniloom.serve.state import ServerState
 
-    part = ServerState.convert_part(None, {"type": "task_tag"}, "messages[0].content[0]", None)
-    assert part == TASK_TAG_PART
+    served = SimpleNamespace(omni=SimpleNamespace(vocab=Vocab.build(text_size=TEXT)))
+    assert ServerState.convert_part(served, {"type": "task_tag"}, "messages[0].content[0]", None) == TASK_TAG_PART
+    old = SimpleNamespace(omni=SimpleNamespace(vocab=Vocab.build(text_size=TEXT, num_reserved_specials=4)))
+    with pytest.raises(APIError) as e:
+        ServerState.convert_part(old, {"type": "task_tag"}, "messages[0].content[0]", None)
+    assert e.value.status == 400 and "no task tag" in str(e.value.message)
     sb = ServerBackend.__new__(ServerBackend)
     assert sb._part({"type": "task_tag"}, Path(".")) == [TASK_TAG_PART]

@@ -322,10 +322,14 @@ class ShardSet:
                         total_tokens=base, total_docs=int(sum(s.num_docs for s in sets)),
                         sources=[src for s in sets for src in s.manifest.get("sources", [])],
                         directories=[str(s.path) for s in sets])
-        tags = {s.manifest.get("task_tag") for s in sets} - {None, "none"}
+        tagged = {s.manifest["task_tag"]: s.path for s in sets if s.manifest.get("task_tag") not in (None, "none")}
+        if len(tagged) > 1:
+            (a, pa), (b, pb) = list(tagged.items())[:2]
+            raise ValueError(f"shard directories {pa} and {pb} were tokenized with different task tag rules "
+                             f"(--task-tag {a} vs {b}): a model is asked by one rule, so tokenize them with the same")
         manifest.pop("task_tag", None)
-        if tags:  # a model trained on any tagged set is asked with the tag (the widest rule)
-            manifest["task_tag"] = "all" if "all" in tags else "text-only"
+        if tagged:  # a model trained on a tagged set (beside untagged ones) is asked with the tag
+            manifest["task_tag"] = next(iter(tagged))
         return cls(first.path, shards, np.concatenate(offsets), np.asarray(starts, dtype=np.int64),
                    np.concatenate(owner).astype(np.int32), manifest)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -160,8 +160,6 @@ def tokenize_files(
 
     if task_tag not in TASK_TAG_RULES:
         raise ValueError(f"--task-tag must be one of {', '.join(TASK_TAG_RULES)}, got {task_tag!r}")
-    if task_tag != "none" and input_format == "preference":
-        raise ValueError("--task-tag does not apply to --format preference (pairs keep the prompt as written)")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if not 0.0 <= cfg_drop <= 1.0:
@@ -235,6 +233,8 @@ class _Job:
         """Identifies the plan: units from an earlier run count only when this matches."""
         stats = [(str(Path(p).resolve()), *_input_stat(p)) for p in inputs]
         key = {k: v for k, v in asdict(self).items() if k not in ("vocab", "out")}
+        if key.get("task_tag") == "none":
+            del key["task_tag"]  # so a plan made before the option existed still resumes
         key |= {"vocab": self.vocab.to_dict() if hasattr(self.vocab, "to_dict") else repr(self.vocab),
                 "tokenizer": sha256_file(self.tokenizer_path), "inputs": stats, "units": [asdict(u) for u in units]}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
@@ -264,7 +264,7 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
     """Encode one unit's documents into its shards, then write its record (atomically, last)."""
     import torch
 
-    from ..tokens import drop_condition, tag_by_rule
+    from ..tokens import drop_condition, tag_by_rule, with_task_tag
     from ..utils.fileio import atomic_write_text
 
     out = Path(job.out)
@@ -278,6 +278,10 @@ def _run_unit(job: _Job, unit: Unit, processor: Any, on_doc: Callable[[], None] 
             base_dir = Path(unit.input).parent
             try:
                 if isinstance(doc, Preference):  # one position, two documents written together
+                    tagged = tag_by_rule(doc.messages, job.task_tag)[1]  # decided on the prompt and both answers
+                    if tagged:
+                        doc = replace(doc, prompt=with_task_tag(doc.prompt))
+                        counts["tagged"] += 1
                     pair = encode_preference(processor, doc, base_dir)
                 else:
                     doc, tagged = tag_by_rule(doc, job.task_tag)

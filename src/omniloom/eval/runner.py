@@ -75,10 +75,10 @@ class LocalBackend:
         from ..infer.generate import generate
         from ..infer.sampling import SamplingParams
 
-        from ..tokens import tag_by_rule
+        from ..tokens import tag_prompt
 
         kind = OUTPUT_OF[sample["task"]]
-        messages, _ = tag_by_rule(_prompt_messages(sample), self.task_tag)
+        messages, _ = tag_prompt(_prompt_messages(sample), self.task_tag, kind)
         events = generate(self.omni, messages, output_modality=kind,
                           outputs=(kind,) if kind != "image" else ("image", "audio", "text"),
                           voice=_voice(sample) if kind == "audio" else None,
@@ -163,10 +163,10 @@ class ServerBackend:
         kind = OUTPUT_OF[sample["task"]]
         if kind == "mesh":
             return self._mesh_answer(sample)
-        from ..tokens import tag_by_rule
+        from ..tokens import tag_prompt
 
         messages = []
-        for m in tag_by_rule(_prompt_messages(sample), self.task_tag)[0]:
+        for m in tag_prompt(_prompt_messages(sample), self.task_tag, kind)[0]:
             content = m["content"]
             if isinstance(content, list):
                 content = [p for part in content for p in self._part(part, base_dir)]

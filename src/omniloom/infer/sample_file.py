@@ -281,6 +281,8 @@ def run_sampling(omni: Any, prompts_path: str | Path, out: str | Path, n: int, s
 
     from tqdm import tqdm
 
+    from ..tokens import tag_prompt
+
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     out = Path(out)
@@ -313,7 +315,10 @@ def run_sampling(omni: Any, prompts_path: str | Path, out: str | Path, n: int, s
         params = replace(sampling, seed=seed)
         voice = (p.voice or default_voice(omni.vocab)) if p.output == "audio" else p.voice
         try:
-            _, cands, _ = sample_candidates(omni, p.messages, n, p.output, None, voice, params, cfg, batch=batch)
+            # a model trained on tagged data (generation.json "task_tag") is asked as it was trained; the
+            # lines keep the prompt as given (tokenize --task-tag tags the pairs made from them again)
+            asked = tag_prompt(p.messages, (getattr(omni, "generation", None) or {}).get("task_tag"), p.output)[0]
+            _, cands, _ = sample_candidates(omni, asked, n, p.output, None, voice, params, cfg, batch=batch)
         except ValueError as e:
             raise ValueError(f"{prompts_path}:{p.line} (prompt {p.id!r}): {e}") from None
         new = []

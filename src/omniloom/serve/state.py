@@ -248,6 +248,12 @@ class ServerState:
             self.check_audio(data, f"{where}.input_audio")
             return {"type": "input_audio", "input_audio": {"data": spec["data"], "format": fmt}}
         if kind == "task_tag":  # omniloom's extension: route this conversation through gated adapters
+            from ..tokens import task_tag_id
+
+            try:
+                task_tag_id(self.omni.vocab, where)
+            except ValueError as e:
+                raise bad_request(str(e), where) from None
             return {"type": "task_tag"}
         if kind == "video_url":
             self.need("image", where)

@@ -18,6 +18,7 @@ from .template import (
     null_condition,
     segments_to_messages,
     tag_by_rule,
+    tag_prompt,
     task_tag_id,
     with_task_tag,
 )
@@ -41,5 +42,6 @@ __all__ = [
     "has_media",
     "with_task_tag",
     "tag_by_rule",
+    "tag_prompt",
     "TASK_TAG_RULES",
 ]

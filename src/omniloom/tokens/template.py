@@ -42,6 +42,9 @@ __all__ = [
     "task_tag_id",
     "has_media",
     "with_task_tag",
+    "tag_by_rule",
+    "tag_prompt",
+    "TASK_TAG_RULES",
     "encode_part",
     "encode_conversation",
     "build_prompt",
@@ -277,6 +280,16 @@ def tag_by_rule(messages: Sequence[dict], rule: str | None) -> tuple[list[dict],
     return with_task_tag(messages), True
 
 
+def tag_prompt(prompt: Sequence[dict], rule: str | None, output_modality: str | None = None
+               ) -> tuple[list[dict], bool]:
+    """:func:`tag_by_rule` for a prompt whose answer will be of ``output_modality``, decided as the
+    whole conversation was when its training data was tagged: under ``"text-only"`` a prompt of
+    text alone is not tagged when its answer is an image, speech or a shape (a media part)."""
+    if rule == "text-only" and output_modality not in (None, "text"):
+        return list(prompt), False
+    return tag_by_rule(prompt, rule)
+
+
 def _encode_turns(messages: Sequence[dict], vocab: Vocab, text_tokenizer: Any, mode: str
                   ) -> tuple[list[int], list[int]]:
     if mode not in ("sft", "pretrain"):
@@ -297,15 +310,19 @@ def _encode_turns(messages: Sequence[dict], vocab: Vocab, text_tokenizer: Any, m
         if role not in ROLES:
             raise ValueError(f"message {i}: role {role!r} is not one of {ROLES}")
         body: list[int] = []
+        quiet: list[bool] = []  # ids never learnt, whatever the mode: the task tag
         for j, part in enumerate(normalize_content(msg.get("content"), f"message {i}")):
-            body += encode_part(part, vocab, text_tokenizer, f"message {i} part {j}")
+            got = encode_part(part, vocab, text_tokenizer, f"message {i} part {j}")
+            body += got
+            quiet += [part.get("type") == "task_tag"] * len(got)
         body += end
+        quiet += [False] * len(end)
         learn = 1 if (mode == "pretrain" or role == "assistant") else 0
         head = vocab.header_ids(role)
         ids += head
         mask += [1 if mode == "pretrain" else 0] * len(head)
         ids += body
-        mask += [learn] * len(body)
+        mask += [0 if q else learn for q in quiet]
     return ids, mask
 
 
