@@ -74,7 +74,6 @@ class LocalBackend:
     def answer(self, sample: dict, base_dir: Path) -> Answer:
         from ..infer.generate import generate
         from ..infer.sampling import SamplingParams
-
         from ..tokens import tag_prompt
 
         kind = OUTPUT_OF[sample["task"]]
