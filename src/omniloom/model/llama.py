@@ -318,10 +318,10 @@ class Transformer(nn.Module):
         """(B, T) bool: where position-gated adapters act (``lora_gate_from``, ``lora_gate_onward``).
 
         Token gate: where the id is >= ``lora_gate_from``. Onward gate: from the first such id of a
-        document (``doc_ids``; the whole row without them) to its end. With a KV cache the slot where
-        a row's gate opened is carried across calls in ``lora_open_slot``; an opening at or after
-        the call's first slot is forgotten (a new prefill, or a rewind over it), and padding
-        (``kv_mask`` false) never opens it.
+        document (``doc_ids``; the whole row without them) to its end. With a KV cache the slot of
+        a row's last such id is carried across calls in ``lora_open_slot`` (-1: the gate is shut);
+        one at or after the call's first slot is forgotten (a new prefill, or a rewind over it), and
+        padding (``kv_mask`` false) never opens it.
         """
         hit = ids >= self.lora_gate_from
         if not self.lora_gate_onward:

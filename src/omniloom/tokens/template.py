@@ -26,7 +26,7 @@ together). ``sft``: the content and ``<|end|>`` of assistant turns; ``pretrain``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -225,22 +225,28 @@ def encode_part(part: dict, vocab: Vocab, text_tokenizer: Any, where: str = "par
     )
 
 
+_TASK_SLOT = RESERVED_NAMES.index("task")  # the reserved slot the task tag is an alias of
+
+
 def task_tag_id(vocab: Vocab, where: str = "task_tag") -> int:
     """The id of ``<|task|>``; a clear error for a vocabulary built with too few reserved specials."""
-    try:
-        return vocab.special("task")
-    except ValueError:
+    if vocab.num_reserved_specials <= _TASK_SLOT:
         raise ValueError(f"{where}: this vocabulary has no task tag (it needs num_reserved_specials >= "
-                         f"{RESERVED_NAMES.index('task') + 1}, has {vocab.num_reserved_specials})") from None
+                         f"{_TASK_SLOT + 1}, has {vocab.num_reserved_specials})")
+    return vocab.special("task")
+
+
+def _part_types(messages: Sequence[dict]) -> Iterator[Any]:
+    """The ``type`` of every part of every message whose content is a list of parts."""
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            yield from (p.get("type") for p in content if isinstance(p, dict))
 
 
 def has_media(messages: Sequence[dict]) -> bool:
     """Whether any message holds a part other than text (a media part, raw or coded, or a task tag)."""
-    for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content):
-            return True
-    return False
+    return any(t != "text" for t in _part_types(messages))
 
 
 def with_task_tag(messages: Sequence[dict]) -> list[dict]:
@@ -272,8 +278,7 @@ def tag_by_rule(messages: Sequence[dict], rule: str | None) -> tuple[list[dict],
     if not isinstance(messages, (list, tuple)) or not any(
             isinstance(m, dict) and m.get("role") == "user" for m in messages):
         return list(messages) if isinstance(messages, (list, tuple)) else messages, False
-    if any(isinstance(m, dict) and isinstance(m.get("content"), list) and any(
-            isinstance(p, dict) and p.get("type") == "task_tag" for p in m["content"]) for m in messages):
+    if "task_tag" in _part_types(messages):
         return list(messages), False
     if rule == "text-only" and has_media(messages):
         return list(messages), False
@@ -431,7 +436,7 @@ class _Parser:
         self.role_of = {self.S[r]: r for r in ROLES}
         # the mesh markers are reserved slots: spans only in a vocabulary with a mesh range
         self.S["mesh"], self.S["/mesh"] = (s("mesh"), s("/mesh")) if vocab.mesh_tokens else (-1, -1)
-        self.S["task"] = s("task") if vocab.num_reserved_specials > RESERVED_NAMES.index("task") else -1
+        self.S["task"] = s("task") if vocab.num_reserved_specials > _TASK_SLOT else -1
         # a grafted vocab's headers, turn end and begin/end of text are runs of text ids
         self.runs = vocab.chat_runs() if vocab.chat else []
 
