@@ -298,7 +298,8 @@ class ShardSet:
             other = s.vocab_path().read_bytes() if s.vocab_path().is_file() else None
             if other != vocab:
                 raise ValueError(f"shard directories {first.path} and {s.path} have different vocabularies "
-                                 f"(vocab.json differs): tokenize with `--vocab {first.vocab_path()}` to share one")
+                                 f"(vocab.json differs): tokenize all of them with the same `--model`, or with "
+                                 f"`--tokenizer ... --vocab {first.vocab_path()}`, to share one")
             tok_a, tok_b = first.path / "tokenizer.json", s.path / "tokenizer.json"
             if tok_a.is_file() and tok_b.is_file() and tok_a.read_bytes() != tok_b.read_bytes():
                 raise ValueError(f"shard directories {first.path} and {s.path} were tokenized with different text "
