@@ -22,6 +22,8 @@ VERBS: dict[str, tuple[str, str]] = {
               "L(N), L(D) per modality"),
     "graft": ("omniloom.graft.cli", "graft a pretrained text LLM (HF folder, .gguf) into an omni model directory"),
     "export": ("omniloom.model.export_cli", "export a checkpoint (Hugging Face Llama, model directory, adapter delta, llama.cpp GGUF) or import one back"),
+    "merge": ("omniloom.model.merge_cli", "average the weights of models of one architecture and vocabulary (undo "
+              "forgetting after a fine-tune, model soups)"),
     "eval": ("omniloom.eval.cli", "benchmark a model (local or over HTTP) on the shapes world with independent judges"),
     "sample": ("omniloom.eval.sample_cli", "sample K answers per prompt, score them with a reward, write preference "
                "pairs and best answers"),

@@ -89,8 +89,9 @@ MODEL_DIR_REQUIRED = ("vocab.json", "tokenizer.json")
 MODEL_DIR_OPTIONAL = ("codecs.json", "generation.json")
 
 
-def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
-    """A checkpoint -> an inference model directory (no optimizer, RNG or trainer state)."""
+def _export_model_dir(src: Path, out: Path, model, cfg, dtype, what: str = "", extra: dict | None = None) -> int:
+    """A checkpoint -> an inference model directory (no optimizer, RNG or trainer state). ``what``
+    replaces ``src`` in the closing line; ``extra`` maps more file names to writers."""
     from safetensors.torch import save_file
 
     from ..config import config_to_dict
@@ -122,9 +123,10 @@ def _export_model_dir(src: Path, out: Path, model, cfg, dtype) -> int:
         old = (out / "generation.json").read_bytes()
         files["generation.json"] = lambda p, b=old: p.write_bytes(b)
         kept = "; kept its generation.json"
+    files.update(extra or {})
     _atomic_dir_write(out, files)
     size = sum(t.numel() * t.element_size() for t in tensors.values())
-    print(f"exported {src} -> {out} (omniloom model directory, {cfg.model.num_params():,} parameters, "
+    print(f"{what or f'exported {src}'} -> {out} (omniloom model directory, {cfg.model.num_params():,} parameters, "
           f"{size / 1e6:.1f} MB of weights{kept})")
     return 0
 
