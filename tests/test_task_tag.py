@@ -256,3 +256,44 @@ def test_serve_accepts_a_task_tag_part_and_eval_sends_one():
     assert e.value.status == 400 and "no task tag" in str(e.value.message)
     sb = ServerBackend.__new__(ServerBackend)
     assert sb._part({"type": "task_tag"}, Path(".")) == [TASK_TAG_PART]
+
+
+@pytest.mark.slow
+def test_a_tag_gated_run_leaves_every_untagged_conversation_to_the_source_bit_for_bit(tmp_path):
+    """A whole (not grafted) model taught on tagged data with lora_gate_mode=tag and no trainable
+    rows: untagged input of any kind runs the source exactly, tagged input runs the adapters."""
+    from omniloom.infer.generate import OmniModel
+    from omniloom.model import Transformer
+
+    _, base, ref = _setup(tmp_path)
+    (base / "tokenizer.json").write_text(_tiny_tokenizer_json())
+    docs = [[{"role": "user", "content": f"w{i % 50} w{(i * 7) % 50}"},
+             {"role": "assistant", "content": f"w{(i * 3) % 90} w{(i + 1) % 90}"}] for i in range(120)]
+    summary, shards = _tokenize(tmp_path, "all", docs)
+    assert summary["task_tagged"] == 120
+    vocab = Vocab.load(shards / "train" / "vocab.json")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "omniloom.cli", "train", "--preset", "debug", "--stop-after", "6",
+                        *ARGS, f"data.train={shards / 'train'}", f"train.out_dir={out}", f"train.init_from={base}",
+                        "train.steps=100", "train.lora_gate_from=-1", "train.lora_gate_mode=tag",
+                        f"train.train_rows_from={vocab.size}"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    root = out / "ckpt"
+    ck = root / (root / "latest").read_text().strip()
+    sd = load_file(str(ck / "model.safetensors"))
+    assert all(sd[k].abs().sum() > 0 for k in sd if k.endswith(".lora_b"))  # the adapters learnt
+    assert all(torch.equal(sd[k], v) for k, v in ref.items())  # every source weight, rows included, as it was
+    omni = OmniModel.load(ck)
+    assert omni.model.lora_gate_from == task_tag_id(vocab) and omni.model.lora_gate_tag
+    plain = Transformer(omni.model.cfg).eval()
+    plain.load_state_dict(ref)
+    ask = [{"role": "user", "content": "w3 w21"}]
+    untagged = torch.tensor([omni.processor.prompt_ids(ask)])
+    appended = untagged.clone()
+    appended[0, 1] = vocab.special_start + 30  # an appended id that is not the tag keeps the gate shut
+    tagged = torch.tensor([omni.processor.prompt_ids(with_task_tag(ask))])
+    with torch.no_grad():
+        assert torch.equal(omni.model(untagged), plain(untagged))  # every id's logit, not just the text ones
+        assert torch.equal(omni.model(appended), plain(appended))
+        assert (omni.model(tagged)[0, -1] - plain(tagged)[0, -1]).abs().max() > 1e-4

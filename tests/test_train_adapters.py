@@ -296,6 +296,47 @@ def test_onward_gate_with_a_kv_cache_matches_the_full_forward_across_requests_an
         assert (out[1] - gated(batch[1:])[0]).abs().max().item() < 1e-5
 
 
+def test_tag_gate_opens_at_the_tag_only_and_leaves_every_untagged_input_to_the_base():
+    """lora_gate_mode='tag': media ids (>= the tag's id or not) keep the gate shut; the tag opens it
+    for the rest of its document, with or without a KV cache."""
+    tag = TEXT + 7
+    base, gated, _ = _gated_model(gate_from=tag, mode="tag")
+    media = torch.tensor([[3, 7, TEXT + 20, TEXT + 30, 11, TEXT + 2, 6, 40]])  # ids above and below the tag
+    with torch.no_grad():
+        assert not gated.lora_gate(media).any()
+        assert torch.equal(gated(media), base(media))  # media and all: the base, bit for bit
+        tagged = media.clone()
+        tagged[0, 3] = tag
+        assert gated.lora_gate(tagged).tolist()[0] == [False] * 3 + [True] * 5
+        a, b = gated(tagged), base(tagged)
+        assert torch.equal(a[:, :3], b[:, :3]) and (a[:, 3:] - b[:, 3:]).abs().max() > 1e-3
+        doc = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]])  # a packed second document starts shut
+        assert gated.lora_gate(tagged, doc).tolist()[0] == [False] * 3 + [True] * 2 + [False] * 3
+        gated.setup_cache(1, 16)
+        got = [gated(tagged[:, :2], input_pos=torch.arange(2))]
+        for t in range(2, tagged.shape[1]):
+            got.append(gated(tagged[:, t:t + 1], input_pos=torch.tensor([t])))
+    assert (torch.cat(got, 1) - a).abs().max().item() < 1e-5
+
+
+def test_tag_gate_resolves_minus_one_to_the_task_tag():
+    from omniloom.config import apply_overrides
+    from omniloom.model.lora import lora_gate_from
+    from omniloom.tokens import task_tag_id
+
+    v = Vocab.build(text_size=TEXT)
+    tc = apply_overrides(Config(), ["train.lora_rank=4", "train.lora_gate_from=-1", "train.lora_gate_mode=tag"])
+    tc.validate()
+    assert lora_gate_from(tc.train, v) == task_tag_id(v)
+    tc.train.lora_gate_mode = "onward"
+    assert lora_gate_from(tc.train, v) == TEXT
+    tc.train.lora_gate_mode, tc.train.lora_gate_from = "tag", 123
+    assert lora_gate_from(tc.train, v) == 123
+    tc.train.lora_gate_from = -1
+    with pytest.raises(ValueError, match="task"):
+        lora_gate_from(tc.train, Vocab.build(text_size=TEXT, num_reserved_specials=5))
+
+
 def test_gated_adapter_settings_are_checked():
     from omniloom.config import apply_overrides
 

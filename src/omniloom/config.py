@@ -120,7 +120,7 @@ OBJECTIVES = ("sft", "dpo", "rft")
 
 #: projections a LoRA may target (the decoder's linear layers, by attribute name)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_GATE_MODES = ("token", "onward")  # train.lora_gate_mode
+LORA_GATE_MODES = ("token", "onward", "tag")  # train.lora_gate_mode
 
 
 @dataclass
@@ -188,7 +188,10 @@ class TrainConfig:
     lora_gate_from: int = 0
     # how far the gate reaches. 'token': the gated ids' own positions only. 'onward': from the first
     # gated id of a document (conversation) to its end, so the answer after an image or a voice tag
-    # runs the adapted layers too, while a conversation of text alone still runs the base exactly
+    # runs the adapted layers too, while a conversation of text alone still runs the base exactly.
+    # 'tag': from the task tag <|task|> of a conversation (lora_gate_from=-1) or the id lora_gate_from
+    # names, and nothing else, to its end, so every conversation without the tag, media included,
+    # runs the source model exactly (e.g. a language taught on tagged data: docs/recipes/add-a-language.md)
     lora_gate_mode: str = "token"
     # what the run optimises. 'sft': next-token cross-entropy on the shards' loss mask. 'dpo': direct
     # preference optimisation on preference pairs (tokenize --format preference) against a frozen
@@ -241,7 +244,7 @@ class TrainConfig:
                              f"got {self.lora_gate_mode!r}")
         if self.lora_gate_mode != "token" and not self.lora_gate_from:
             raise ValueError(f"train.lora_gate_mode={self.lora_gate_mode!r} shapes a gate, but train.lora_gate_from "
-                             "is 0 (ungated adapters); set it (-1: the appended ids)")
+                             "is 0 (ungated adapters); set it (-1: the appended ids, or the task tag with mode 'tag')")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"train.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.dpo_beta > 0:

@@ -259,7 +259,7 @@ class OmniModel:
         from ..model.lora import adapters_for_inference
 
         # a run with adapters: folded into the weights, or kept (position-gated ones)
-        state = adapters_for_inference(model, state, cfg, vocab.text_size)
+        state = adapters_for_inference(model, state, cfg, vocab)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{path} weights do not fit config.json: missing {missing[:3]}, "

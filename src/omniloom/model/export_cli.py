@@ -254,10 +254,11 @@ def run(args: argparse.Namespace) -> int:
                                  f"{cfg.train.lora_gate_from}: they act on some ids only), which plain weights cannot "
                                  f"express, so --format {args.format} cannot hold them; export --format omniloom "
                                  "or --format delta")
-            text_size = read_json(src / "vocab.json", "vocabulary").get("text_size")
-            if not isinstance(text_size, int):
-                raise ValueError(f"{src / 'vocab.json'} has no integer \"text_size\"")
-            adapters_for_inference(model, sd, cfg, text_size)
+            from ..tokens import Vocab
+
+            if not (src / "vocab.json").is_file():
+                raise ValueError(f"{src / 'vocab.json'} is missing: gated adapters need the vocabulary their gate reads")
+            adapters_for_inference(model, sd, cfg, Vocab.load(src / "vocab.json"))
         load_state_dict_checked(model, sd, source=str(src))
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if args.format == "omniloom":

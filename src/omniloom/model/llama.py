@@ -254,6 +254,7 @@ class Transformer(nn.Module):
         # id, -1: none, so the gate is shut)
         self.lora_gate_from: int | None = None
         self.lora_gate_onward = False
+        self.lora_gate_tag = False  # the gate opens at ids == lora_gate_from only (then onward)
         self.register_buffer("lora_open_slot", torch.zeros(0, dtype=torch.long), persistent=False)
         self.reset_parameters()
 
@@ -318,12 +319,12 @@ class Transformer(nn.Module):
         """(B, T) bool: where position-gated adapters act (``lora_gate_from``, ``lora_gate_onward``).
 
         Token gate: where the id is >= ``lora_gate_from``. Onward gate: from the first such id of a
-        document (``doc_ids``; the whole row without them) to its end. With a KV cache the slot of
+        document (tag gate: the first id equal to ``lora_gate_from``) (``doc_ids``; the whole row without them) to its end. With a KV cache the slot of
         a row's last such id is carried across calls in ``lora_open_slot`` (-1: the gate is shut);
         one at or after the call's first slot is forgotten (a new prefill, or a rewind over it), and
         padding (``kv_mask`` false) never opens it.
         """
-        hit = ids >= self.lora_gate_from
+        hit = ids == self.lora_gate_from if self.lora_gate_tag else ids >= self.lora_gate_from
         if not self.lora_gate_onward:
             return hit
         B, T = ids.shape

@@ -18,7 +18,10 @@ the frozen base. A text-only input then runs the base's function exactly, so a g
 the base's knowledge by construction, while its media positions (and, through attention, the
 answers that read them) learn. ``train.lora_gate_mode='onward'`` widens the gate from the first
 such id of a conversation to its end: the answer about an image runs adapted layers too, and a
-conversation of text alone still runs the base exactly. Such adapters cannot be folded into one weight matrix: they stay
+conversation of text alone still runs the base exactly. ``'tag'`` opens the gate at one id only, the
+task tag ``<|task|>`` (or the id ``lora_gate_from`` names), onward to the conversation's end: every
+conversation without the tag, media and all, runs the source model exactly, so a skill taught on
+tagged data (a new language) costs the untagged ones nothing. Such adapters cannot be folded into one weight matrix: they stay
 unmerged at inference, and the plain-weight exports (hf, gguf) refuse them.
 
 Why not ``peft``: peft wraps the model and renames every parameter (``base_model.model...``,
@@ -73,7 +76,8 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float
 
     ``gate_from`` > 0: the adapters act only at positions whose input id is >= it (the model's
     ``lora_gate_from``, read by its forward), or with ``gate_mode='onward'`` from the first such
-    id of a document to its end; 0: at every position."""
+    id of a document to its end, or with ``gate_mode='tag'`` from the first id *equal* to it to the
+    document's end; 0: at every position."""
     targets = list(targets)
     bad = [t for t in targets if t not in LORA_TARGETS]
     if bad:
@@ -95,18 +99,23 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float
         raise ValueError(f"the adapters' gate mode must be one of {', '.join(LORA_GATE_MODES)}, got {gate_mode!r}")
     if gate_from:
         model.lora_gate_from = int(gate_from)
-        model.lora_gate_onward = gate_mode == "onward"
+        model.lora_gate_onward = gate_mode in ("onward", "tag")
+        model.lora_gate_tag = gate_mode == "tag"
     return wrapped
 
 
-def lora_gate_from(train_cfg, text_size: int) -> int:
-    """``train.lora_gate_from`` as an id: -1 is the vocabulary's first id after the ``text_size`` text ids."""
+def lora_gate_from(train_cfg, vocab) -> int:
+    """``train.lora_gate_from`` as an id of ``vocab`` (a :class:`~omniloom.tokens.Vocab`): -1 is the
+    first id after the text ids, or, with ``lora_gate_mode='tag'``, the task tag ``<|task|>``."""
     g = int(train_cfg.lora_gate_from)
-    return int(text_size) if g == -1 else g
+    if g != -1:
+        return g
+    if train_cfg.lora_gate_mode == "tag":
+        return vocab.special("task")  # a vocabulary without the reserved slot: ValueError naming it
+    return int(vocab.text_size)
 
 
-def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg,
-                           text_size: int) -> dict[str, torch.Tensor]:
+def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg, vocab) -> dict[str, torch.Tensor]:
     """A checkpoint's state for ``model`` as it answers: adapters folded into the weights, or, when
     they are position-gated (``train.lora_gate_from``), put on ``model`` unmerged and kept."""
     state = fold_adapters(state, cfg.train)
@@ -117,7 +126,7 @@ def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg
     if len(ranks) != 1:
         raise ValueError(f"the checkpoint's adapters have mixed ranks {sorted(ranks)}")
     targets = sorted({k.removesuffix(".lora_a").rsplit(".", 1)[-1] for k in state if k.endswith(".lora_a")})
-    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, text_size), tc.lora_gate_mode)
+    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, vocab), tc.lora_gate_mode)
     return state
 
 

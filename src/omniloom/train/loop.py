@@ -152,7 +152,7 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         from ..model.lora import apply_lora, lora_gate_from
         from ..tokens.vocab import Vocab
 
-        gate_from = lora_gate_from(tc, Vocab.load(train_set.vocab_path()).text_size) if tc.lora_gate_from else 0
+        gate_from = lora_gate_from(tc, Vocab.load(train_set.vocab_path())) if tc.lora_gate_from else 0
         apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha,
                    gate_from, tc.lora_gate_mode)
     # a resumed run keeps its own weights, but DPO rebuilds its reference from the initial ones
