@@ -254,11 +254,9 @@ def run(args: argparse.Namespace) -> int:
                                  f"{cfg.train.lora_gate_from}: they act on some ids only), which plain weights cannot "
                                  f"express, so --format {args.format} cannot hold them; export --format omniloom "
                                  "or --format delta")
-            from ..tokens import Vocab
-
-            if not (src / "vocab.json").is_file():
-                raise ValueError(f"{src / 'vocab.json'} is missing: gated adapters need the vocabulary their gate reads")
-            adapters_for_inference(model, sd, cfg, Vocab.load(src / "vocab.json"))
+            # the adapters' shapes only: the gate's id is not stored (config.json keeps the setting),
+            # whoever loads the exported directory resolves it against its vocabulary
+            adapters_for_inference(model, sd, cfg, None)
         load_state_dict_checked(model, sd, source=str(src))
         dtype = getattr(torch, args.dtype) if args.dtype else None
         if args.format == "omniloom":

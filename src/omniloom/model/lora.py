@@ -117,7 +117,9 @@ def lora_gate_from(train_cfg, vocab) -> int:
 
 def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg, vocab) -> dict[str, torch.Tensor]:
     """A checkpoint's state for ``model`` as it answers: adapters folded into the weights, or, when
-    they are position-gated (``train.lora_gate_from``), put on ``model`` unmerged and kept."""
+    they are position-gated (``train.lora_gate_from``), put on ``model`` unmerged and kept. ``vocab``
+    (a :class:`~omniloom.tokens.Vocab`) resolves the gate's id; None puts the adapters on with a
+    placeholder gate, for a caller that only rewrites the weights (an export)."""
     state = fold_adapters(state, cfg.train)
     if not has_lora(state):
         return state
@@ -126,7 +128,8 @@ def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg
     if len(ranks) != 1:
         raise ValueError(f"the checkpoint's adapters have mixed ranks {sorted(ranks)}")
     targets = sorted({k.removesuffix(".lora_a").rsplit(".", 1)[-1] for k in state if k.endswith(".lora_a")})
-    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, lora_gate_from(tc, vocab), tc.lora_gate_mode)
+    gate = lora_gate_from(tc, vocab) if vocab is not None else max(int(tc.lora_gate_from), 1)
+    apply_lora(model, targets, ranks.pop(), tc.lora_alpha, gate, tc.lora_gate_mode)
     return state
 
 
