@@ -86,6 +86,54 @@ def test_frozen_base_rows_and_weights_stay_bit_identical(tmp_path):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
+def test_train_rows_also_trains_the_named_rows_and_no_other(tmp_path):
+    data, base, ref = _setup(tmp_path)
+    out = tmp_path / "run"
+    size = Vocab.build(text_size=TEXT).size
+    r = subprocess.run(_cmd(data, base, out, "--stop-after", "6") + ["train.steps=100", f"train.train_rows_from={size}",
+                                                                     "train.train_rows_also=5,7-9"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "and 4 more (train.train_rows_also)" in r.stderr
+    emb, old = load_file(str(_latest(out) / "model.safetensors"))["embed_tokens.weight"], ref["embed_tokens.weight"]
+    moved = [i for i in range(size) if not torch.equal(emb[i], old[i])]
+    assert moved == [5, 7, 8, 9]
+
+
+def test_zero_rows_below_keeps_the_named_rows():
+    from omniloom.train.step import zero_rows_below
+
+    g = torch.arange(1.0, 13.0).reshape(6, 2)
+    zero_rows_below(g, 5, torch.tensor([1, 3, 5]))  # row 5 is trainable anyway
+    assert g[:, 0].tolist() == [0, 3, 0, 7, 0, 11]
+    g = torch.ones(4, 2)
+    zero_rows_below(g, 4, torch.tensor([], dtype=torch.long))
+    assert not g.any()
+
+
+def test_train_rows_also_is_parsed_and_checked(tmp_path):
+    from omniloom.config import apply_overrides
+
+    def rows(spec, freeze=True):
+        cfg = apply_overrides(Config(), [f"train.freeze_base={str(freeze).lower()}", f"train.train_rows_also={spec}"])
+        cfg.validate()
+        return cfg.train.rows_also()
+
+    assert rows("9,3-5,4") == [3, 4, 5, 9]
+    (tmp_path / "r.json").write_text("[12, 2]")
+    assert rows(str(tmp_path / "r.json")) == [2, 12]
+    for spec, msg in [("3-x", "neither an id nor a range"), ("5-3", "runs backwards"),
+                      (str(tmp_path / "none.json"), "cannot read"), ("-1", "neither an id")]:
+        with pytest.raises(ValueError, match=msg):
+            rows(spec)
+    (tmp_path / "bad.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="JSON list of integer ids"):
+        rows(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="freeze_base is false"):
+        rows("3", freeze=False)
+
+
 def test_merged_adapters_answer_as_the_adapted_model():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=32)

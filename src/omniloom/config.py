@@ -178,6 +178,10 @@ class TrainConfig:
     # (scale lora_alpha / lora_rank) to the comma-separated lora_targets projections
     freeze_base: bool = False
     train_rows_from: int = -1
+    # more trainable rows under freeze_base, below train_rows_from: ids and inclusive ranges
+    # ('130,140-149') or a JSON file holding a list of ids ('rows.json'), e.g. the text ids a new
+    # language uses and the source's data never did (python -m omniloom.data.row_usage)
+    train_rows_also: str = ""
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
@@ -209,6 +213,37 @@ class TrainConfig:
     # rank's batch, at the fixed temperature contrastive_temperature. 0: off (the plain LM step)
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.07
+
+    def rows_also(self) -> list[int]:
+        """``train_rows_also`` as a sorted list of ids ([] when empty)."""
+        spec = self.train_rows_also.strip()
+        if not spec:
+            return []
+        if spec.endswith(".json"):
+            import json
+            from pathlib import Path
+
+            try:
+                ids = json.loads(Path(spec).read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"train.train_rows_also={spec}: cannot read a JSON list of ids ({e})") from None
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ValueError(f"train.train_rows_also={spec}: the file must hold a JSON list of integer ids")
+        else:
+            ids = []
+            for part in spec.split(","):
+                a, _, b = part.strip().partition("-")
+                try:
+                    lo, hi = int(a), int(b) if b else int(a)
+                except ValueError:
+                    raise ValueError(f"train.train_rows_also={spec!r}: {part.strip()!r} is neither an id nor a range "
+                                     "a-b") from None
+                if hi < lo:
+                    raise ValueError(f"train.train_rows_also={spec!r}: the range {part.strip()} runs backwards")
+                ids.extend(range(lo, hi + 1))
+        if any(i < 0 for i in ids):
+            raise ValueError(f"train.train_rows_also={spec}: ids must be >= 0")
+        return sorted(set(ids))
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "micro_batch_size", "log_every", "eval_every", "ckpt_every"):
@@ -258,6 +293,10 @@ class TrainConfig:
             raise ValueError(f"train.contrastive_temperature must be > 0, got {self.contrastive_temperature}")
         if self.contrastive_weight > 0 and self.objective == "dpo":
             raise ValueError("train.contrastive_weight applies to the sft/rft objectives, not dpo")
+        if self.train_rows_also and not self.freeze_base:
+            raise ValueError("train.train_rows_also names rows to train beside the adapters, but train.freeze_base is "
+                             "false (every row trains)")
+        self.rows_also()  # a malformed list: ValueError naming it
         if self.train_rows_from < -1:
             raise ValueError(f"train.train_rows_from must be >= 0, or -1 (the vocab's first non-text id), "
                              f"got {self.train_rows_from}")

@@ -163,10 +163,14 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
         from .step import freeze_for_adapters
 
         trainable = freeze_for_adapters(model)
+        also = tc.rows_also()
+        if also and also[-1] >= cfg.model.vocab_size:
+            raise ValueError(f"train.train_rows_also names id {also[-1]}, beyond the vocabulary ({cfg.model.vocab_size} ids)")
         if main:
             n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
             say(f"freeze_base: training {len(trainable)} tensors ({n_train / 1e6:.2f}M parameters, rows from "
-                f"{tc.train_rows_from if tc.train_rows_from >= 0 else vocab.text_size} of the embedding/output)")
+                f"{tc.train_rows_from if tc.train_rows_from >= 0 else vocab.text_size} of the embedding/output"
+                f"{f' and {len(also)} more (train.train_rows_also)' if also else ''})")
     if world > 1 and parallel == "fsdp":
         model = _shard_model(model, device)
         if reference is not None:

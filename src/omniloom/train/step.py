@@ -115,8 +115,9 @@ def freeze_for_adapters(model: nn.Module) -> list[str]:
     return keep
 
 
-def zero_rows_below(grad: torch.Tensor, rows_from: int) -> None:
-    """Zero the gradient rows ``[0, rows_from)`` in place (a full tensor, or an FSDP2 Shard(0) DTensor)."""
+def zero_rows_below(grad: torch.Tensor, rows_from: int, keep: torch.Tensor | None = None) -> None:
+    """Zero the gradient rows ``[0, rows_from)`` in place (a full tensor, or an FSDP2 Shard(0) DTensor),
+    except the rows ``keep`` names (a sorted 1-D long tensor of ids, ``train.train_rows_also``)."""
     if hasattr(grad, "to_local"):
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -126,8 +127,15 @@ def zero_rows_below(grad: torch.Tensor, rows_from: int) -> None:
     else:
         local, start = grad, 0
     n = min(max(rows_from - start, 0), local.shape[0])
-    if n:
-        local[:n].zero_()
+    if not n:
+        return
+    kept = None
+    if keep is not None and keep.numel():
+        rows = keep[(keep >= start) & (keep < start + n)].to(local.device) - start
+        kept = (rows, local[rows].clone()) if rows.numel() else None
+    local[:n].zero_()
+    if kept is not None:
+        local[kept[0]] = kept[1]
 
 
 def masked_loss(
@@ -207,6 +215,7 @@ class TrainStep:
         # train.freeze_base: embedding/output rows below this id get no gradient (resolved from the
         # vocabulary when train_rows_from is -1)
         self.rows_from = 0
+        self.rows_also = torch.tensor(train_cfg.rows_also(), dtype=torch.long)
         if train_cfg.freeze_base:
             self.rows_from = train_cfg.train_rows_from if train_cfg.train_rows_from >= 0 else \
                 (vocab.text_size if vocab is not None else 0)
@@ -294,7 +303,7 @@ class TrainStep:
         if self.rows_from:
             for name, p in self.model.named_parameters():
                 if p.grad is not None and name.removeprefix("_orig_mod.") in ROW_MASKED:
-                    zero_rows_below(p.grad, self.rows_from)
+                    zero_rows_below(p.grad, self.rows_from, self.rows_also)
 
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip if self.cfg.grad_clip > 0
                                             else float("inf"))
