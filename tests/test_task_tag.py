@@ -297,3 +297,30 @@ def test_a_tag_gated_run_leaves_every_untagged_conversation_to_the_source_bit_fo
         assert torch.equal(omni.model(untagged), plain(untagged))  # every id's logit, not just the text ones
         assert torch.equal(omni.model(appended), plain(appended))
         assert (omni.model(tagged)[0, -1] - plain(tagged)[0, -1]).abs().max() > 1e-4
+
+
+def test_a_realtime_session_with_task_tag_true_tags_its_conversation(monkeypatch):
+    """The Realtime session extension: session.update {"task_tag": true} puts the tag first in the
+    first user turn of what the session answers; bad values and a vocabulary without the slot are refused."""
+    from types import SimpleNamespace
+
+    from omniloom.serve import realtime
+
+    monkeypatch.setattr(realtime, "ServerVAD", lambda *a, **k: None)  # no silero for this check
+    st = SimpleNamespace(settings=SimpleNamespace(model_id="m"), voices=["nova"],
+                         omni=SimpleNamespace(vocab=Vocab.build(text_size=TEXT)))
+    rt = realtime.RealtimeSession(st, ws=None, beta=False)
+    rt.items = [{"id": "i1", "role": "user", "content": [{"type": "input_text", "text": "w3 w4"}]}]
+    assert rt._messages() == [{"role": "user", "content": [{"type": "text", "text": "w3 w4"}]}]
+    rt._apply_session({"task_tag": True})
+    assert rt.session["task_tag"] is True
+    assert rt._messages() == [{"role": "user", "content": [TASK_TAG_PART, {"type": "text", "text": "w3 w4"}]}]
+    rt.items = [{"id": "i2", "role": "assistant", "content": [{"type": "output_text", "text": "w5"}]}]
+    assert rt._messages() == [{"role": "assistant", "content": [{"type": "text", "text": "w5"}]}]  # no user turn
+    rt._apply_session({"task_tag": False})
+    assert rt.session["task_tag"] is False
+    with pytest.raises(ValueError, match="task_tag must be true or false"):
+        rt._apply_session({"task_tag": "yes"})
+    st.omni.vocab = Vocab.build(text_size=TEXT, num_reserved_specials=5)
+    with pytest.raises(ValueError, match="task tag"):
+        rt._apply_session({"task_tag": True})

@@ -5,7 +5,9 @@ Client events: ``session.update``, ``input_audio_buffer.append/commit/clear``,
 Audio in and out is base64 pcm16 at 24 kHz. With ``server_vad`` (silero) the server finds turns in
 the appended audio, commits them and answers (``create_response``); speech that starts while an
 answer plays cancels it (``interrupt_response``: ``response.done`` with status ``cancelled``,
-reason ``turn_detected``). A client that sends ``OpenAI-Beta: realtime=v1`` gets the beta names of
+reason ``turn_detected``). omniloom's session extension ``"task_tag": true`` puts the task tag
+first in every conversation the session answers (a model taught a language on tagged data through
+tag-gated adapters answers it so). A client that sends ``OpenAI-Beta: realtime=v1`` gets the beta names of
 the renamed server events (``response.audio.delta``, ``conversation.item.created``, ...).
 """
 
@@ -138,6 +140,14 @@ class RealtimeSession:
             audio["input"]["transcription"] = tr
         if "speed" in out:
             audio["output"]["speed"] = float(out["speed"])
+        if "task_tag" in s:  # omniloom's extension: every turn of the session through tag-gated adapters
+            if not isinstance(s["task_tag"], bool):
+                raise ValueError(f"task_tag must be true or false, got {s['task_tag']!r}")
+            if s["task_tag"]:
+                from ..tokens import task_tag_id
+
+                task_tag_id(self.st.omni.vocab, "session.task_tag")  # a vocabulary without the slot: named
+            cur["task_tag"] = s["task_tag"]
         if "turn_detection" in inp or "turn_detection" in s:
             td = inp["turn_detection"] if "turn_detection" in inp else s["turn_detection"]
             if td is None:
@@ -238,6 +248,10 @@ class RealtimeSession:
                     parts.append({"type": "text", "text": c["transcript"]})
             if parts:
                 msgs.append({"role": it["role"], "content": parts})
+        if self.session.get("task_tag"):  # first in the first user turn (a conversation without one: as it is)
+            from ..tokens import tag_by_rule
+
+            return tag_by_rule(msgs, "all")[0]
         return msgs
 
     # ------------------------------------------------------------------ input audio
