@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.fileio import read_json
 from .shards import ShardSet
 
 __all__ = ["id_counts", "ids_only_in"]
@@ -37,7 +38,7 @@ def id_counts(shards: ShardSet, size: int) -> np.ndarray:
 def ids_only_in(new: ShardSet, old: ShardSet, below: int | None = None) -> list[int]:
     """The ids below ``below`` (default: the whole vocabulary) that ``new`` uses and ``old`` never does."""
     size = int(new.manifest["vocab_size"])
-    if json.loads(Path(new.vocab_path()).read_text()) != json.loads(Path(old.vocab_path()).read_text()):
+    if read_json(new.vocab_path(), "vocabulary") != read_json(old.vocab_path(), "vocabulary"):
         raise ValueError(f"{new.path} and {old.path} have different vocabularies (vocab.json); compare shards "
                          "tokenized with the same --model")
     limit = size if below is None else min(int(below), size)

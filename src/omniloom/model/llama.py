@@ -319,7 +319,8 @@ class Transformer(nn.Module):
         """(B, T) bool: where position-gated adapters act (``lora_gate_from``, ``lora_gate_onward``).
 
         Token gate: where the id is >= ``lora_gate_from``. Onward gate: from the first such id of a
-        document (tag gate: the first id equal to ``lora_gate_from``) (``doc_ids``; the whole row without them) to its end. With a KV cache the slot of
+        document (``doc_ids``; the whole row without them) to its end; tag gate: the same from the
+        first id *equal* to ``lora_gate_from``. With a KV cache the slot of
         a row's last such id is carried across calls in ``lora_open_slot`` (-1: the gate is shut);
         one at or after the call's first slot is forgotten (a new prefill, or a rewind over it), and
         padding (``kv_mask`` false) never opens it.
