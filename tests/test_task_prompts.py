@@ -104,3 +104,23 @@ def test_a_run_is_found_inside_its_parent_folder(tmp_path):
     save_model(build_tiny_model(), tmp_path / "qs" / "other")
     with pytest.raises(ValueError, match="several models"):
         resolve_model_dir(tmp_path / "qs")
+
+
+def test_a_runs_generation_json_keeps_the_start_models_defaults_under_the_datas_prompts(tmp_path):
+    """A fine-tune on Spanish data starting from world: world's decoding defaults (cfg_scale, voice
+    aliases) stay, the data's prompts replace world's, the data's task tag rule is added; the same
+    whether the run starts or resumes (a resumed run reads the start model's file too)."""
+    from omniloom.train.loop import _init_source_dir, generation_table
+    from omniloom.utils.model_dir import resolve_model_dir
+
+    data = tmp_path / "shards"
+    data.mkdir()
+    es = {"caption": "describe la imagen", "transcribe": "transcribe el audio", "speak": "di {text}"}
+    (data / "generation.json").write_text(json.dumps({"prompts": es}))
+    world = json.loads((resolve_model_dir("world") / "generation.json").read_text())
+    table = generation_table(_init_source_dir("world"), data, "all")
+    assert table["prompts"] == es and table["task_tag"] == "all"
+    assert table["cfg_scale"] == world["cfg_scale"] and table["voice_aliases"] == world["voice_aliases"]
+    assert generation_table(None, data, "none") == {"prompts": es}
+    assert generation_table(None, tmp_path / "nothing", None) is None
+    assert _init_source_dir("") is None and _init_source_dir(str(tmp_path / "no-such-model")) is None

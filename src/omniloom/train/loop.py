@@ -224,17 +224,10 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
                                      "tokenizer.json": train_set.path / "tokenizer.json"}
     if train_set.manifest.get("codecs"):
         assets["codecs.json"] = json.dumps(train_set.manifest["codecs"], indent=1)
-    # the model's decoding defaults and task prompts: those of the model it starts from, else the data's
-    for gen in ([init_dir / "generation.json"] if init_dir is not None else []) + \
-            [train_set.path / "generation.json"]:
-        if gen.is_file():
-            assets["generation.json"] = gen
-            break
-    if train_set.manifest.get("task_tag") not in (None, "none"):
-        # data tokenized with --task-tag: the model is asked the same way (omniloom eval reads this)
-        gen = assets.get("generation.json")
-        table = json.loads(Path(gen).read_text()) if gen is not None else {}
-        assets["generation.json"] = json.dumps(table | {"task_tag": train_set.manifest["task_tag"]}, indent=1)
+    gen_table = generation_table(init_dir if init_dir is not None else _init_source_dir(tc.init_from),
+                                 train_set.path, train_set.manifest.get("task_tag"))
+    if gen_table is not None:
+        assets["generation.json"] = json.dumps(gen_table, indent=1)
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_root, step.step, model, step.optimizer, cfg, loader.state_dict(), tc.keep_checkpoints,
@@ -338,6 +331,35 @@ def _time_is_up(deadline: float, device: torch.device) -> bool:
         dist.broadcast(flag, src=0)
         up = bool(flag.item())
     return up
+
+
+def _init_source_dir(source: str) -> Path | None:
+    """The model directory ``train.init_from`` names (a resumed run reads no weights from it, but
+    still takes its decoding defaults), or None."""
+    if not source:
+        return None
+    from ..utils.model_dir import resolve_model_dir
+
+    try:
+        return resolve_model_dir(source)
+    except ValueError:
+        return None
+
+
+def generation_table(init_dir: Path | None, data_dir: Path, task_tag: str | None) -> dict | None:
+    """A run's generation.json: the decoding defaults of the model it starts from (cfg_scale, voice
+    aliases, ...), with what the data says over them (its task prompts: a fine-tune on Spanish data
+    is asked in Spanish), and the data's task tag rule (``tokenize --task-tag``: the model is asked
+    the same way; omniloom eval reads it). None when neither has one."""
+    from ..utils.fileio import read_json
+
+    table: dict | None = None
+    for d in (init_dir, data_dir):
+        if d is not None and (d / "generation.json").is_file():
+            table = (table or {}) | read_json(d / "generation.json", "generation config")
+    if task_tag not in (None, "none"):
+        table = (table or {}) | {"task_tag": task_tag}
+    return table
 
 
 def init_weights(model: torch.nn.Module, source: str, cfg: Config, data_vocab: Path) -> Path:
