@@ -272,3 +272,39 @@ def test_folder_inputs_split_into_files_so_units_restart_within_one_file(tmp_pat
     assert [Path(f).name for f in split_input(tmp_path / "ls", "librispeech")] == ["a-1.trans.txt", "b-2.trans.txt"]
     assert [Path(f).name for f in split_input(tmp_path / "wds", "webdataset")] == ["s0.tar", "s1.tar"]
     assert split_input(tmp_path / "x.jsonl", "messages") == [str(tmp_path / "x.jsonl")]
+
+
+def _driver_that_dies_first(job, units, address, workers, q):
+    """A stand-in Ray driver (run in the spawned child): ends silently on its first start, as a
+    driver does when the cluster it joined goes away; the second start reports one record."""
+    import os
+    from pathlib import Path
+
+    starts = Path(address)
+    n = int(starts.read_text() or 0) + 1 if starts.exists() else 1
+    starts.write_text(str(n))
+    if n == 1 or "always" in starts.name:
+        os._exit(1)
+    q.put(("record", {"docs": 3}))
+    q.put(("end", None))
+
+
+def test_a_ray_driver_that_ends_before_its_first_unit_is_started_once_more(tmp_path, monkeypatch, capsys):
+    import omniloom.data.tokenize as tk
+
+    pytest.importorskip("ray")
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    monkeypatch.setattr(tk, "_ray_driver", _driver_that_dies_first)
+    starts = tmp_path / "starts"
+    assert list(tk._run_ray(None, ["unit"], str(starts), 1, Bar())) == [{"docs": 3}]
+    assert starts.read_text() == "2" and "starting it again" in capsys.readouterr().err
+    always = tmp_path / "starts-always"  # a driver that never lives: the second end is an error
+    with pytest.raises(RuntimeError, match="ended \\(exit code 1\\) before the last unit"):
+        list(tk._run_ray(None, ["unit"], str(always), 1, Bar()))
+    assert always.read_text() == "2"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -387,18 +388,33 @@ def _run_ray(job: _Job, units: list[Unit], address: str, workers: int, bar: Any)
         return
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    child = ctx.Process(target=_ray_driver, args=(job, units, address, workers, q), name="omniloom-ray-driver")
-    child.start()
+
+    def start() -> Any:
+        proc = ctx.Process(target=_ray_driver, args=(job, units, address, workers, q), name="omniloom-ray-driver")
+        proc.start()
+        return proc
+
+    child, got, retried = start(), 0, False
     try:
         while True:
             try:
                 kind, value = q.get(timeout=1.0)
             except queue_mod.Empty:
                 if not child.is_alive():
+                    if got == 0 and not retried:
+                        # a driver ends its process without a word when the cluster it joined goes away
+                        # (`auto` may find a local Ray that is just shutting down): one more start, on a
+                        # cluster found (or started) afresh; no unit was written yet
+                        print(f"warning: the Ray driver ended (exit code {child.exitcode}) before its first unit; "
+                              "starting it again", file=sys.stderr)
+                        child.join()
+                        child, retried = start(), True
+                        continue
                     raise RuntimeError(f"the Ray driver process ended (exit code {child.exitcode}) before the "
                                        "last unit") from None
                 continue
             if kind == "record":
+                got += 1
                 bar.update(value["docs"])
                 yield value
             elif kind == "error":  # bad input, or a cluster that cannot be reached: the user's to fix
