@@ -425,15 +425,28 @@ def test_delta_directory_rebuilds_the_model_from_its_base(tmp_path, capsys):
     init_weights(fresh, str(tmp_path / "delta"), cfg2, tmp_path / "delta" / "vocab.json")
     with torch.no_grad():
         assert (fresh(ids) - full(ids)).abs().max().item() <= 1e-5
-    # refusals: a changed base row, no --base, a base that is not there or is another copy
+    # a base row train.train_rows_also trained travels as one sparse row
+    rows = dict(state)
+    rows["embed_tokens.weight"] = rows["embed_tokens.weight"].clone()
+    rows["embed_tokens.weight"][3] += 1
+    save_file(rows, str(ck / "model.safetensors"))
+    assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir),
+                 "--dtype", "float32", "--out", str(tmp_path / "delta_rows")]) == 0
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "delta_rows" / "delta.safetensors"))["embed_tokens.row_ids"].tolist() == [3]
+    full.load_state_dict(merge_lora_state(rows, 4.0))
+    ids3 = torch.tensor([[3] + ids[0].tolist()])
+    with torch.no_grad():
+        assert (OmniModel.load(tmp_path / "delta_rows").model(ids3) - full(ids3)).abs().max().item() <= 1e-5
+    # refusals: a changed base tensor, no --base, a base that is not there or is another copy
     bad = dict(state)
-    bad["embed_tokens.weight"] = bad["embed_tokens.weight"].clone()
-    bad["embed_tokens.weight"][3] += 1
+    bad["norm.weight"] = bad["norm.weight"] + 0.5
     save_file(bad, str(ck / "model.safetensors"))
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir), "--out",
                  str(tmp_path / "d2")]) == 2
-    assert "changed in training" in capsys.readouterr().err
+    assert "norm.weight differs from the base" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--out", str(tmp_path / "d2")]) == 2
     assert "needs --base" in capsys.readouterr().err
     assert not (tmp_path / "d2").exists()

@@ -42,14 +42,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["hf", "omniloom", "delta", "gguf"], default="hf",
                    help="hf: transformers' layout (default); omniloom: an inference model directory (weights, "
                         "config, vocab, tokenizer, codecs; no optimizer state), e.g. to bundle a model; delta: "
-                        "only the adapters and appended rows of a frozen-base run over --base (tens of MB), the "
-                        "base rebuilt from its own file at load time; gguf: one llama.cpp file (--out FILE.gguf) "
+                        "only the adapters and trained rows of a frozen-base run over --base (a few to tens of MB), "
+                        "the base rebuilt from its own file at load time; gguf: one llama.cpp file (--out FILE.gguf) "
                         "holding the language model, the extended vocabulary and the files to rebuild the model")
     p.add_argument("--gguf-type", choices=["f16", "q8_0", "f32"], default="f16", dest="gguf_type",
                    help="--format gguf: type of the 2-D weights (norms stay f32; q8_0 falls back to f16 for rows "
                         "not a multiple of 32 long); default f16")
     p.add_argument("--base", default=None, metavar="NAME|PATH",
-                   help="--format delta: the base the run was grafted from (e.g. smollm2-135m)")
+                   help="--format delta: the base the run's frozen weights came from: the LLM it was grafted "
+                        "from (smollm2-135m, a .gguf, an HF folder), or the omniloom model it started from "
+                        "(a bundled name such as world, or a model directory)")
     p.add_argument("--out", metavar="DIR", required=True,
                    help="output directory, or the .gguf file of --format gguf (written atomically)")
     p.add_argument("--drop-image-pos", action="store_true", dest="drop_image_pos",
@@ -139,12 +141,21 @@ def _export_delta(src: Path, out: Path, base: str | None, dtype: str) -> int:
     from ..config import config_from_dict
     from .delta import write_delta
 
-    if not base:
-        raise ValueError("--format delta needs --base, the base the model was grafted from (e.g. smollm2-135m)")
     for name in ("model.safetensors", "config.json", "vocab.json"):
         if not (src / name).is_file():
             raise ValueError(f"{src / name} is missing (a checkpoint of a frozen-base run)")
     cfg = config_from_dict(read_json(src / "config.json", "checkpoint config"))
+    if not base:
+        hint = f" (this run started from train.init_from={cfg.train.init_from})" if cfg.train.init_from else ""
+        raise ValueError("--format delta needs --base, the base the run's frozen weights came from: the LLM it "
+                         f"was grafted from (e.g. smollm2-135m) or the omniloom model it started from (e.g. world){hint}")
+    if (src / "codecs.json").is_file():
+        local = [ref for ref in read_json(src / "codecs.json", "codec references").values()
+                 if isinstance(ref, str) and (src / ref).is_dir()]
+        if local:
+            raise ValueError(f"{src}/codecs.json names codec folder(s) inside the checkpoint ({', '.join(local)}), "
+                             "which a delta does not carry; export --format omniloom instead, or let codecs.json name "
+                             "them by a shipped name or a path outside the checkpoint (docs/codecs.md)")
     extra = {n: src / n for n in ("vocab.json",) + MODEL_DIR_OPTIONAL}
     info = write_delta(cfg, load_file(str(src / "model.safetensors")), base, out, extra, getattr(torch, dtype))
     print(f"exported {src} -> {out} (delta over {base}: {info['tensors']} tensors, "
