@@ -23,6 +23,8 @@ def _trained_checkpoint(tmp_path):
     omni = OmniModel.load(base)
     cfg = config_from_dict(json.loads((base / "config.json").read_text()))
     cfg.train.freeze_base, cfg.train.lora_rank, cfg.train.lora_alpha = True, 2, 4.0
+    (tmp_path / "rows.json").write_text("[40, 7]")
+    cfg.train.train_rows_also = str(tmp_path / "rows.json")
     apply_lora(omni.model, ["q_proj", "down_proj"], 2, 4.0)
     torch.manual_seed(1)
     for m in omni.model.modules():
@@ -49,6 +51,8 @@ def test_a_delta_over_a_model_directory_rebuilds_the_trained_model(tmp_path, mon
     assert info["base"] == str(base.resolve()) and info["text_size"] == cfg.model.vocab_size
     delta = load_file(str(tmp_path / "delta" / "delta.safetensors"))
     assert delta["embed_tokens.row_ids"].tolist() == [7, 40] and delta["embed_tokens.rows"].shape[0] == 2
+    # the rows file the run read is written into the delta's config as ids
+    assert json.loads((tmp_path / "delta" / "config.json").read_text())["train"]["train_rows_also"] == "7,40"
     assert not any(k.endswith(".new_rows") or k.endswith(".weight") for k in delta)  # no base tensor copied
     monkeypatch.chdir(tmp_path / "delta")  # loads from anywhere
     back = OmniModel.load(tmp_path / "delta")

@@ -132,6 +132,13 @@ def test_train_rows_also_is_parsed_and_checked(tmp_path):
         rows(str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="freeze_base is false"):
         rows("3", freeze=False)
+    # written out for a model directory: ranges where ids run on, the same ids read back
+    (tmp_path / "many.json").write_text("[70, 65, 66, 67, 68, 424, 407, 408]")
+    cfg = apply_overrides(Config(), ["train.freeze_base=true", f"train.train_rows_also={tmp_path / 'many.json'}"])
+    assert cfg.train.rows_also_inline() == "65-68,70,407-408,424"
+    assert rows(cfg.train.rows_also_inline()) == cfg.train.rows_also()
+    cfg.train.train_rows_also = str(tmp_path / "gone.json")
+    assert cfg.train.rows_also_inline() == str(tmp_path / "gone.json")  # unreadable: left as it was
 
 
 def test_merged_adapters_answer_as_the_adapted_model():

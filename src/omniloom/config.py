@@ -214,6 +214,22 @@ class TrainConfig:
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.07
 
+    def rows_also_inline(self) -> str:
+        """``train_rows_also`` written out as ids and ranges (``65-68,70,...``), so a model directory
+        does not depend on the JSON file the run read (the spec unchanged if it cannot be read)."""
+        try:
+            ids = self.rows_also()
+        except ValueError:
+            return self.train_rows_also
+        parts: list[str] = []
+        for i in ids:
+            if parts and int(parts[-1].rpartition("-")[2]) == i - 1:
+                lo = parts[-1].partition("-")[0]
+                parts[-1] = f"{lo}-{i}"
+            else:
+                parts.append(str(i))
+        return ",".join(parts)
+
     def rows_also(self) -> list[int]:
         """``train_rows_also`` as a sorted list of ids ([] when empty)."""
         spec = self.train_rows_also.strip()

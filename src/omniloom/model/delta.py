@@ -25,6 +25,7 @@ The tokenizer is the base's own, so it is not stored either.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -156,6 +157,9 @@ def write_delta(cfg: Config, state: dict[str, torch.Tensor], base: str, out_dir:
             raise ValueError(f"{k} differs from the base {base}: a delta needs a frozen base "
                              "(train.freeze_base=true); export the whole model instead")
     delta = {k: (v if k.endswith(".row_ids") else v.detach().to(dtype)).contiguous() for k, v in delta.items()}
+    if cfg.train.train_rows_also.strip().endswith(".json"):  # the ids themselves, not a file beside the run
+        cfg = copy.deepcopy(cfg)
+        cfg.train.train_rows_also = cfg.train.rows_also_inline()
     install = NAMED_BASES[base][2] if base in NAMED_BASES else \
         "bundled with omniloom (pip install omniloom)" if _bundled(base) else None
     info = {"base": base, "sha256": _sha256(base_files(base)), "text_size": T, "install": install}
