@@ -216,6 +216,15 @@ class OmniModel:
                              f"{{\"{task}\": ...}}), so it cannot {TASK_PROMPTS[task].split(' (')[0]}")
         return prompt.replace("{text}", text) if task == "speak" else prompt
 
+    def as_trained(self, messages: Sequence[dict], output_modality: str | None = None) -> list[dict]:
+        """``messages`` built on this model's own task prompts (transcribe, speak, caption), tagged
+        as its training data was (generation.json ``task_tag``, from ``tokenize --task-tag``): a
+        language taught through tag-gated adapters is asked in that language. Unchanged for a model
+        without a rule."""
+        from ..tokens import tag_prompt
+
+        return tag_prompt(messages, self.generation.get("task_tag"), output_modality)[0]
+
     def has_task(self, task: str) -> bool:
         return task in (self.generation.get("prompts") or {})
 
@@ -526,7 +535,7 @@ def _speak_via_text(omni: OmniModel, messages: Sequence[dict], voice: str | None
         yield Done("length" if said else first.finish_reason, first.usage, first.warnings)
         return
     usage = dict(first.usage)
-    speak = [{"role": "user", "content": omni.task_prompt("speak", said)}]
+    speak = omni.as_trained([{"role": "user", "content": omni.task_prompt("speak", said)}], "audio")
     for ev in generate(omni, speak, "audio", ("audio",), voice, replace(sampling, max_new_tokens=left),
                        audio_chunk_frames=audio_chunk_frames, speak_via_text=False):
         if isinstance(ev, AudioChunk):

@@ -82,7 +82,7 @@ def request_description(omni: Any, messages: Sequence[dict], base_dir: str | Pat
 def _transcribe(omni: Any, part: dict, base_dir: str | Path | None) -> str:
     from .generate import TextDelta, generate
 
-    msgs = [{"role": "user", "content": [part, {"type": "text", "text": omni.task_prompt("transcribe")}]}]
+    msgs = omni.as_trained([{"role": "user", "content": [part, {"type": "text", "text": omni.task_prompt("transcribe")}]}])
     out = []
     for ev in generate(omni, msgs, output_modality="text", outputs=("text",),
                        sampling=SamplingParams(max_new_tokens=96, temperature=0.0), base_dir=base_dir):
@@ -97,10 +97,10 @@ def caption_logprobs(omni: Any, images: Sequence[Sequence[int]], description: st
 
     ``images``: local image codes (``vocab.image_tokens`` each). One batched forward, no KV cache.
     """
-    encs = [omni.processor.encode_messages([
+    encs = [omni.processor.encode_messages(omni.as_trained([
         {"role": "user", "content": [{"type": "image_codes", "codes": list(c)},
                                      {"type": "text", "text": omni.task_prompt("caption")}]},
-        {"role": "assistant", "content": [{"type": "text", "text": description}]}]) for c in images]
+        {"role": "assistant", "content": [{"type": "text", "text": description}]}])) for c in images]
     return answer_logprobs(omni.model, encs)
 
 

@@ -45,7 +45,8 @@ class SpeechRequest(BaseModel):
 
 def _speech_job(text: str, voice: str, max_tokens: int, seed: int | None):
     def fn(omni):
-        yield from generate(omni, [{"role": "user", "content": omni.task_prompt("speak", text)}], speak_via_text=False,
+        msgs = omni.as_trained([{"role": "user", "content": omni.task_prompt("speak", text)}], "audio")
+        yield from generate(omni, msgs, speak_via_text=False,
                             output_modality="audio", outputs=("audio",), voice=voice,
                             sampling=SamplingParams(max_new_tokens=max_tokens, temperature=1.0, seed=seed))
     return fn
@@ -112,7 +113,8 @@ async def _speech_stream(job, rate: int, out_rate: int, sse: bool, st):
 
 def _transcribe_job(data: bytes, max_tokens: int, temperature: float):
     def fn(omni):
-        msgs = [{"role": "user", "content": [{"type": "audio", "audio": data}, {"type": "text", "text": omni.task_prompt("transcribe")}]}]
+        msgs = omni.as_trained([{"role": "user", "content": [{"type": "audio", "audio": data},
+                                                             {"type": "text", "text": omni.task_prompt("transcribe")}]}])
         yield from generate(omni, msgs, outputs=("text",),
                             sampling=SamplingParams(max_new_tokens=max_tokens, temperature=temperature))
     return fn

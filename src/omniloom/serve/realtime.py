@@ -279,8 +279,9 @@ class RealtimeSession:
 
     async def _transcribe(self, item: dict, pcm: np.ndarray) -> None:
         """Input transcription by the same model (its ``transcribe`` prompt)."""
-        msgs = [{"role": "user", "content": [{"type": "audio", "audio": pcm, "sample_rate": API_RATE},
-                                             {"type": "text", "text": self.st.omni.task_prompt("transcribe")}]}]
+        msgs = self.st.omni.as_trained([{"role": "user", "content": [
+            {"type": "audio", "audio": pcm, "sample_rate": API_RATE},
+            {"type": "text", "text": self.st.omni.task_prompt("transcribe")}]}])
         sampling = self.st.sampling(min(self.st.settings.default_max_tokens, self.st.context // 2), 0.0)
 
         def fn(omni):
