@@ -122,5 +122,8 @@ def test_a_runs_generation_json_keeps_the_start_models_defaults_under_the_datas_
     assert table["prompts"] == es and table["task_tag"] == "all"
     assert table["cfg_scale"] == world["cfg_scale"] and table["voice_aliases"] == world["voice_aliases"]
     assert generation_table(None, data, "none") == {"prompts": es}
+    # a tagged start model (world-es) trained on untagged data: asked untagged from then on
+    assert "task_tag" not in generation_table(_init_source_dir("world-es"), data, "none")
+    assert generation_table(_init_source_dir("world-es"), data, "all")["task_tag"] == "all"
     assert generation_table(None, tmp_path / "nothing", None) is None
     assert _init_source_dir("") is None and _init_source_dir(str(tmp_path / "no-such-model")) is None

@@ -350,7 +350,8 @@ def generation_table(init_dir: Path | None, data_dir: Path, task_tag: str | None
     """A run's generation.json: the decoding defaults of the model it starts from (cfg_scale, voice
     aliases, ...), with what the data says over them (its task prompts: a fine-tune on Spanish data
     is asked in Spanish), and the data's task tag rule (``tokenize --task-tag``: the model is asked
-    the same way; omniloom eval reads it). None when neither has one."""
+    the same way, and untagged data drops the start model's rule; omniloom eval reads it). None
+    when neither has one."""
     from ..utils.fileio import read_json
 
     table: dict | None = None
@@ -359,6 +360,8 @@ def generation_table(init_dir: Path | None, data_dir: Path, task_tag: str | None
             table = (table or {}) | read_json(d / "generation.json", "generation config")
     if task_tag not in (None, "none"):
         table = (table or {}) | {"task_tag": task_tag}
+    elif table is not None:  # untagged data: asked untagged, whatever the start model was asked with
+        table.pop("task_tag", None)
     return table
 
 
