@@ -221,13 +221,12 @@ class TrainConfig:
             ids = self.rows_also()
         except ValueError:
             return self.train_rows_also
-        parts: list[str] = []
-        for i in ids:
-            if parts and int(parts[-1].rpartition("-")[2]) == i - 1:
-                lo = parts[-1].partition("-")[0]
-                parts[-1] = f"{lo}-{i}"
-            else:
-                parts.append(str(i))
+        from itertools import groupby
+
+        parts = []
+        for _, run in groupby(enumerate(ids), key=lambda t: t[1] - t[0]):  # consecutive ids share i - index
+            r = [i for _, i in run]
+            parts.append(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}")
         return ",".join(parts)
 
     def rows_also(self) -> list[int]:
