@@ -491,7 +491,7 @@ def test_a_delta_with_position_gated_adapters_keeps_them_and_the_base_text(tmp_p
     assert main(["export", "--checkpoint", str(ck), "--format", "delta", "--base", str(base_dir),
                  "--dtype", "float32", "--out", str(tmp_path / "delta")]) == 0
     back = OmniModel.load(tmp_path / "delta")
-    assert back.model.lora_gate_from == T and back.model.lora_gate_onward == (mode == "onward")
+    assert back.model.lora_gate_from == T and back.model.lora_gate_mode == mode
     text = torch.tensor([build_prompt(CONV, back.vocab, back.tok)])
     media = torch.tensor([text[0].tolist()[:-2] + [T + 5, T + 9] + text[0].tolist()[-2:]])
     with torch.no_grad():

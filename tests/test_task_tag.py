@@ -285,7 +285,7 @@ def test_a_tag_gated_run_leaves_every_untagged_conversation_to_the_source_bit_fo
     assert all(sd[k].abs().sum() > 0 for k in sd if k.endswith(".lora_b"))  # the adapters learnt
     assert all(torch.equal(sd[k], v) for k, v in ref.items())  # every source weight, rows included, as it was
     omni = OmniModel.load(ck)
-    assert omni.model.lora_gate_from == task_tag_id(vocab) and omni.model.lora_gate_tag
+    assert omni.model.lora_gate_from == task_tag_id(vocab) and omni.model.lora_gate_mode == "tag"
     plain = Transformer(omni.model.cfg).eval()
     plain.load_state_dict(ref)
     ask = [{"role": "user", "content": "w3 w21"}]

@@ -301,7 +301,7 @@ def test_onward_gate_opens_at_the_first_appended_id_of_each_document():
     assert gated.lora_gate(ids).tolist() == [[False, False] + [True] * 7, [False] * 9]
     # a packed second document starts shut and opens at its own first appended id
     assert gated.lora_gate(ids, doc).tolist()[0] == [False, False, True, True, False, False, False, True, True]
-    gated.lora_gate_onward = False  # the token gate: the appended ids' own positions only
+    gated.lora_gate_mode = "token"  # the token gate: the appended ids' own positions only
     assert gated.lora_gate(ids, doc).tolist()[0] == [False, False, True, False, False, False, False, True, False]
 
 
@@ -425,7 +425,7 @@ def test_gated_adapter_run_serves_text_as_the_base_and_refuses_a_merged_export(t
     (ck / "tokenizer.json").write_text(_tiny_tokenizer_json())
     omni = OmniModel.load(ck)
     assert omni.model.lora_gate_from == TEXT  # -1 resolved to the vocabulary's first appended id
-    assert omni.model.lora_gate_onward == (mode == "onward")
+    assert omni.model.lora_gate_mode == mode
     assert any(isinstance(m, LoRALinear) for m in omni.model.modules())  # kept, not folded
     plain = Transformer(omni.model.cfg).eval()
     plain.load_state_dict(ref)

@@ -249,12 +249,12 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.cache_len = 0
         # position-gated adapters (model/lora.py apply_lora(gate_from=...)): they act where the
-        # input id is >= this; None: adapters (if any) act everywhere. lora_gate_onward: from the
-        # first such id of a document to its end (cache state: per row, the slot of the last such
-        # id, -1: none, so the gate is shut)
+        # input id is >= this; None: adapters (if any) act everywhere. lora_gate_mode (config's
+        # LORA_GATE_MODES): "token" there only; "onward" from the first such id of a document to its
+        # end; "tag" the same from the first id *equal* to lora_gate_from (cache state of the last
+        # two: per row, the slot of the last such id, -1: none, so the gate is shut)
         self.lora_gate_from: int | None = None
-        self.lora_gate_onward = False
-        self.lora_gate_tag = False  # the gate opens at ids == lora_gate_from only (then onward)
+        self.lora_gate_mode = "token"
         self.register_buffer("lora_open_slot", torch.zeros(0, dtype=torch.long), persistent=False)
         self.reset_parameters()
 
@@ -316,7 +316,7 @@ class Transformer(nn.Module):
 
     def lora_gate(self, ids: torch.Tensor, doc_ids: torch.Tensor | None = None, input_pos: torch.Tensor | None = None,
                   kv_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) bool: where position-gated adapters act (``lora_gate_from``, ``lora_gate_onward``).
+        """(B, T) bool: where position-gated adapters act (``lora_gate_from``, ``lora_gate_mode``).
 
         Token gate: where the id is >= ``lora_gate_from``. Onward gate: from the first such id of a
         document (``doc_ids``; the whole row without them) to its end; tag gate: the same from the
@@ -325,8 +325,8 @@ class Transformer(nn.Module):
         one at or after the call's first slot is forgotten (a new prefill, or a rewind over it), and
         padding (``kv_mask`` false) never opens it.
         """
-        hit = ids == self.lora_gate_from if self.lora_gate_tag else ids >= self.lora_gate_from
-        if not self.lora_gate_onward:
+        hit = ids == self.lora_gate_from if self.lora_gate_mode == "tag" else ids >= self.lora_gate_from
+        if self.lora_gate_mode == "token":
             return hit
         B, T = ids.shape
         t = (input_pos if input_pos is not None else torch.arange(T, device=ids.device))[None].expand(B, T)

@@ -99,8 +99,7 @@ def apply_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float
         raise ValueError(f"the adapters' gate mode must be one of {', '.join(LORA_GATE_MODES)}, got {gate_mode!r}")
     if gate_from:
         model.lora_gate_from = int(gate_from)
-        model.lora_gate_onward = gate_mode in ("onward", "tag")
-        model.lora_gate_tag = gate_mode == "tag"
+        model.lora_gate_mode = gate_mode
     return wrapped
 
 
