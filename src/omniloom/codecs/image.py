@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # annotations only: numpy is imported where it is used
     import numpy as np
 
 
-
 @dataclass
 class ImageCodecConfig:
     """Shape of an image codec. ``channels[i]`` is the width at resolution ``resolution / 2**i``."""
