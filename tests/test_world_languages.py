@@ -15,7 +15,7 @@ from omniloom.tokens import with_task_tag
 from omniloom.world import lang
 
 #: bundled model -> its language
-BUNDLED = {"world-de": "de", "world-es": "es", "world-fr": "fr"}
+BUNDLED = {"world-de": "de", "world-es": "es", "world-fr": "fr", "world-it": "it"}
 
 
 @pytest.fixture(scope="module")
