@@ -11,8 +11,8 @@ from PIL import Image
 
 from omniloom.cli import main as cli
 from omniloom.infer.rewards import load_reward, register_reward
-from omniloom.infer.sample_file import (best_lines, make_pairs, read_prompts, read_samples, run_sampling, write_best,
-                                        write_pairs)
+from omniloom.infer.sample_file import (best_lines, code_message, make_pairs, read_prompts, read_samples,
+                                        reference_lines, run_sampling, write_best, write_pairs)
 from omniloom.infer.sampling import SamplingParams
 
 
@@ -43,7 +43,7 @@ def _text_prompts(d: Path) -> Path:
          "output": "text"}])
 
 
-def test_sample_writes_k_candidates_with_media(tiny, tmp_path):
+def test_sample_writes_k_candidates_with_media(tiny, tmp_path, capsys):
     omni, model_dir = tiny
     res = omni.codecs["image"].resolution
     _photo(tmp_path / "in.png")
@@ -104,6 +104,19 @@ def test_sample_writes_k_candidates_with_media(tiny, tmp_path):
     assert json.loads((tmp_path / "pair_shards" / "train" / "manifest.json").read_text())["pairs"] is True
     assert cli(["tokenize", "--input", str(tmp_path / "best.jsonl"), "--model", str(model_dir), "--out",
                 str(tmp_path / "best_shards"), "--no-progress"]) == 0
+    # --with-reference: s's reference (index -1, so scored -1 here) joins its ranking and is the worst
+    assert cli(["sample", "--model", str(model_dir), "--input", str(prompts), "--n", "3", "--out", str(out),
+                "--reward", f"{tmp_path / 'by_index.py'}:score", "--pairs", str(tmp_path / "pairs_ref.jsonl"),
+                "--with-reference", "--answers-as", "codes", "--no-progress"]) == 0
+    pairs = [json.loads(x) for x in (tmp_path / "pairs_ref.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["score_chosen"], p["score_rejected"]) for p in pairs] == [("t", 2, 0), ("i", 2, 0),
+                                                                                 ("s", 2, -1), ("s", 1, 0)]
+    assert pairs[2]["rejected"][0]["content"][0] == {"type": "audio", "path": "ref.wav", "voice": "atlas",
+                                                     "transcript": "hello world"}
+    capsys.readouterr()
+    assert cli(["sample", "--model", str(model_dir), "--input", str(prompts), "--n", "3", "--out", str(out),
+                "--reward", f"{tmp_path / 'by_index.py'}:score", "--with-reference", "--no-progress"]) != 0
+    assert "--with-reference ranks the reference answers for --pairs and --best" in capsys.readouterr().err
 
 
 def test_resume_skips_done_prompts_and_redoes_partial_ones(tiny, tmp_path, monkeypatch):
@@ -204,6 +217,37 @@ def test_pairs_and_best_follow_the_documented_rule(tmp_path):
     assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant"]
     with pytest.raises(ValueError, match="no score"):
         make_pairs([{k: v for k, v in lines[0].items() if k != "score"}])
+
+
+def test_reference_answers_join_the_ranking(tmp_path):
+    class Judge:  # scores a reference (index -1) by its path, so the test knows what it gets
+        spec = "judge"
+
+        def __call__(self, rec):
+            return 1.0 if rec["candidate"]["content"][0]["path"].endswith("good.png") else 0.0
+
+    def ref(name):
+        return {"role": "assistant", "content": [{"type": "image", "path": f"data/{name}.png"}]}
+
+    lines = [{**_line("p", i, 0.0, tmp_path), "reference": ref("good")} for i in range(3)]  # all wrong
+    lines += [{**_line("q", i, s, tmp_path), "reference": ref("good")} for i, s in enumerate([1.0, 0.0])]
+    lines += [{**_line("r", 0, 0.0, tmp_path), "reference": ref("bad")}]  # a reference the judge rejects
+    lines += [_line("s", 0, 0.0, tmp_path)]  # no reference
+    refs = reference_lines(lines, Judge(), tmp_path)
+    assert [(r["id"], r["score"], r["sampling"]["index"]) for r in refs] == [("p", 1.0, -1), ("q", 1.0, -1),
+                                                                            ("r", 0.0, -1)]
+    assert make_pairs(lines) == [(lines[3], lines[4])]  # without references, p (all wrong) gives nothing
+    pairs = make_pairs(lines + refs)
+    got = [(c["id"], c["sampling"]["index"], r["sampling"]["index"]) for c, r in pairs]
+    # p: the reference against the worst (ties: the highest index); q: the reference outranks c0 on
+    # the tie, so it takes c1 and c0 is left unpaired; r, s: no gap
+    assert got == [("p", -1, 2), ("q", -1, 1)]
+    assert code_message(None, refs[0]) is refs[0]["candidate"]  # written as given, to be encoded
+    write_pairs(tmp_path / "pairs.jsonl", pairs, tmp_path, lambda ln: code_message(None, ln))
+    rows = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert rows[0]["chosen"][0]["content"][0]["path"] == "data/good.png" and rows[0]["score_chosen"] == 1.0
+    assert [(b["id"], b["sampling"]["index"]) for b in best_lines(lines + refs, min_score=1.0)] == [("p", -1),
+                                                                                                   ("q", -1)]
 
 
 def test_prompt_errors_name_the_line(tmp_path):

@@ -16,6 +16,9 @@ module:function, path/file.py:function, or cmd:COMMAND (the line as JSON on stdi
 printed last). --pairs writes TRL-format preference pairs (best against worst, then second best
 against second worst, ... while the gap exceeds --pair-margin); --best writes the best candidate
 of each prompt as a messages JSONL for `omniloom tokenize` (rejection-sampling fine-tuning).
+--with-reference ranks each prompt's reference answer (a data set line's assistant turn, judged by
+the same reward) among its candidates, so the truth can be the chosen answer against the model's own
+mistakes.
 See docs/preference.md.
 """
 
@@ -52,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write each prompt's best candidate as a messages JSONL (for omniloom tokenize)")
     p.add_argument("--best-min-score", type=float, default=None,
                    help="--best keeps a prompt only when its best candidate scores at least this")
+    p.add_argument("--with-reference", action="store_true",
+                   help="judge each prompt's reference answer (the input's assistant turn) too and rank it among its "
+                        "candidates for --pairs and --best, so a prompt whose candidates are all wrong still gives a "
+                        "pair: the reference against the worst candidate")
     p.add_argument("--answers-as", default="media", choices=["media", "codes"],
                    help="how --pairs and --best write each answer: media files by path (default; a reader encodes "
                         "them again) or code parts holding exactly the ids the model sampled")
@@ -82,8 +89,8 @@ def _summary(lines: list[dict]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..infer.generate import OmniModel
     from ..infer.rewards import load_reward, register_reward
-    from ..infer.sample_file import (best_lines, code_message, make_pairs, read_samples, run_sampling, write_best,
-                                     write_pairs)
+    from ..infer.sample_file import (best_lines, code_message, make_pairs, read_samples, reference_lines, run_sampling,
+                                     write_best, write_pairs)
     from ..infer.sampling import SamplingParams
     from .world_reward import world_reward
 
@@ -94,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if (args.pairs or args.best) and not args.reward:
         raise ValueError("--pairs and --best rank candidates by score: give --reward")
+    if args.with_reference and not (args.pairs or args.best):
+        raise ValueError("--with-reference ranks the reference answers for --pairs and --best: give one of them")
     if args.temperature == 0 and args.n > 1:
         raise ValueError("--temperature 0 is greedy: all --n candidates would be the same answer")
     sampling = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -109,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
         print(row)
     samples_dir = Path(args.out).parent.resolve()
     answer = functools.partial(code_message, omni) if args.answers_as == "codes" else None
+    if args.with_reference:
+        refs = reference_lines(lines, reward, samples_dir)
+        if not refs:
+            raise ValueError(f"--with-reference: no sample of {args.out} has a reference answer (prompts whose last "
+                             "message is the assistant's)")
+        right = sum(float(r["score"]) for r in refs) / len(refs)
+        print(f"{len(refs)} reference answers judged: mean score {right:.3f}")
+        lines = lines + refs
     if args.pairs:
         k = write_pairs(args.pairs, make_pairs(lines, args.pair_margin, args.max_pairs_per_prompt), samples_dir,
                         answer)

@@ -399,6 +399,30 @@ def make_pairs(lines: list[dict], margin: float = 0.0, max_pairs: int | None = N
     return pairs
 
 
+def reference_lines(lines: list[dict], reward: Any, out_dir: Path) -> list[dict]:
+    """One line per prompt whose samples carry a reference answer (the input's assistant turn): that
+    answer as a candidate of index -1, scored by ``reward`` like the sampled ones.
+
+    Added to the sampled lines, it joins the ranking of :func:`make_pairs` and :func:`best_lines`, so a
+    prompt whose candidates are all wrong still gives a pair: the reference (when it scores higher)
+    against the worst candidate. It has no ``answer_ids``: it is written as its message (media by
+    path), which ``tokenize`` encodes with the codecs.
+    """
+    out: list[dict] = []
+    seen: set[str] = set()
+    for ln in lines:
+        if ln["id"] in seen or not ln.get("reference"):
+            continue
+        seen.add(ln["id"])
+        ref = {"id": ln["id"], "messages": ln["messages"], "candidate": ln["reference"], "output": ln.get("output"),
+               "voice": ln.get("voice"), "sampling": {"index": -1, "n": ln["sampling"]["n"], "reference": True},
+               "meta": ln.get("meta") or {}}
+        ref["score"] = reward(_for_reward(ref, out_dir))
+        ref["reward"] = reward.spec
+        out.append(ref)
+    return out
+
+
 def best_lines(lines: list[dict], min_score: float | None = None) -> list[dict]:
     """The best-scored candidate of each prompt (ties: lower index), if it reaches ``min_score``."""
     out = []
@@ -420,6 +444,8 @@ def code_message(omni: Any, line: dict) -> dict:
     """
     from ..tokens import segments_to_messages
 
+    if "answer_ids" not in line:  # a reference answer (see reference_lines): written as it was given
+        return line["candidate"]
     vocab = omni.vocab
     opened = {"image": [vocab.special("image")],
               "audio": [vocab.special("audio"), vocab.voice_id(line.get("voice"))]}.get(line.get("output"), [])
