@@ -38,12 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
 
-    from PIL import Image
-
     from omniloom.eval.world_reward import world_reward
     from omniloom.infer.generate import OmniModel
     from omniloom.infer.rewards import load_reward, register_reward
     from omniloom.infer.sample_file import absolute_paths, read_samples
+    from omniloom.utils.media import image_to_png_bytes, load_image
 
     register_reward("world", lambda: world_reward)
     reward = load_reward(args.reward)
@@ -63,11 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, ln in enumerate(lines):
             ref = absolute_paths([ln["reference"]], base)[0]
             part = next(c for c in ref["content"] if c.get("type") == "image")
-            img = np.asarray(Image.open(part["path"]).convert("RGB"), dtype=np.float32) / 255
-            codes = codec.encode(torch.from_numpy(img).permute(2, 0, 1)[None])[0]
-            back = codec.decode(codes[None])[0].permute(1, 2, 0).numpy()
+            codes = codec.encode(load_image(part["path"], getattr(codec, "resolution", None))[None])[0]  # as tokenize does
             f = Path(tmp) / f"{i}.png"
-            Image.fromarray((back * 255).round().astype(np.uint8)).save(f)
+            f.write_bytes(image_to_png_bytes(codec.decode(codes[None])[0]))
             rec = {**ln, "messages": absolute_paths(ln["messages"], base),
                    "candidate": {"role": "assistant", "content": [{"type": "image", "path": str(f)}]}}
             trips.append(float(reward(rec)) >= 1.0)

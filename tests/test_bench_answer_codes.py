@@ -5,9 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +20,7 @@ def _bench():
 def test_answer_codes_counts_the_truths_codes(tmp_path, capsys):
     from omniloom.infer.generate import OmniModel
     from omniloom.infer.sample_file import read_prompts
+    from omniloom.utils.media import load_image
     from omniloom.world.generate import generate
 
     path = generate(tmp_path / "w", "test", 2, seed=5, tasks=["draw"], workers=1, progress=False)
@@ -30,8 +29,7 @@ def test_answer_codes_counts_the_truths_codes(tmp_path, capsys):
     codec, lo = omni.codecs["image"], omni.vocab.range_of("image")[0]
 
     def truth_codes(p):
-        img = np.asarray(Image.open(p.reference["content"][0]["path"]).convert("RGB"), dtype=np.float32) / 255
-        return codec.encode(torch.from_numpy(img).permute(2, 0, 1)[None])[0]
+        return codec.encode(load_image(p.reference["content"][0]["path"], codec.resolution)[None])[0]
 
     a, b = truth_codes(prompts[0]), truth_codes(prompts[1])
     assert not torch.equal(a, b)
