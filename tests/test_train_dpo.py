@@ -337,6 +337,64 @@ def test_the_sft_term_adds_the_chosen_cross_entropy(tmp_path):
     assert grads[1] > grads[0] * 1.5
 
 
+def test_dpo_span_text_counts_only_the_answers_text_ids(tmp_path):
+    """train.dpo_span=text: the log-probabilities sum over the answers' text ids only, so a pair
+    that differs only in its non-text ids (say, the audio codes of the same transcript) carries no
+    preference, while the SFT term still covers the whole chosen answer."""
+    import copy
+
+    from omniloom.model import Transformer
+    from omniloom.train.dpo import DPOStep
+
+    vocab = Vocab.build(text_size=TEXT)
+    rng = np.random.default_rng(3)
+    with ShardWriter(tmp_path / "sh", vocab, shard_tokens=300, meta={"pairs": True, "mode": "sft"}) as w:
+        for i in range(48):
+            prompt = [vocab.bos_ids[0]] + rng.integers(0, TEXT, 5).tolist()
+            said = rng.integers(0, TEXT, 2).tolist()
+            codes = lambda: rng.integers(TEXT, vocab.size, 4).tolist()  # noqa: E731 (non-text ids)
+            other = said if i % 2 else rng.integers(0, TEXT, 2).tolist()  # odd pairs: the same words
+            mask = [0] * len(prompt) + [1] * 6
+            w.add_pair((prompt + said + codes(), mask), (prompt + other + codes(), mask))
+    s = ShardSet.open(tmp_path / "sh")
+    evals = PairLoader(s, 40, 4, 2, shuffle=False)
+    batches = [mb for b in range(evals.batches_per_epoch) for mb in evals.batch_at(0, b)]
+
+    def text_logratio(m, mb):  # independently of the step: log p of the text targets per answer
+        logits = m(mb["ids"], positions=mb["positions"], doc_ids=mb["doc_ids"]).float()
+        lp = logits.log_softmax(-1).gather(-1, mb["targets"][..., None])[..., 0]
+        sel = mb["loss_mask"] & (mb["targets"] < TEXT)
+        lp = torch.zeros(2 * int(mb["pairs"])).index_add(0, mb["seq_ids"][sel], lp[sel]).view(-1, 2)
+        return lp[:, 0] - lp[:, 1]
+
+    torch.manual_seed(0)
+    model = Transformer(_model_cfg(vocab))
+    reference = copy.deepcopy(model).requires_grad_(False).eval()
+    margins = {}
+    for span in ("text", "answer"):
+        tc = TrainConfig(steps=20, lr=1e-2, warmup_steps=1, batch_size=4, micro_batch_size=2, dtype="fp32",
+                         objective="dpo", dpo_beta=0.5, dpo_span=span, progress=False)
+        m = copy.deepcopy(model)
+        step = DPOStep(m, reference, tc, vocab=vocab)
+        loader = PairLoader(s, 40, 4, 2, seed=0)
+        for _ in range(tc.steps):
+            step(loader.next_batch())
+        ev = step.eval_pairs(batches)
+        with torch.no_grad():
+            gain = torch.cat([text_logratio(m, mb) - text_logratio(reference, mb) for mb in batches])
+        if span == "text":
+            assert ev["dpo/margin"] == pytest.approx(0.5 * float(gain.mean()), rel=1e-4)
+            # pairs with the same words have no text log-ratio at all, under any weights
+            same = torch.cat([text_logratio(m, mb) for mb in batches]).abs() < 1e-6
+            assert 0.3 < float(same.float().mean()) < 0.7
+        margins[span] = ev["dpo/margin"]
+    assert margins["text"] != pytest.approx(margins["answer"], rel=1e-3)
+    with pytest.raises(ValueError, match="train.dpo_span=text needs the vocabulary"):
+        DPOStep(model, reference, TrainConfig(objective="dpo", dpo_span="text"), vocab=None)
+    with pytest.raises(ValueError, match="train.dpo_span must be one of answer, text"):
+        apply_overrides(Config(), ["train.dpo_span=audio"]).validate()
+
+
 # -- through the trainer ---------------------------------------------------------------------------
 TINY = ["model.vocab_size=0", "model.dim=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
         "model.ffn_dim=64", "model.max_seq_len=64", "data.seq_len=40", "train.batch_size=4",

@@ -118,6 +118,9 @@ class ModelConfig:
 #: what ``train.objective`` may name (see TrainConfig)
 OBJECTIVES = ("sft", "dpo", "rft")
 
+#: what ``train.dpo_span`` may name: the answer ids DPO's log-probabilities sum over (see TrainConfig)
+DPO_SPANS = ("answer", "text")
+
 #: projections a LoRA may target (the decoder's linear layers, by attribute name)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_GATE_MODES = ("token", "onward", "tag")  # train.lora_gate_mode
@@ -207,6 +210,11 @@ class TrainConfig:
     objective: str = "sft"
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 0.0
+    # which answer ids the DPO log-probabilities sum over. 'answer': the whole answer span, whatever
+    # its modality. 'text': only its text ids (ids below the vocab's text_size): a text answer, or the
+    # transcript interleaved in a spoken answer, so a preference on *what is said* does not also push
+    # the rejected side's audio codes down. The SFT term always covers the whole chosen answer
+    dpo_span: str = "answer"
     # contrastive embeddings (docs/embeddings.md): a weight > 0 adds that weight times a CLIP-style
     # symmetric InfoNCE between the mean-pooled hidden states of paired spans (a user's image or
     # speech and the text answer after it), each run stand-alone, negatives = the other pairs of the
@@ -302,6 +310,8 @@ class TrainConfig:
                              f"got {self.dpo_beta}")
         if not self.dpo_sft_weight >= 0:
             raise ValueError(f"train.dpo_sft_weight must be >= 0, got {self.dpo_sft_weight}")
+        if self.dpo_span not in DPO_SPANS:
+            raise ValueError(f"train.dpo_span must be one of {', '.join(DPO_SPANS)}, got {self.dpo_span!r}")
         if not self.contrastive_weight >= 0:
             raise ValueError(f"train.contrastive_weight must be >= 0 (0 = off), got {self.contrastive_weight}")
         if not self.contrastive_temperature > 0:

@@ -3,7 +3,8 @@
 ``train.objective=dpo`` (Rafailov et al., 2023) trains on preference pairs (``omniloom tokenize
 --format preference``, read by :class:`~omniloom.data.pairs.PairLoader`). For a pair with
 answers ``c`` (chosen) and ``r`` (rejected) to the same prompt, with ``log p(a)`` the sum of the
-answer's token log-probabilities (only the answer span counts, whichever modality it is)::
+answer's token log-probabilities (only the answer span counts, whichever modality it is; with
+``train.dpo_span=text`` only its text ids, e.g. a spoken answer's interleaved transcript)::
 
     reward(a) = beta * (log p_policy(a) - log p_reference(a))
     loss      = -log sigmoid(reward(c) - reward(r))          (mean over the global batch's pairs)
@@ -77,6 +78,9 @@ class DPOStep(TrainStep):
                  device: str | torch.device = "cpu"):
         super().__init__(model, train_cfg, vocab=vocab, device=device)
         self.reference = reference
+        self.text_size = int(vocab.text_size) if vocab is not None else None
+        if train_cfg.dpo_span == "text" and self.text_size is None:
+            raise ValueError("train.dpo_span=text needs the vocabulary (which ids are text), but none was given")
         ref = TokenLosses(reference)
         self.ref_losses = torch.compile(ref) if train_cfg.compile else ref
 
@@ -84,10 +88,13 @@ class DPOStep(TrainStep):
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(P, 2) summed log-probabilities of each pair's answers, the per-token losses (N,) and
         the side of each (N,) (0 chosen, 1 rejected)."""
-        ce, _ = self._token_losses(mb, losses)
+        ce, targets = self._token_losses(mb, losses)
         seq = mb["seq_ids"][mb["loss_mask"].bool()]  # (N,), the same row-major order as ``ce``
         pairs = int(mb["pairs"])
-        logps = torch.zeros(2 * pairs, dtype=ce.dtype, device=ce.device).index_add(0, seq, -ce)
+        counted = -ce
+        if self.cfg.dpo_span == "text":  # only the answers' text ids (a transcript, a text answer)
+            counted = counted * (targets < self.text_size).to(ce.dtype)
+        logps = torch.zeros(2 * pairs, dtype=ce.dtype, device=ce.device).index_add(0, seq, counted)
         return logps.view(pairs, 2), ce, seq % 2
 
     def _global_counts(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float, float, float]:
