@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import pytest
 from PIL import Image
 
@@ -105,14 +106,28 @@ def test_sample_writes_k_candidates_with_media(tiny, tmp_path, capsys):
     assert cli(["tokenize", "--input", str(tmp_path / "best.jsonl"), "--model", str(model_dir), "--out",
                 str(tmp_path / "best_shards"), "--no-progress"]) == 0
     # --with-reference: s's reference (index -1, so scored -1 here) joins its ranking and is the worst
+    capsys.readouterr()
+    assert cli(["sample", "--model", str(model_dir), "--input", str(prompts), "--n", "3", "--out", str(out),
+                "--reward", f"{tmp_path / 'by_index.py'}:score", "--pairs", str(tmp_path / "pairs_ref.jsonl"),
+                "--with-reference", "--no-progress"]) != 0  # it is encoded, so its file must exist
+    assert "sample 's': its reference answer cannot be encoded" in capsys.readouterr().err
+    sr = omni.codecs["audio"].sample_rate
+    sf.write(tmp_path / "ref.wav", 0.3 * np.sin(np.arange(sr) * 2 * np.pi * 220 / sr), sr)
     assert cli(["sample", "--model", str(model_dir), "--input", str(prompts), "--n", "3", "--out", str(out),
                 "--reward", f"{tmp_path / 'by_index.py'}:score", "--pairs", str(tmp_path / "pairs_ref.jsonl"),
                 "--with-reference", "--answers-as", "codes", "--no-progress"]) == 0
     pairs = [json.loads(x) for x in (tmp_path / "pairs_ref.jsonl").read_text().splitlines()]
     assert [(p["id"], p["score_chosen"], p["score_rejected"]) for p in pairs] == [("t", 2, 0), ("i", 2, 0),
                                                                                  ("s", 2, -1), ("s", 1, 0)]
-    assert pairs[2]["rejected"][0]["content"][0] == {"type": "audio", "path": "ref.wav", "voice": "atlas",
-                                                     "transcript": "hello world"}
+    # the reference as the model would write it: the codec's codes of ref.wav (its round trip judged,
+    # written under samples_media as c-1.wav), so the pair holds codes on both sides
+    ref_codes = pairs[2]["rejected"][0]["content"][0]
+    encoded = omni.processor.to_code_messages([{"role": "assistant", "content": [
+        {"type": "audio", "path": "ref.wav", "voice": "atlas", "transcript": "hello world"}]}], tmp_path)
+    want = encoded[0]["content"][0]
+    assert ref_codes["type"] == "audio_codes" and ref_codes["voice"] == "atlas"
+    assert ref_codes["transcript"] == "hello world" and ref_codes["codes"] == [list(f) for f in want["codes"]]
+    assert (out.parent / "samples_media" / "s" / "c-1.wav").stat().st_size > 44
     capsys.readouterr()
     assert cli(["sample", "--model", str(model_dir), "--input", str(prompts), "--n", "3", "--out", str(out),
                 "--reward", f"{tmp_path / 'by_index.py'}:score", "--with-reference", "--no-progress"]) != 0
@@ -248,6 +263,10 @@ def test_reference_answers_join_the_ranking(tmp_path):
     assert rows[0]["chosen"][0]["content"][0]["path"] == "data/good.png" and rows[0]["score_chosen"] == 1.0
     assert [(b["id"], b["sampling"]["index"]) for b in best_lines(lines + refs, min_score=1.0)] == [("p", -1),
                                                                                                    ("q", -1)]
+    # a reference coded to the very ids a candidate sampled is no preference, whatever the scores say
+    same = [{**_line("u", 0, 0.0, tmp_path), "answer_ids": [5, 6, 7]},
+            {**_line("u", -1, 1.0, tmp_path), "answer_ids": [5, 6, 7]}]
+    assert make_pairs(same) == [] and make_pairs([same[0], {**same[1], "answer_ids": [5, 6, 8]}]) != []
 
 
 def test_prompt_errors_name_the_line(tmp_path):

@@ -17,8 +17,8 @@ printed last). --pairs writes TRL-format preference pairs (best against worst, t
 against second worst, ... while the gap exceeds --pair-margin); --best writes the best candidate
 of each prompt as a messages JSONL for `omniloom tokenize` (rejection-sampling fine-tuning).
 --with-reference ranks each prompt's reference answer (a data set line's assistant turn, judged by
-the same reward) among its candidates, so the truth can be the chosen answer against the model's own
-mistakes.
+the same reward, as the model would write it: encoded by the codecs and decoded back) among its
+candidates, so the truth can be the chosen answer against the model's own mistakes.
 See docs/preference.md.
 """
 
@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-min-score", type=float, default=None,
                    help="--best keeps a prompt only when its best candidate scores at least this")
     p.add_argument("--with-reference", action="store_true",
-                   help="judge each prompt's reference answer (the input's assistant turn) too and rank it among its "
+                   help="judge each prompt's reference answer (the input's assistant turn, through the codecs' "
+                        "round trip) too and rank it among its "
                         "candidates for --pairs and --best, so a prompt whose candidates are all wrong still gives a "
                         "pair: the reference against the worst candidate")
     p.add_argument("--answers-as", default="media", choices=["media", "codes"],
@@ -89,8 +90,8 @@ def _summary(lines: list[dict]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..infer.generate import OmniModel
     from ..infer.rewards import load_reward, register_reward
-    from ..infer.sample_file import (best_lines, code_message, make_pairs, read_samples, reference_lines, run_sampling,
-                                     write_best, write_pairs)
+    from ..infer.sample_file import (best_lines, code_message, make_pairs, media_dir_for, read_samples, reference_lines,
+                                     run_sampling, write_best, write_pairs)
     from ..infer.sampling import SamplingParams
     from .world_reward import world_reward
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     samples_dir = Path(args.out).parent.resolve()
     answer = functools.partial(code_message, omni) if args.answers_as == "codes" else None
     if args.with_reference:
-        refs = reference_lines(lines, reward, samples_dir)
+        refs = reference_lines(lines, reward, samples_dir, omni, media_dir_for(Path(args.out).resolve()))
         if not refs:
             raise ValueError(f"--with-reference: no sample of {args.out} has a reference answer (prompts whose last "
                              "message is the assistant's)")

@@ -395,18 +395,28 @@ def make_pairs(lines: list[dict], margin: float = 0.0, max_pairs: int | None = N
             chosen, rejected = r[j], r[-1 - j]
             if float(chosen["score"]) - float(rejected["score"]) <= margin:
                 break
+            if "answer_ids" in chosen and chosen.get("answer_ids") == rejected.get("answer_ids"):
+                continue  # the same ids scored differently (a reward that is not deterministic): no preference
             pairs.append((chosen, rejected))
     return pairs
 
 
-def reference_lines(lines: list[dict], reward: Any, out_dir: Path) -> list[dict]:
+def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | None = None,
+                    media: Path | None = None) -> list[dict]:
     """One line per prompt whose samples carry a reference answer (the input's assistant turn): that
     answer as a candidate of index -1, scored by ``reward`` like the sampled ones.
 
     Added to the sampled lines, it joins the ranking of :func:`make_pairs` and :func:`best_lines`, so a
     prompt whose candidates are all wrong still gives a pair: the reference (when it scores higher)
-    against the worst candidate. It has no ``answer_ids``: it is written as its message (media by
-    path), which ``tokenize`` encodes with the codecs.
+    against the worst candidate.
+
+    With ``omni`` (the model), the reference is judged **as the model would write it**: encoded by
+    the codecs into the answer ids (``answer_ids``, as a sampled line has), decoded back, and its
+    media written under ``media/<id>/c-1.*``. A reference whose codec round trip is judged wrong is
+    then not preferred to a sampled answer, and a sampled answer with the very same ids scores the
+    same (so they make no pair). Without ``omni``, or when the reference does not open the span the
+    prompt opens (another voice), it is judged as given, without ``answer_ids``: it is written as its
+    message (media by path), which ``tokenize`` encodes with the codecs.
     """
     out: list[dict] = []
     seen: set[str] = set()
@@ -417,10 +427,39 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path) -> list[dict]
         ref = {"id": ln["id"], "messages": ln["messages"], "candidate": ln["reference"], "output": ln.get("output"),
                "voice": ln.get("voice"), "sampling": {"index": -1, "n": ln["sampling"]["n"], "reference": True},
                "meta": ln.get("meta") or {}}
+        if omni is not None:
+            coded = _reference_round_trip(omni, ln, out_dir, media if media is not None else out_dir / "references_media")
+            if coded is not None:
+                ref["candidate"], ref["answer_ids"] = coded
+                ref["sampling"]["round_trip"] = True
         ref["score"] = reward(_for_reward(ref, out_dir))
         ref["reward"] = reward.spec
         out.append(ref)
     return out
+
+
+def _reference_round_trip(omni: Any, ln: dict, out_dir: Path, media: Path) -> tuple[dict, list[int]] | None:
+    """(message with the decoded media, answer ids) of ``ln``'s reference encoded by the codecs, or
+    None when its span does not open as the prompt's does (then it is judged as given)."""
+    from .candidates import _decode
+
+    proc, vocab = omni.processor, omni.vocab
+    messages = absolute_paths(ln["messages"], out_dir)
+    try:
+        head = list(proc.prompt_ids(messages))  # the conversation and the assistant header
+        full = list(proc.encode_messages(messages + absolute_paths([ln["reference"]], out_dir), add_eos=False).ids)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"sample {ln['id']!r}: its reference answer cannot be encoded: {e}") from None
+    if full[:len(head)] != head:
+        raise ValueError(f"sample {ln['id']!r}: its reference does not encode after its prompt (template mismatch)")
+    opened = {"image": [vocab.special("image")],
+              "audio": [vocab.special("audio"), vocab.voice_id(ln.get("voice"))]}.get(ln.get("output"), [])
+    answer = full[len(head):]
+    if answer[:len(opened)] != opened:
+        return None
+    ids = answer[len(opened):]
+    c = _decode(omni, head + opened, -1, 0, ids)
+    return _candidate_message(c, media, ln["id"], out_dir), ids
 
 
 def best_lines(lines: list[dict], min_score: float | None = None) -> list[dict]:
@@ -444,7 +483,7 @@ def code_message(omni: Any, line: dict) -> dict:
     """
     from ..tokens import segments_to_messages
 
-    if "answer_ids" not in line:  # a reference answer (see reference_lines): written as it was given
+    if "answer_ids" not in line:  # a reference judged as given (see reference_lines): written as it was
         return line["candidate"]
     vocab = omni.vocab
     opened = {"image": [vocab.special("image")],
