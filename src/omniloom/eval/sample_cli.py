@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     samples_dir = Path(args.out).parent.resolve()
     answer = functools.partial(code_message, omni) if args.answers_as == "codes" else None
     if args.with_reference:
-        refs = reference_lines(lines, reward, samples_dir, omni, media_dir_for(Path(args.out).resolve()))
+        refs = reference_lines(lines, reward, samples_dir, omni, media_dir_for(Path(args.out).resolve()),
+                               progress=not args.no_progress)
         if not refs:
             raise ValueError(f"--with-reference: no sample of {args.out} has a reference answer (prompts whose last "
                              "message is the assistant's)")

@@ -402,7 +402,7 @@ def make_pairs(lines: list[dict], margin: float = 0.0, max_pairs: int | None = N
 
 
 def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | None = None,
-                    media: Path | None = None) -> list[dict]:
+                    media: Path | None = None, progress: bool = False) -> list[dict]:
     """One line per prompt whose samples carry a reference answer (the input's assistant turn): that
     answer as a candidate of index -1, scored by ``reward`` like the sampled ones.
 
@@ -418,12 +418,17 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
     prompt opens (another voice), it is judged as given, without ``answer_ids``: it is written as its
     message (media by path), which ``tokenize`` encodes with the codecs.
     """
+    from tqdm import tqdm
+
     out: list[dict] = []
     seen: set[str] = set()
+    bar = tqdm(total=len({ln["id"] for ln in lines if ln.get("reference")}), desc="references", unit="prompt",
+               disable=not progress)
     for ln in lines:
         if ln["id"] in seen or not ln.get("reference"):
             continue
         seen.add(ln["id"])
+        bar.update(1)
         ref = {"id": ln["id"], "messages": ln["messages"], "candidate": ln["reference"], "output": ln.get("output"),
                "voice": ln.get("voice"), "sampling": {"index": -1, "n": ln["sampling"]["n"], "reference": True},
                "meta": ln.get("meta") or {}}
@@ -435,6 +440,7 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
         ref["score"] = reward(_for_reward(ref, out_dir))
         ref["reward"] = reward.spec
         out.append(ref)
+    bar.close()
     return out
 
 
