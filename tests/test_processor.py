@@ -188,3 +188,21 @@ def test_real_codecs_fit_the_vocab(tmp_path):
     assert [s.modality for s in segs] == ["image", "audio", "text"]
     assert len(segs[0].codes) == image.tokens_per_item and len(segs[1].codes) == -(-8000 * audio.frame_rate // 16000)
     assert p.decode_media(segs[0]).shape == (3, image.resolution, image.resolution)
+
+
+def test_rgb_to_png_bytes_keeps_every_pixel_and_names_bad_input():
+    import io
+
+    from PIL import Image
+
+    from omniloom.utils.media import image_to_png_bytes, rgb_to_png_bytes
+
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    data = rgb_to_png_bytes(rgb)
+    assert data == rgb_to_png_bytes(rgb.copy())  # deterministic bytes
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)
+    # the float (3, H, W) form writes the same picture
+    assert image_to_png_bytes(rgb.transpose(2, 0, 1) / 255.0) == data
+    for bad in (rgb.astype(np.float32), rgb[..., :2], rgb[0]):
+        with pytest.raises(ValueError, match=r"pixels must be \(H, W, 3\) uint8"):
+            rgb_to_png_bytes(bad)

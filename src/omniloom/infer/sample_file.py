@@ -221,7 +221,7 @@ def _append(path: Path, lines: list[dict]) -> None:
 def _candidate_message(c: Candidate, media: Path, pid: str, out_dir: Path) -> dict:
     """The assistant message of a candidate, its media written under ``media/<pid>/``."""
     from ..utils.fileio import atomic_write_bytes
-    from ..utils.media import audio_to_wav_bytes
+    from ..utils.media import audio_to_wav_bytes, rgb_to_png_bytes
 
     content: list[dict] = []
     folder = media / _safe(pid)
@@ -230,15 +230,9 @@ def _candidate_message(c: Candidate, media: Path, pid: str, out_dir: Path) -> di
         if p["type"] == "text":
             content.append({"type": "text", "text": p["text"]})
         elif p["type"] == "image":
-            import io
-
-            from PIL import Image
-
             f = folder / f"c{c.index}{'' if images == 0 else f'_{images}'}.png"
             images += 1
-            buf = io.BytesIO()
-            Image.fromarray(p["image"]).save(buf, format="PNG")
-            atomic_write_bytes(f, buf.getvalue())
+            atomic_write_bytes(f, rgb_to_png_bytes(p["image"]))
             content.append({"type": "image", "path": os.path.relpath(f, out_dir)})
         elif p["type"] == "audio":
             f = folder / f"c{c.index}.wav"

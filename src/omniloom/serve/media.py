@@ -201,8 +201,6 @@ def check_image_url(url: str, max_pixels: int, what: str, max_aspect: float = 32
 
 def png_data_url(image: np.ndarray) -> str:
     """(H, W, 3) uint8 -> ``data:image/png;base64,...``."""
-    from PIL import Image
+    from ..utils.media import rgb_to_png_bytes
 
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return to_data_url(buf.getvalue(), "image/png")
+    return to_data_url(rgb_to_png_bytes(image), "image/png")

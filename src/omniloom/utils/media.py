@@ -176,14 +176,21 @@ def load_audio(src: Any, sample_rate: int, base_dir: str | Path | None = None,
 
 def image_to_png_bytes(img: torch.Tensor | np.ndarray) -> bytes:
     """(3, H, W) float in [0, 1] (tensor or array) -> PNG bytes."""
-    from PIL import Image
-
     x = img.detach().cpu().float().numpy() if isinstance(img, torch.Tensor) else np.asarray(img, dtype=np.float32)
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"image must have shape (3, H, W), got {x.shape}")
-    arr = (np.clip(x, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    return rgb_to_png_bytes((np.clip(x, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8))
+
+
+def rgb_to_png_bytes(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 pixels -> PNG bytes (deterministic: the same pixels give the same bytes)."""
+    from PIL import Image
+
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"pixels must be (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -124,8 +124,6 @@ def render_video(obj: Object, direction: str, rng: np.random.Generator) -> list[
 
 def to_png_bytes(img: np.ndarray) -> bytes:
     """(64, 64, 3) uint8 -> PNG bytes (deterministic)."""
-    import io
+    from ..utils.media import rgb_to_png_bytes
 
-    buf = io.BytesIO()
-    Image.fromarray(img, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
+    return rgb_to_png_bytes(img)
