@@ -443,17 +443,16 @@ def _reference_round_trip(omni: Any, ln: dict, out_dir: Path, media: Path) -> tu
     None when its span does not open as the prompt's does (then it is judged as given)."""
     from .candidates import _decode
 
-    proc, vocab = omni.processor, omni.vocab
-    messages = absolute_paths(ln["messages"], out_dir)
-    try:
-        head = list(proc.prompt_ids(messages))  # the conversation and the assistant header
-        full = list(proc.encode_messages(messages + absolute_paths([ln["reference"]], out_dir), add_eos=False).ids)
+    proc = omni.processor
+    try:  # the media coded once; code parts pass through prompt_ids and encode_messages as they are
+        coded = proc.to_code_messages(ln["messages"] + [ln["reference"]], out_dir)
+        head = list(proc.prompt_ids(coded[:-1]))  # the conversation and the assistant header
+        full = list(proc.encode_messages(coded, add_eos=False).ids)
     except (ValueError, OSError) as e:
         raise ValueError(f"sample {ln['id']!r}: its reference answer cannot be encoded: {e}") from None
     if full[:len(head)] != head:
         raise ValueError(f"sample {ln['id']!r}: its reference does not encode after its prompt (template mismatch)")
-    opened = {"image": [vocab.special("image")],
-              "audio": [vocab.special("audio"), vocab.voice_id(ln.get("voice"))]}.get(ln.get("output"), [])
+    opened = _opened_ids(omni, ln)
     answer = full[len(head):]
     if answer[:len(opened)] != opened:
         return None
@@ -486,11 +485,17 @@ def code_message(omni: Any, line: dict) -> dict:
     if "answer_ids" not in line:  # a reference judged as given (see reference_lines): written as it was
         return line["candidate"]
     vocab = omni.vocab
-    opened = {"image": [vocab.special("image")],
-              "audio": [vocab.special("audio"), vocab.voice_id(line.get("voice"))]}.get(line.get("output"), [])
-    segs = omni.processor.decode_ids(vocab.header_ids("assistant") + opened + [int(t) for t in line["answer_ids"]])
+    segs = omni.processor.decode_ids(vocab.header_ids("assistant") + _opened_ids(omni, line)
+                                     + [int(t) for t in line["answer_ids"]])
     msgs = segments_to_messages(segs)
     return {"role": "assistant", "content": msgs[-1]["content"] if msgs else ""}
+
+
+def _opened_ids(omni: Any, line: dict) -> list[int]:
+    """The ids with which the prompt of ``line`` opened its answer's span (none for text), as the
+    template's ``build_prompt`` appends them: a line's ``answer_ids`` start after them."""
+    proc = omni.processor
+    return proc.prompt_ids([], line.get("output"), line.get("voice"))[len(proc.prompt_ids([])):]
 
 
 def write_pairs(path: str | Path, pairs: list[tuple[dict, dict]], samples_dir: Path,
