@@ -91,14 +91,17 @@ def test_train_rows_also_trains_the_named_rows_and_no_other(tmp_path):
     data, base, ref = _setup(tmp_path)
     out = tmp_path / "run"
     size = Vocab.build(text_size=TEXT).size
+    (tmp_path / "rows.json").write_text("[9, 5, 8, 7]")  # a file, as python -m omniloom.data.row_usage writes
     r = subprocess.run(_cmd(data, base, out, "--stop-after", "6") + ["train.steps=100", f"train.train_rows_from={size}",
-                                                                     "train.train_rows_also=5,7-9"],
+                                                                     f"train.train_rows_also={tmp_path / 'rows.json'}"],
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "and 4 more (train.train_rows_also)" in r.stderr
     emb, old = load_file(str(_latest(out) / "model.safetensors"))["embed_tokens.weight"], ref["embed_tokens.weight"]
     moved = [i for i in range(size) if not torch.equal(emb[i], old[i])]
     assert moved == [5, 7, 8, 9]
+    # the checkpoint keeps the ids, not the path of a file that may change or go
+    assert json.loads((_latest(out) / "config.json").read_text())["train"]["train_rows_also"] == "5,7-9"
 
 
 def test_zero_rows_below_keeps_the_named_rows():

@@ -105,6 +105,8 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     vocab = Vocab.load(train_set.vocab_path())
     resolve_vocab_size(cfg, vocab.size, str(train_set.vocab_path()))
     cfg.model.image_slots_from_vocab(vocab)
+    if tc.train_rows_also.strip().endswith(".json"):  # read once: the run and its checkpoints keep the ids
+        tc.train_rows_also = tc.rows_also_inline()  # (unreadable: left as it was, and validate names it)
     cfg.validate()
     if tc.warmup_steps >= tc.steps:  # the LR would still be rising when the run ends
         clipped = tc.steps // 10
