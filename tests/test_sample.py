@@ -269,6 +269,42 @@ def test_reference_answers_join_the_ranking(tmp_path):
     assert make_pairs(same) == [] and make_pairs([same[0], {**same[1], "answer_ids": [5, 6, 8]}]) != []
 
 
+def test_judged_references_are_kept_for_the_next_call(tmp_path):
+    calls = []
+
+    class Judge:
+        def __init__(self, spec):
+            self.spec = spec
+
+        def __call__(self, rec):
+            calls.append(rec["id"])
+            return 1.0 if rec["candidate"]["content"][0]["path"].endswith("good.png") else 0.0
+
+    def ref(name):
+        return {"role": "assistant", "content": [{"type": "image", "path": f"data/{name}.png"}]}
+
+    lines = [{**_line("p", 0, 0.0, tmp_path), "reference": ref("good")},
+             {**_line("q", 0, 0.0, tmp_path), "reference": ref("good")},
+             {**_line("r", 0, 0.0, tmp_path), "reference": ref("bad")}]
+    cache = tmp_path / "samples.references.jsonl"
+    first = reference_lines(lines, Judge("a"), tmp_path, cache=cache)
+    assert calls == ["p", "q", "r"] and len(cache.read_text().splitlines()) == 3
+    calls.clear()
+    again = reference_lines(lines, Judge("a"), tmp_path, cache=cache)
+    assert calls == [] and again == first  # all taken back, the same lines
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "good.png").write_bytes(b"new")  # p's and q's reference file changed
+    assert [r["score"] for r in reference_lines(lines, Judge("a"), tmp_path, cache=cache)] == [1.0, 1.0, 0.0]
+    assert calls == ["p", "q"]
+    assert len(cache.read_text().splitlines()) == 3  # the stale lines are gone
+    calls.clear()
+    reference_lines(lines, Judge("b"), tmp_path, cache=cache)  # another reward judges them all again
+    assert calls == ["p", "q", "r"]
+    calls.clear()
+    reference_lines(lines[:1], Judge("b"), tmp_path, cache=cache)
+    assert calls == [] and len(cache.read_text().splitlines()) == 1  # only this call's references stay
+
+
 def test_prompt_errors_name_the_line(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"nope": 1}\n')

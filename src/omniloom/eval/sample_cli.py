@@ -18,8 +18,9 @@ against second worst, ... while the gap exceeds --pair-margin); --best writes th
 of each prompt as a messages JSONL for `omniloom tokenize` (rejection-sampling fine-tuning).
 --with-reference ranks each prompt's reference answer (a data set line's assistant turn, judged by
 the same reward, as the model would write it: encoded by the codecs and decoded back) among its
-candidates, so the truth can be the chosen answer against the model's own mistakes.
-See docs/preference.md.
+candidates, so the truth can be the chosen answer against the model's own mistakes. The judged
+references are kept in <out stem>.references.jsonl, and a rerun takes them back unjudged while the
+reference, the reward and the model stay the same. See docs/preference.md.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--best keeps a prompt only when its best candidate scores at least this")
     p.add_argument("--with-reference", action="store_true",
                    help="judge each prompt's reference answer (the input's assistant turn, through the codecs' "
-                        "round trip) too and rank it among its "
+                        "round trip; kept in <out stem>.references.jsonl for reruns) too and rank it among its "
                         "candidates for --pairs and --best, so a prompt whose candidates are all wrong still gives a "
                         "pair: the reference against the worst candidate")
     p.add_argument("--answers-as", default="media", choices=["media", "codes"],
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ..infer.generate import OmniModel
     from ..infer.rewards import load_reward, register_reward
     from ..infer.sample_file import (best_lines, code_message, make_pairs, media_dir_for, read_samples, reference_lines,
-                                     run_sampling, write_best, write_pairs)
+                                     references_path_for, run_sampling, write_best, write_pairs)
     from ..infer.sampling import SamplingParams
     from .world_reward import world_reward
 
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     answer = functools.partial(code_message, omni) if args.answers_as == "codes" else None
     if args.with_reference:
         refs = reference_lines(lines, reward, samples_dir, omni, media_dir_for(Path(args.out).resolve()),
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, cache=references_path_for(Path(args.out).resolve()))
         if not refs:
             raise ValueError(f"--with-reference: no sample of {args.out} has a reference answer (prompts whose last "
                              "message is the assistant's)")

@@ -205,6 +205,7 @@ class OmniModel:
         self.processor = Processor(vocab, text_tokenizer, self.codecs, familiarity=familiarity)
         self.engine = Engine(model, compile=compile)
         self.generation = dict(generation or {})
+        self.source: str | None = None  # set by load()
         self.on_prompt: Callable[[list[int]], None] | None = None
 
     def task_prompt(self, task: str, text: str | None = None) -> str:
@@ -282,8 +283,10 @@ class OmniModel:
             from ..model.quant import quantize_int8
 
             quantize_int8(model)
-        return cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path),
+        omni = cls(model, vocab, tok, codecs, compile=compile, generation=read_generation(path),
                    familiarity=read_familiarity(path))
+        omni.source = str(path)  # the directory it was loaded from (what its outputs may be keyed on)
+        return omni
 
 
 def _describe_edit(omni: OmniModel, header: list[int], sampling: SamplingParams) -> list[int]:

@@ -395,8 +395,27 @@ def make_pairs(lines: list[dict], margin: float = 0.0, max_pairs: int | None = N
     return pairs
 
 
+def references_path_for(out: Path) -> Path:
+    """Where ``reference_lines`` keeps its judged references for ``out``: ``<dir>/<stem>.references.jsonl``."""
+    return out.parent / f"{out.stem}.references.jsonl"
+
+
+def _media_stamps(message: dict, base: Path) -> list[list]:
+    """[path, size, mtime_ns] of each media file ``message`` names (size and mtime None when missing)."""
+    stamps: list[list] = []
+
+    def stamp(s: str) -> str:
+        f = base / s
+        st = f.stat() if f.is_file() else None
+        stamps.append([s, st.st_size if st else None, st.st_mtime_ns if st else None])
+        return s
+
+    _map_paths([message], stamp)
+    return stamps
+
+
 def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | None = None,
-                    media: Path | None = None, progress: bool = False) -> list[dict]:
+                    media: Path | None = None, progress: bool = False, cache: Path | None = None) -> list[dict]:
     """One line per prompt whose samples carry a reference answer (the input's assistant turn): that
     answer as a candidate of index -1, scored by ``reward`` like the sampled ones.
 
@@ -411,10 +430,24 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
     same (so they make no pair). Without ``omni``, or when the reference does not open the span the
     prompt opens (another voice), it is judged as given, without ``answer_ids``: it is written as its
     message (media by path), which ``tokenize`` encodes with the codecs.
+
+    ``cache`` (a JSONL file in ``out_dir``): each judged reference is appended there as it is done,
+    and a later call takes it back instead of judging again when the reference (its message, and the
+    size and modification time of its media files), the reward's spec and the model it was coded with
+    are the same and its decoded media are still there (an interrupted call keeps what it judged). The file is rewritten to hold just this call's references when it held
+    others.
     """
     from tqdm import tqdm
 
+    mode = {"round_trip": omni is not None, "model": getattr(omni, "source", None)}
+    kept: dict[str, dict] = {}
+    stored = 0
+    if cache is not None:
+        for r in read_samples(cache, repair=True):
+            kept[r["id"]] = r  # a later line for the same prompt wins
+            stored += 1
     out: list[dict] = []
+    entries: list[dict] = []  # out's lines as the cache keeps them
     seen: set[str] = set()
     bar = tqdm(total=len({ln["id"] for ln in lines if ln.get("reference")}), desc="references", unit="prompt",
                disable=not progress)
@@ -423,6 +456,14 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
             continue
         seen.add(ln["id"])
         bar.update(1)
+        old = kept.get(ln["id"])
+        source = {"message": ln["reference"], "files": _media_stamps(ln["reference"], out_dir)}
+        if (old is not None and old.get("source") == source and old.get("mode") == mode
+                and old.get("reward") == reward.spec and "score" in old
+                and ("answer_ids" not in old or all(n is not None for _, n, _ in _media_stamps(old["candidate"], out_dir)))):
+            entries.append(old)
+            out.append({k: v for k, v in old.items() if k not in ("source", "mode")})
+            continue
         ref = {"id": ln["id"], "messages": ln["messages"], "candidate": ln["reference"], "output": ln.get("output"),
                "voice": ln.get("voice"), "sampling": {"index": -1, "n": ln["sampling"]["n"], "reference": True},
                "meta": ln.get("meta") or {}}
@@ -434,7 +475,13 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
         ref["score"] = reward(_for_reward(ref, out_dir))
         ref["reward"] = reward.spec
         out.append(ref)
+        entries.append({**ref, "source": source, "mode": mode})
+        if cache is not None:
+            _append(cache, entries[-1:])
+            stored += 1
     bar.close()
+    if cache is not None and stored != len(entries):  # stale or other prompts' references: keep this call's
+        _write_lines(cache, entries)
     return out
 
 
