@@ -301,7 +301,11 @@ def test_judged_references_are_kept_for_the_next_call(tmp_path):
     reference_lines(lines, Judge("b"), tmp_path, cache=cache)  # another reward judges them all again
     assert calls == ["p", "q", "r"]
     calls.clear()
-    reference_lines(lines[:1], Judge("b"), tmp_path, cache=cache)
+    moved = [{**lines[0], "meta": {"truth": "other"}}] + lines[1:]  # p's metadata (what a judge reads) changed
+    reference_lines(moved, Judge("b"), tmp_path, cache=cache)
+    assert calls == ["p"]
+    calls.clear()
+    reference_lines(moved[:1], Judge("b"), tmp_path, cache=cache)
     assert calls == [] and len(cache.read_text().splitlines()) == 1  # only this call's references stay
 
 

@@ -432,10 +432,11 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
     message (media by path), which ``tokenize`` encodes with the codecs.
 
     ``cache`` (a JSONL file in ``out_dir``): each judged reference is appended there as it is done,
-    and a later call takes it back instead of judging again when the reference (its message, and the
-    size and modification time of its media files), the reward's spec and the model it was coded with
-    are the same and its decoded media are still there (an interrupted call keeps what it judged). The file is rewritten to hold just this call's references when it held
-    others.
+    and a later call takes it back instead of judging again when its prompt, metadata and message
+    (with the size and modification time of its media files), the reward's spec and the model it was
+    coded with are the same and its decoded media are still there (an interrupted call keeps what it
+    judged). The file is rewritten to hold just this call's references when it held others. A
+    reward whose code changed under the same spec is not seen: delete the file.
     """
     from tqdm import tqdm
 
@@ -457,10 +458,12 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
         seen.add(ln["id"])
         bar.update(1)
         old = kept.get(ln["id"])
-        source = {"message": ln["reference"], "files": _media_stamps(ln["reference"], out_dir)}
+        source = {"messages": ln["messages"], "reference": ln["reference"], "meta": ln.get("meta") or {},
+                  "files": _media_stamps(ln["reference"], out_dir)}
         if (old is not None and old.get("source") == source and old.get("mode") == mode
                 and old.get("reward") == reward.spec and "score" in old
-                and ("answer_ids" not in old or all(n is not None for _, n, _ in _media_stamps(old["candidate"], out_dir)))):
+                and ("answer_ids" not in old  # a round trip's decoded media must still be there
+                     or all(size is not None for _, size, _ in _media_stamps(old["candidate"], out_dir)))):
             entries.append(old)
             out.append({k: v for k, v in old.items() if k not in ("source", "mode")})
             continue
