@@ -32,6 +32,7 @@ from .fim import FimSettings, apply_fim
 from .formats.common import is_glob
 from .formats.preference import Preference, encode_preference
 from .readers import SEEKABLE, read_documents, read_jsonl, split_input
+from ..utils.fileio import size_and_mtime
 from .shards import MANIFEST, ShardWriter, sha256_file, write_manifest
 
 __all__ = ["read_jsonl", "tokenize_files", "build_vocab", "plan_units", "Unit"]
@@ -232,20 +233,13 @@ class _Job:
 
     def fingerprint(self, units: list[Unit], inputs: list[str | Path]) -> str:
         """Identifies the plan: units from an earlier run count only when this matches."""
-        stats = [(str(Path(p).resolve()), *_input_stat(p)) for p in inputs]
+        stats = [(str(Path(p).resolve()), *size_and_mtime(p)) for p in inputs]
         key = {k: v for k, v in asdict(self).items() if k not in ("vocab", "out")}
         if key.get("task_tag") == "none":
             del key["task_tag"]  # so a plan made before the option existed still resumes
         key |= {"vocab": self.vocab.to_dict() if hasattr(self.vocab, "to_dict") else repr(self.vocab),
                 "tokenizer": sha256_file(self.tokenizer_path), "inputs": stats, "units": [asdict(u) for u in units]}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _input_stat(p: str | Path) -> tuple[int, int]:
-    """(size, mtime) of a file, or summed over a folder's files."""
-    p = Path(p)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    return sum(f.stat().st_size for f in files), max((f.stat().st_mtime_ns for f in files), default=0)
 
 
 def _documents(job: _Job, unit: Unit) -> Iterator[tuple[int, int, list]]:

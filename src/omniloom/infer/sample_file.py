@@ -400,18 +400,11 @@ def references_path_for(out: Path) -> Path:
     return out.parent / f"{out.stem}.references.jsonl"
 
 
-def _media_stamps(message: dict, base: Path) -> list[list]:
-    """[path, size, mtime_ns] of each media file ``message`` names (size and mtime None when missing)."""
-    stamps: list[list] = []
-
-    def stamp(s: str) -> str:
-        f = base / s
-        st = f.stat() if f.is_file() else None
-        stamps.append([s, st.st_size if st else None, st.st_mtime_ns if st else None])
-        return s
-
-    _map_paths([message], stamp)
-    return stamps
+def _media_files(message: dict, base: Path) -> list[Path]:
+    """The media files ``message`` names, under ``base``."""
+    files: list[Path] = []
+    _map_paths([message], lambda s: files.append(base / s) or s)
+    return files
 
 
 def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | None = None,
@@ -440,13 +433,15 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
     """
     from tqdm import tqdm
 
+    from ..utils.fileio import size_and_mtime
+
     mode = {"round_trip": omni is not None, "model": getattr(omni, "source", None)}
     kept: dict[str, dict] = {}
-    stored = 0
+    read = reused = 0
     if cache is not None:
         for r in read_samples(cache, repair=True):
             kept[r["id"]] = r  # a later line for the same prompt wins
-            stored += 1
+            read += 1
     out: list[dict] = []
     entries: list[dict] = []  # out's lines as the cache keeps them
     seen: set[str] = set()
@@ -458,13 +453,16 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
         seen.add(ln["id"])
         bar.update(1)
         old = kept.get(ln["id"])
-        source = {"messages": ln["messages"], "reference": ln["reference"], "meta": ln.get("meta") or {},
-                  "files": _media_stamps(ln["reference"], out_dir)}
+        # what the judgement depends on (the stamps as lists, as JSON gives them back)
+        source = None if cache is None else {
+            "messages": ln["messages"], "reference": ln["reference"], "meta": ln.get("meta") or {},
+            "files": [list(size_and_mtime(f)) for f in _media_files(ln["reference"], out_dir)]}
         if (old is not None and old.get("source") == source and old.get("mode") == mode
                 and old.get("reward") == reward.spec and "score" in old
                 and ("answer_ids" not in old  # a round trip's decoded media must still be there
-                     or all(size is not None for _, size, _ in _media_stamps(old["candidate"], out_dir)))):
+                     or all(f.is_file() for f in _media_files(old["candidate"], out_dir)))):
             entries.append(old)
+            reused += 1
             out.append({k: v for k, v in old.items() if k not in ("source", "mode")})
             continue
         ref = {"id": ln["id"], "messages": ln["messages"], "candidate": ln["reference"], "output": ln.get("output"),
@@ -478,12 +476,11 @@ def reference_lines(lines: list[dict], reward: Any, out_dir: Path, omni: Any | N
         ref["score"] = reward(_for_reward(ref, out_dir))
         ref["reward"] = reward.spec
         out.append(ref)
-        entries.append({**ref, "source": source, "mode": mode})
         if cache is not None:
+            entries.append({**ref, "source": source, "mode": mode})
             _append(cache, entries[-1:])
-            stored += 1
     bar.close()
-    if cache is not None and stored != len(entries):  # stale or other prompts' references: keep this call's
+    if read != reused:  # the file held stale lines or other prompts' references: keep this call's
         _write_lines(cache, entries)
     return out
 

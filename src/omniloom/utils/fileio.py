@@ -73,3 +73,11 @@ def read_json(path: str | Path, what: str = "") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{label} is not valid JSON: {e}") from e
+
+
+def size_and_mtime(path: str | Path) -> tuple[int, int]:
+    """(size in bytes, mtime in ns) of a file, or summed (size) and latest (mtime) over a folder's
+    files; (0, 0) when nothing is there. What a resumable job compares to tell that an input changed."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in files), max((f.stat().st_mtime_ns for f in files), default=0)
