@@ -6,8 +6,13 @@
 # exports bf16 weights and splits them into parts small enough to come back (16 MiB a file).
 #
 # Before the call, here (once per clone): wheels for the packages the device image lacks, ~12 MB,
-# kept out of git (the working tree that travels must stay under 64 MiB; it is ~51 MB):
+# kept out of git:
 #   echo /.whl/ >> .git/info/exclude && bash examples/device_train.sh --wheels
+# The tracked files are ~83 MB (the bundled models), over the 64 MiB a call carries, so the call
+# runs from a slimmed working tree (examples/device_tree.sh: the languages' deltas left out; git
+# keeps them), 61 MiB with the wheels:
+#   bash examples/device_tree.sh slim src examples pyproject.toml '!src/omniloom/assets/models/world-*'
+#   bash examples/device_tree.sh size .whl
 # The call (device tool `run`): command "bash examples/device_train.sh", carry [".whl"],
 #   timeout_s 600. Sizes are environment variables: N (samples, default 120000), STEPS (LR
 #   schedule, default 4000), BUDGET (seconds for the whole script, default 560: training gets what
@@ -15,11 +20,13 @@
 #   (sequences of 1024 tokens per step, default 64), LR (default 5e-4), INIT (default world, the
 #   shipped weights; "" = from scratch), RESTATE (default spoken_math,edit: see world generate
 #   --restate; with edit, the collected model's generation.json sets describe_edits). Each stage prints its finishing time, to size N next time.
-# After it, here: bash examples/device_train.sh --collect FILES_AT runs/device-model
+# After it, here: bash examples/device_tree.sh restore
+#   bash examples/device_train.sh --collect FILES_AT runs/device-model
 #   (joins the parts, adds the shipped vocabulary, tokenizer, codecs and generation defaults, and
 #   loads the result once), then: omniloom eval --model runs/device-model --n 50
 #
-# Dry run on a CPU (what can be checked without a GPU): N=200 VAL_FRACTION=0.2 STEPS=4 BATCH=2 BUDGET=100 COMPILE=false
+# Dry run on a CPU (what can be checked without a GPU), in a copy of what the call sends
+# (bash examples/device_tree.sh stage /tmp/dt .whl, from the slimmed tree; then cd /tmp/dt): N=200 VAL_FRACTION=0.2 STEPS=4 BATCH=2 BUDGET=100 COMPILE=false
 #   OUT=/tmp/device-out bash examples/device_train.sh
 set -euo pipefail
 HERE=$PWD

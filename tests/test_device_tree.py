@@ -1,0 +1,96 @@
+"""examples/device_tree.sh: what a device call sends, slimmed and restored without losing a file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "device_tree.sh"
+pytestmark = pytest.mark.skipif(shutil.which("git") is None or shutil.which("bash") is None,
+                                reason="needs git and bash")
+
+
+def _sh(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "examples/device_tree.sh", *args], cwd=repo, capture_output=True, text=True,
+                          check=check)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "repo"
+    files = {"src/pkg/code.py": b"x = 1\n", "src/pkg/assets/big/model.bin": b"\0" * 3_000_000,
+             "src/pkg/assets/lang-es/delta.bin": b"\1" * 2_000_000, "docs/page.md": b"# page\n",
+             "examples/device_tree.sh": SCRIPT.read_bytes()}
+    for name, data in files.items():
+        (r / name).parent.mkdir(parents=True, exist_ok=True)
+        (r / name).write_bytes(data)
+    (r / ".gitignore").write_text("/ignored/\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=r, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=r, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=r, check=True)
+    return r
+
+
+def _mib(out: str) -> tuple[float, float, float]:
+    # "working tree A MiB + carried B MiB = C MiB of 64 MiB (...)"
+    w = out.split()
+    return float(w[2]), float(w[6]), float(w[9])
+
+
+def test_size_counts_the_tree_and_the_carried_paths_not_what_git_ignores(repo: Path):
+    (repo / "ignored").mkdir()
+    (repo / "ignored" / "wheel.whl").write_bytes(b"\2" * 1_048_576)
+    (repo / "untracked.txt").write_bytes(b"\3" * 524_288)  # untracked, not ignored: it travels
+    tree, carried, total = _mib(_sh(repo, "size").stdout)
+    assert tree == pytest.approx(5.3, abs=0.05) and carried == 0
+    tree2, carried2, total2 = _mib(_sh(repo, "size", "ignored").stdout)
+    assert (tree2, carried2, total2) == (tree, 1.0, pytest.approx(tree + 1.0, abs=0.05))
+    over = _sh(repo, "size", check=False)
+    assert over.returncode == 0
+    (repo / "ignored" / "huge.bin").write_bytes(b"\0" * (64 * 1024 * 1024))
+    over = _sh(repo, "size", "ignored", check=False)
+    assert over.returncode == 1 and "OVER" in over.stdout
+    assert _sh(repo, "size", "missing", check=False).returncode == 1
+
+
+def test_slim_keeps_what_it_is_told_and_restore_brings_every_file_back(repo: Path):
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+    out = _sh(repo, "slim", "src", "!src/pkg/assets/lang-*").stdout
+    left = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+    # the script itself and .gitignore stay; docs and lang-es go
+    assert left == [".gitignore", "examples/device_tree.sh", "src/pkg/assets/big/model.bin", "src/pkg/code.py"]
+    assert "2 tracked files left out" in out
+    assert _mib(_sh(repo, "size").stdout)[0] == pytest.approx(2.9, abs=0.05)
+    # a second slim starts from the whole tree again
+    _sh(repo, "slim", "docs")
+    left = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert left == [".gitignore", "docs/page.md", "examples/device_tree.sh"]
+    _sh(repo, "restore")
+    after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+    assert after == before
+
+
+def test_slim_refuses_a_tree_with_work_that_a_restore_would_lose(repo: Path):
+    (repo / "src/pkg/code.py").write_text("x = 2\n")
+    r = _sh(repo, "slim", check=False)
+    assert r.returncode == 1 and "src/pkg/code.py" in r.stderr
+    assert (repo / "src/pkg/code.py").read_text() == "x = 2\n" and (repo / "docs/page.md").is_file()
+    (repo / "src/pkg/code.py").write_text("x = 1\n")
+    (repo / "new.py").write_text("y = 1\n")
+    r = _sh(repo, "slim", check=False)
+    assert r.returncode == 1 and "new.py" in r.stderr and (repo / "new.py").is_file()
+
+
+def test_stage_copies_what_travels(repo: Path, tmp_path: Path):
+    (repo / "ignored").mkdir()
+    (repo / "ignored" / "part-1").write_bytes(b"part")
+    (repo / "ignored" / "other").write_bytes(b"not carried")
+    _sh(repo, "slim", "src/pkg/code.py")
+    dst = tmp_path / "staged"
+    _sh(repo, "stage", str(dst), "ignored/part-1")
+    got = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+    assert got == [".gitignore", "examples/device_tree.sh", "ignored/part-1", "src/pkg/code.py"]
