@@ -54,7 +54,8 @@ if [ "${1:-}" = "--prepare" ]; then  # here: .whl and the base's GGUF in two par
   head -c "$((PART1_MB * 1024 * 1024))" "$src/$GGUF" > .gguf/1/part-0
   tail -c "+$((PART1_MB * 1024 * 1024 + 1))" "$src/$GGUF" > .gguf/2/part-1
   (cd "$src" && sha256sum "$GGUF") > .gguf/2/SHA256
-  [ "$(cat .gguf/1/part-0 .gguf/2/part-1 | sha256sum | cut -d' ' -f1)" = "$(cut -d' ' -f1 .gguf/2/SHA256)" ]
+  [ "$(cat .gguf/1/part-0 .gguf/2/part-1 | sha256sum | cut -d' ' -f1)" = "$(cut -d' ' -f1 .gguf/2/SHA256)" ] \
+    || { echo "the two parts do not join into $src/$GGUF (a full disk?)" >&2; exit 1; }
   echo "call 1 carries:" && bash examples/device_tree.sh size .whl .gguf/1 || true
   echo "(after the slim for call 1, only the carried part counts; call 2: examples/device_tree.sh size .gguf/2)"
   exit 0
