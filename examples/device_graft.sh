@@ -56,8 +56,10 @@ if [ "${1:-}" = "--prepare" ]; then  # here: .whl and the base's GGUF in two par
   (cd "$src" && sha256sum "$GGUF") > .gguf/2/SHA256
   [ "$(cat .gguf/1/part-0 .gguf/2/part-1 | sha256sum | cut -d' ' -f1)" = "$(cut -d' ' -f1 .gguf/2/SHA256)" ] \
     || { echo "the two parts do not join into $src/$GGUF (a full disk?)" >&2; exit 1; }
-  echo "call 1 carries:" && bash examples/device_tree.sh size .whl .gguf/1 || true
-  echo "(after the slim for call 1, only the carried part counts; call 2: examples/device_tree.sh size .gguf/2)"
+  mib() { find "$@" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.1f MiB", s / 1048576}'; }
+  echo "call 1 carries .whl and .gguf/1: $(mib .whl .gguf/1), from an emptied tree"
+  echo "call 2 carries .gguf/2: $(mib .gguf/2), beside the code and the codecs (~13 MiB)"
+  echo "(check each after its slim: bash examples/device_tree.sh size .whl .gguf/1, then size .gguf/2)"
   exit 0
 fi
 
