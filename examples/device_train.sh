@@ -37,7 +37,7 @@ WHEELS=(espeakng-loader==0.2.4 soundfile==0.14.0 soxr==1.1.0 vector-quantize-pyt
         torch-einops-utils loguru frozendict cffi pycparser)
 
 if [ "${1:-}" = "--wheels" ]; then  # here: the device image's Python is 3.12 and lacks these
-  mkdir -p .whl
+  rm -rf .whl && mkdir -p .whl  # one version of each wheel: two stop pip there
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"

@@ -1,6 +1,7 @@
 """examples/device_graft.sh, the graft proof run prepared for a lent GPU machine, dry-run on the CPU
-as the two device calls leave it: the base's GGUF in two parts (one kept in the stage folder by
-call 1, one carried by call 2), joined and checked against its sha256, grafted, a few steps of the
+as the two device calls leave it: the tree without the bundled models, the base's GGUF compressed
+in two parts (one kept in the stage folder by call 1, one carried by call 2), joined, decompressed
+and checked against its sha256, grafted, a few steps of the
 world with the onward gate, the delta exported in parts that come back, and --collect rebuilding a
 delta model directory that loads over the locally installed base."""
 
@@ -31,18 +32,32 @@ def _base_gguf() -> Path:
         pytest.skip(str(e))
 
 
-def _device_tree(tmp_path: Path, gguf: Path, split: int) -> tuple[Path, Path]:
-    """(the repository as call 2 sends it, the stage folder call 1 filled)."""
+@pytest.fixture(scope="module")
+def base_xz(tmp_path_factory) -> tuple[Path, bytes]:
+    """(the installed GGUF, its xz stream): the parts --prepare makes are cut from that stream
+    (preset 0 here, to keep the test short; the device decompresses any)."""
+    import lzma
+
+    gguf = _base_gguf()
+    return gguf, lzma.compress(gguf.read_bytes(), preset=0)
+
+
+def _device_tree(tmp_path: Path, gguf: Path, xz: bytes, split: int) -> tuple[Path, Path]:
+    """(the repository as call 2 sends it: the code and the codecs, no models, and .gguf/2; the
+    stage folder call 1 filled)."""
     repo, stage = tmp_path / "repo", tmp_path / "stage"
     (repo / "examples").mkdir(parents=True)
     shutil.copy(SCRIPT, repo / "examples" / SCRIPT.name)
-    (repo / "src").symlink_to(ROOT / "src")
-    data = gguf.read_bytes()
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    models = ROOT / "src" / "omniloom" / "assets" / "models"
+    shutil.copytree(ROOT / "src", repo / "src", ignore=lambda d, names: (
+        [n for n in names if n == "__pycache__" or Path(d, n) == models]))
+    assert not (repo / "src" / "omniloom" / "assets" / "models").exists()
     (stage / "1").mkdir(parents=True)
-    (stage / "1" / "part-0").write_bytes(data[:split])
+    (stage / "1" / "part-0").write_bytes(xz[:split])
     (repo / ".gguf" / "2").mkdir(parents=True)
-    (repo / ".gguf" / "2" / "part-1").write_bytes(data[split:])
-    (repo / ".gguf" / "2" / "SHA256").write_text(f"{hashlib.sha256(data).hexdigest()}  {gguf.name}\n")
+    (repo / ".gguf" / "2" / "part-1").write_bytes(xz[split:])
+    (repo / ".gguf" / "2" / "SHA256").write_text(f"{hashlib.sha256(gguf.read_bytes()).hexdigest()}  {gguf.name}\n")
     return repo, stage
 
 
@@ -51,9 +66,9 @@ def _env(tmp_path: Path, stage: Path, **kw: str) -> dict:
                 WORK=str(tmp_path / "work"), WORKERS="2", COMPILE="false", **kw)
 
 
-def test_a_stale_part_is_refused_before_anything_runs(tmp_path):
-    gguf = _base_gguf()
-    repo, stage = _device_tree(tmp_path, gguf, 50 * 2**20)
+def test_a_stale_part_is_refused_before_anything_runs(tmp_path, base_xz):
+    gguf, xz = base_xz
+    repo, stage = _device_tree(tmp_path, gguf, xz, 37 * 2**20)
     with open(stage / "1" / "part-0", "r+b") as f:  # one byte off, as a part from another --prepare
         f.seek(1000)
         b = f.read(1)
@@ -62,6 +77,7 @@ def test_a_stale_part_is_refused_before_anything_runs(tmp_path):
     run = subprocess.run(["bash", str(repo / "examples" / SCRIPT.name)], env=_env(tmp_path, stage),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "does not match its sha256" in run.stdout
+    assert "does not match its sha256" in (tmp_path / "out" / "device.log").read_text()  # the log came back whole
     assert not (tmp_path / "work" / "graft").exists()
     (stage / "1" / "part-0").unlink()
     run = subprocess.run(["bash", str(repo / "examples" / SCRIPT.name)], env=_env(tmp_path, stage),
@@ -69,10 +85,10 @@ def test_a_stale_part_is_refused_before_anything_runs(tmp_path):
     assert run.returncode != 0 and "part-0 is missing" in run.stdout
 
 
-def test_device_graft_dry_run_and_collect(tmp_path):
+def test_device_graft_dry_run_and_collect(tmp_path, base_xz):
     pytest.importorskip("espeakng_loader")
-    gguf = _base_gguf()
-    repo, stage = _device_tree(tmp_path, gguf, 50 * 2**20)
+    gguf, xz = base_xz
+    repo, stage = _device_tree(tmp_path, gguf, xz, 37 * 2**20)
     env = _env(tmp_path, stage, N="100", VAL_FRACTION="0.05", STEPS="2", BATCH="2", BUDGET="900",
                EVAL_EVERY="1000", CKPT_EVERY="1000")
     run = subprocess.run(["bash", str(repo / "examples" / SCRIPT.name)], env=env, capture_output=True,

@@ -94,3 +94,49 @@ def test_stage_copies_what_travels(repo: Path, tmp_path: Path):
     _sh(repo, "stage", str(dst), "ignored/part-1")
     got = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
     assert got == [".gitignore", "examples/device_tree.sh", "ignored/part-1", "src/pkg/code.py"]
+
+
+def test_restore_keeps_edits_made_while_slimmed(repo: Path):
+    _sh(repo, "slim", "src")
+    (repo / "src/pkg/code.py").write_text("x = 3  # a fix made after a failed call\n")
+    _sh(repo, "restore")
+    assert (repo / "src/pkg/code.py").read_text() == "x = 3  # a fix made after a failed call\n"
+    assert (repo / "docs/page.md").read_text() == "# page\n"
+
+
+def test_slim_refuses_an_edit_among_many_deletions(repo: Path):
+    # a long status (thousands of deletions from an earlier slim, more than a pipe holds) must not
+    # hide the one edit listed before them
+    many = repo / "many"
+    many.mkdir()
+    for i in range(5000):
+        (many / f"a_file_left_out_by_the_slim_{i:04d}.txt").write_text(str(i))
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "many"], cwd=repo, check=True)
+    _sh(repo, "slim", "docs", "src")
+    (repo / "docs/page.md").write_text("# edited\n")
+    for _ in range(5):
+        r = _sh(repo, "slim", "docs", "src", check=False)
+        assert r.returncode == 1 and "docs/page.md" in r.stderr
+        assert (repo / "docs/page.md").read_text() == "# edited\n"
+
+
+def test_slim_warns_of_a_keep_that_matches_nothing_and_takes_a_trailing_slash(repo: Path):
+    r = _sh(repo, "slim", "src/", "!src/pkg/assets/lang-es/", "scr")
+    assert "warning: scr matches no tracked file" in r.stderr and "src/" not in r.stderr.replace("scr", "")
+    assert not (repo / "src/pkg/assets/lang-es/delta.bin").exists() and (repo / "src/pkg/code.py").is_file()
+
+
+def test_it_acts_on_its_own_repository_from_anywhere(repo: Path, tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = str(repo / "examples" / "device_tree.sh")
+    r = subprocess.run(["bash", script, "size"], cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert _mib(r.stdout)[0] == pytest.approx(4.8, abs=0.05)
+    subprocess.run(["bash", script, "stage", "staged"], cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert (elsewhere / "staged" / "src/pkg/code.py").is_file()  # DIR is taken from where it was called
+    r = subprocess.run(["bash", script, "stage", "staged"], cwd=elsewhere, capture_output=True, text=True)
+    assert r.returncode == 1 and "not empty" in r.stderr
+    assert subprocess.run(["bash", script, "--help"], cwd=repo / "src", capture_output=True,
+                          text=True).stdout.startswith("What a call")
