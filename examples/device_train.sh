@@ -32,15 +32,14 @@ set -euo pipefail
 HERE=$PWD
 abs() { case "$1" in /*) echo "$1" ;; *) echo "$HERE/$1" ;; esac; }
 cd "$(dirname "$0")/.."
+source examples/device_lib.sh
 MODEL=src/omniloom/assets/models/world
 WHEELS=(espeakng-loader==0.2.4 soundfile==0.14.0 soxr==1.1.0 vector-quantize-pytorch==1.32.0 einx==0.4.3
         torch-einops-utils loguru frozendict cffi pycparser)
 
 if [ "${1:-}" = "--wheels" ]; then  # here: the device image's Python is 3.12 and lacks these
-  rm -rf .whl && mkdir -p .whl  # one version of each wheel: two stop pip there
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+  rm -rf .whl && mkdir -p .whl
+  device_wheels .whl "${WHEELS[@]}"
   du -sh .whl
   exit 0
 fi
@@ -72,10 +71,7 @@ LR=${LR:-5e-4}
 INIT=${INIT-world}
 COMPILE=${COMPILE:-true}
 WORKERS=${WORKERS:-$(nproc)}
-mkdir -p "$OUT" "$WORK"
-exec > >(tee "$OUT/device.log") 2>&1
-TEE_PID=$!
-stamp() { echo "[$(( $(date +%s) - START )) s] $*"; }
+device_log
 
 if ! "$PY" -c "import espeakng_loader, soundfile, soxr, vector_quantize_pytorch" 2>/dev/null \
     && ls .whl/*.whl >/dev/null 2>&1; then  # only where the packages are missing (the device image)
@@ -100,29 +96,14 @@ stamp "generated $N samples"
 stamp "tokenized"
 # 3. train until the budget is spent (a checkpoint and an eval are written when it is)
 train() {  # $1: train.compile
-  TRAIN_S=$(( START + BUDGET - RESERVE - $(date +%s) ))
-  [ "$TRAIN_S" -ge 30 ] || { stamp "only $TRAIN_S s left for training: lower N or raise BUDGET"; return 1; }
-  stamp "training for up to $TRAIN_S s (train.compile=$1)"
-  "${OMNI[@]}" train --preset world --stop-after-minutes "$(awk "BEGIN {print $TRAIN_S / 60}")" ${INIT:+train.init_from="$INIT"} \
+  train_budget "$1" || return 1
+  "${OMNI[@]}" train --preset world --stop-after-minutes "$TRAIN_MIN" ${INIT:+train.init_from="$INIT"} \
     data.train="$WORK/shards/train" data.val="$WORK/shards/val" train.out_dir="$WORK/run" \
     train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$BATCH" train.lr="$LR" \
     train.warmup_steps="${WARMUP:-100}" train.eval_every="${EVAL_EVERY:-500}" train.eval_batches=8 \
     train.ckpt_every="${CKPT_EVERY:-500}" train.log_every=50 train.compile="$1" train.progress=false
 }
-# never run on a GPU yet, so a failure must not lose the call: a run that fails after a checkpoint
-# exports that checkpoint; one that fails before any (a torch.compile problem on the device's
-# torch, say) spends the rest of the budget training uncompiled
-if ! train "$COMPILE"; then
-  if [ -f "$WORK/run/ckpt/latest" ]; then
-    stamp "training failed after a checkpoint; exporting $(cat "$WORK/run/ckpt/latest")"
-  elif [ "$COMPILE" != false ]; then
-    stamp "training failed before its first checkpoint; once more without torch.compile"
-    train false
-  else
-    exit 1
-  fi
-fi
-stamp "trained"
+train_or_fall_back
 # 4. bf16 weights, in parts that come back (at most 8 files of 16 MiB)
 last=$(cat "$WORK/run/ckpt/latest")
 "${OMNI[@]}" export --checkpoint "$WORK/run/ckpt/$last" --format omniloom --dtype bfloat16 --out "$WORK/model"
@@ -133,5 +114,3 @@ cp "$WORK/model/config.json" "$WORK/run/metrics.jsonl" "$OUT/"
   "$MODEL/generation.json" "$RESTATE" "$OUT/generation.json"
 [ -f "$WORK/run/loss.png" ] && cp "$WORK/run/loss.png" "$OUT/"
 stamp "exported $last: $(ls "$OUT" | tr '\n' ' ')"
-exec >&- 2>&-
-wait "$TEE_PID"  # the whole log is in $OUT before the call returns

@@ -47,7 +47,8 @@ def _device_tree(tmp_path: Path, gguf: Path, xz: bytes, split: int) -> tuple[Pat
     stage folder call 1 filled)."""
     repo, stage = tmp_path / "repo", tmp_path / "stage"
     (repo / "examples").mkdir(parents=True)
-    shutil.copy(SCRIPT, repo / "examples" / SCRIPT.name)
+    for script in (SCRIPT, SCRIPT.parent / "device_lib.sh"):  # the script and what it sources
+        shutil.copy(script, repo / "examples" / script.name)
     shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
     models = ROOT / "src" / "omniloom" / "assets" / "models"
     shutil.copytree(ROOT / "src", repo / "src", ignore=lambda d, names: (
