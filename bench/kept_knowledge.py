@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.write_correct).write_text("".join(json.dumps(q) + "\n" for q in keep))
             print(f"wrote {len(keep)} questions to {args.write_correct}", file=sys.stderr)
     first = rows[0]
-    print(f"\n| model | questions right | vs first | perplexity (full softmax) | vs first | perplexity (text softmax) |")
+    print("\n| model | questions right | vs first | perplexity (full softmax) | vs first | perplexity (text softmax) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['correct']}/{r['questions']} | {r['correct'] / max(first['correct'], 1):.3f} | "

@@ -48,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict(read_json(d / "config.json", "model config"))
         cfg.train.compile = False
         model = Transformer(cfg.model)
+        tc = cfg.train
+        if tc.lora_rank:  # its own adapters, as its trainer built them: gated ones cannot be folded in
+            from omniloom.model.lora import apply_lora, lora_gate_from
+
+            gate = lora_gate_from(tc, vocab) if tc.lora_gate_from else 0
+            apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank,
+                       tc.lora_alpha, gate, tc.lora_gate_mode)
         init_weights(model, str(d), cfg, val.vocab_path())
         step = TrainStep(model, cfg.train, vocab=vocab, device=torch.device("cpu"))
         cfg.train.eval_batches = a.batches

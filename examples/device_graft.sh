@@ -28,8 +28,9 @@
 # Sizes are environment variables: N (world samples, default 80000), STEPS (LR schedule, default
 # 1500), BUDGET (seconds for the whole script, default 560: training gets what the graft, the data
 # and a 60 s reserve for the checkpoint and the export leave), BATCH (sequences of SEQ=512 tokens a
-# step, default 64), MICRO (default BATCH), LR (default 1e-3), RANK (default 16). Each stage prints
-# its finishing time, to size N next time.
+# step, default 64), MICRO (default BATCH), LR (default 1e-3), RANK (default 16), ROWS_LR (the
+# appended rows' rate as a multiple of LR, default 1). Each stage prints its finishing time, to size
+# N next time.
 #
 # Dry run on a CPU, in a staged copy of what call 2 sends (the parts as calls 1 and 2 leave them):
 #   bash examples/device_tree.sh stage /tmp/dg .gguf/2     # from the slimmed tree
@@ -97,6 +98,7 @@ MICRO=${MICRO:-$BATCH}
 SEQ=${SEQ:-512}
 LR=${LR:-1e-3}
 RANK=${RANK:-16}
+ROWS_LR=${ROWS_LR:-1}
 COMPILE=${COMPILE:-true}
 WORKERS=${WORKERS:-$(nproc)}
 device_log
@@ -157,7 +159,7 @@ train() {  # $1: train.compile
     data.train="$WORK/shards/train" data.val="$WORK/shards/val" data.seq_len="$SEQ" \
     train.out_dir="$WORK/run" train.init_from="$GRAFT" train.freeze_base=true train.lora_rank="$RANK" \
     train.lora_alpha=$((2 * RANK)) train.lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
-    train.lora_gate_from=-1 train.lora_gate_mode=onward \
+    train.lora_gate_from=-1 train.lora_gate_mode=onward train.rows_lr_mult="$ROWS_LR" \
     train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$MICRO" train.lr="$LR" \
     train.warmup_steps="${WARMUP:-50}" train.weight_decay=0 train.log_every=25 train.eval_every="${EVAL_EVERY:-250}" \
     train.eval_batches=8 train.ckpt_every="${CKPT_EVERY:-250}" train.compile="$1" train.progress=false

@@ -31,6 +31,8 @@
 # every text-only conversation (omniloom tokenize --task-tag), so the world's arithmetic in words is
 # answered by the adapters while untagged text stays the base's (docs/graft.md, "The task tag"); it
 # applies to the world data made here (shards given with SHARDS must have been tokenized with it).
+# ROWS_LR=10 trains the appended vocab rows at 10x the adapters' rate (train.rows_lr_mult): at the
+# default they hardly move in a CPU run (docs/graft.md, "The appended rows' own rate").
 set -euo pipefail
 DATA=${DATA:-data/smolworld}
 OUT=${OUT:-runs/smol-world}
@@ -42,6 +44,7 @@ MICRO=${MICRO:-4}
 SEQ=${SEQ:-512}
 LR=${LR:-1e-3}
 RANK=${RANK:-16}
+ROWS_LR=${ROWS_LR:-1}
 WARMUP=${WARMUP:-20}
 MINUTES=${MINUTES:-}
 NPROC=${NPROC:-1}
@@ -79,7 +82,7 @@ TRAIN=(-m omniloom.cli train --config "$GRAFT/config.json" ${MINUTES:+--stop-aft
   data.train="$TRAIN_SETS" data.val="$VAL" data.seq_len="$SEQ"
   train.out_dir="$OUT" train.init_from="$GRAFT" train.freeze_base=true train.lora_rank="$RANK"
   train.lora_alpha=$((2 * RANK)) train.lora_targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
-  train.lora_gate_from="$GATE" train.lora_gate_mode="$GATE_MODE"
+  train.lora_gate_from="$GATE" train.lora_gate_mode="$GATE_MODE" train.rows_lr_mult="$ROWS_LR"
   train.steps="$STEPS" train.batch_size="$BATCH" train.micro_batch_size="$MICRO" train.lr="$LR"
   train.warmup_steps="$WARMUP" train.weight_decay=0 train.log_every=5 train.eval_every=50
   train.eval_batches=4 train.ckpt_every=25 train.compile=true train.progress=false)

@@ -453,3 +453,51 @@ def _tiny_tokenizer_json() -> str:
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(TEXT)}, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return tok.to_str()
+
+
+def test_rows_lr_mult_gives_the_trained_rows_their_own_rate():
+    from omniloom.config import TrainConfig
+    from omniloom.train.step import TrainStep, build_optimizer, freeze_for_adapters
+
+    def model() -> Transformer:
+        torch.manual_seed(3)
+        m = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64,
+                                    max_seq_len=32, tie_embeddings=True))
+        apply_lora(m, ["q_proj", "v_proj"], rank=4, alpha=8)
+        freeze_for_adapters(m)
+        return m
+
+    # at the default rate the rows share the no-decay group: the optimizer keeps its old group layout
+    m = model()
+    plain = build_optimizer(m, TrainConfig(lr=1e-3, freeze_base=True, weight_decay=0.1), "cpu")
+    assert len(plain.param_groups) == 2
+    m = model()
+    step = TrainStep(m, TrainConfig(lr=1e-3, freeze_base=True, rows_lr_mult=10.0, weight_decay=0.0, dtype="fp32"), device="cpu")
+    groups = step.optimizer.param_groups
+    assert len(groups) == 3
+    rows = [g for g in groups if any(p is m.embed_tokens.weight for p in g["params"])]
+    assert len(rows) == 1 and len(rows[0]["params"]) == 1 and rows[0]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in m.parameters())
+    step.set_lr(2e-3)
+    assert rows[0]["lr"] == pytest.approx(2e-2)
+    assert all(g["lr"] == pytest.approx(2e-3) for g in groups if g is not rows[0])
+    # one AdamW step moves every element by about its group's rate (the first step is sign-like)
+    before_rows = m.embed_tokens.weight.detach().clone()
+    lora_a = next(p for n, p in m.named_parameters() if n.endswith("lora_a"))
+    before_a = lora_a.detach().clone()
+    for p in m.parameters():
+        if p.requires_grad:
+            p.grad = torch.ones_like(p)
+    step.optimizer.step()
+    moved_rows = (m.embed_tokens.weight.detach() - before_rows).abs().max().item()
+    moved_a = (lora_a.detach() - before_a).abs().max().item()
+    assert moved_rows == pytest.approx(2e-2, rel=1e-3) and moved_a == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_rows_lr_mult_is_checked():
+    from omniloom.config import Config, apply_overrides
+
+    with pytest.raises(ValueError, match="rows_lr_mult must be positive"):
+        apply_overrides(Config(), ["train.freeze_base=true", "train.rows_lr_mult=0"]).train.validate()
+    with pytest.raises(ValueError, match="train.freeze_base is false"):
+        apply_overrides(Config(), ["train.rows_lr_mult=5"]).train.validate()

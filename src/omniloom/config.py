@@ -185,6 +185,9 @@ class TrainConfig:
     # ('130,140-149') or a JSON file holding a list of ids ('rows.json'), e.g. the text ids a new
     # language uses and the source's data never did (python -m omniloom.data.row_usage)
     train_rows_also: str = ""
+    # learning-rate multiplier of those trainable rows under freeze_base (the appended rows start as
+    # the mean of the base's rows, and at the adapters' rate they move slowly: docs/graft.md)
+    rows_lr_mult: float = 1.0
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj"
@@ -276,6 +279,11 @@ class TrainConfig:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if self.image_pos_lr_mult <= 0:
             raise ValueError(f"train.image_pos_lr_mult must be positive, got {self.image_pos_lr_mult}")
+        if not self.rows_lr_mult > 0:
+            raise ValueError(f"train.rows_lr_mult must be positive, got {self.rows_lr_mult}")
+        if self.rows_lr_mult != 1.0 and not self.freeze_base:
+            raise ValueError("train.rows_lr_mult sets the rate of the rows trained beside the adapters, but "
+                             "train.freeze_base is false (every weight trains at train.lr)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0:

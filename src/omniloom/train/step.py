@@ -76,17 +76,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: str | torch.device) -> torch.optim.AdamW:
     """AdamW, weight decay on matrices only (not norms/biases); fused on CUDA and CPU, foreach elsewhere."""
-    decay, no_decay, slots = [], [], []
+    decay, no_decay, slots, rows = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name.removeprefix("_orig_mod.") == "image_pos.weight":
             slots.append(p)
         elif cfg.freeze_base and name.removeprefix("_orig_mod.") in ROW_MASKED:
-            no_decay.append(p)  # decay would move the frozen rows, whose gradient is masked to zero
+            # decay would move the frozen rows, whose gradient is masked to zero; at the model's rate
+            # they stay in no_decay, so checkpoints from before train.rows_lr_mult resume as they were
+            (rows if cfg.rows_lr_mult != 1.0 else no_decay).append(p)
         else:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if rows:  # the rows trained beside the adapters: no decay, their own rate (lr_scale)
+        groups.append({"params": rows, "weight_decay": 0.0, "lr_scale": cfg.rows_lr_mult})
     if slots:  # the image slot table: no decay (it is a position code), its own rate (lr_scale)
         groups.append({"params": slots, "weight_decay": 0.0, "lr_scale": cfg.image_pos_lr_mult})
     # fused (one kernel per tensor) on CUDA and CPU: on this project's 2-core CPU the foreach path
