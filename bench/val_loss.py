@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from omniloom.data.shards import ShardSet
     from omniloom.infer.generate import resolve_model_dir
     from omniloom.model.llama import Transformer
+    from omniloom.model.lora import apply_lora_from_config
     from omniloom.tokens.vocab import Vocab
     from omniloom.train.loop import _val_batch, init_weights, validation_loss
     from omniloom.train.step import TrainStep
@@ -48,13 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict(read_json(d / "config.json", "model config"))
         cfg.train.compile = False
         model = Transformer(cfg.model)
-        tc = cfg.train
-        if tc.lora_rank:  # its own adapters, as its trainer built them: gated ones cannot be folded in
-            from omniloom.model.lora import apply_lora, lora_gate_from
-
-            gate = lora_gate_from(tc, vocab) if tc.lora_gate_from else 0
-            apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank,
-                       tc.lora_alpha, gate, tc.lora_gate_mode)
+        if cfg.train.lora_rank:  # its own adapters, as its trainer built them: gated ones cannot be folded in
+            apply_lora_from_config(model, cfg.train, vocab)
         init_weights(model, str(d), cfg, val.vocab_path())
         step = TrainStep(model, cfg.train, vocab=vocab, device=torch.device("cpu"))
         cfg.train.eval_batches = a.batches

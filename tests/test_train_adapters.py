@@ -472,7 +472,8 @@ def test_rows_lr_mult_gives_the_trained_rows_their_own_rate():
     plain = build_optimizer(m, TrainConfig(lr=1e-3, freeze_base=True, weight_decay=0.1), "cpu")
     assert len(plain.param_groups) == 2
     m = model()
-    step = TrainStep(m, TrainConfig(lr=1e-3, freeze_base=True, rows_lr_mult=10.0, weight_decay=0.0, dtype="fp32"), device="cpu")
+    cfg = TrainConfig(lr=1e-3, freeze_base=True, rows_lr_mult=10.0, weight_decay=0.0, dtype="fp32")
+    step = TrainStep(m, cfg, device="cpu")
     groups = step.optimizer.param_groups
     assert len(groups) == 3
     rows = [g for g in groups if any(p is m.embed_tokens.weight for p in g["params"])]

@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from ..config import LORA_GATE_MODES, LORA_TARGETS
 
-__all__ = ["LoRALinear", "apply_lora", "merge_lora_state", "LORA_TARGETS", "has_lora", "is_adapter_key",
-           "lora_gate_from", "adapters_for_inference", "fold_adapters"]
+__all__ = ["LoRALinear", "apply_lora", "apply_lora_from_config", "merge_lora_state", "LORA_TARGETS", "has_lora",
+           "is_adapter_key", "lora_gate_from", "adapters_for_inference", "fold_adapters"]
 
 class LoRALinear(nn.Module):
     """A frozen bias-free linear layer plus a trainable low-rank update."""
@@ -112,6 +112,14 @@ def lora_gate_from(train_cfg, vocab) -> int:
     if train_cfg.lora_gate_mode == "tag":
         return vocab.special("task")  # a vocabulary without the reserved slot: ValueError naming it
     return int(vocab.text_size)
+
+
+def apply_lora_from_config(model: nn.Module, train_cfg, vocab) -> list[str]:
+    """The adapters ``train_cfg`` names (``lora_targets``, ``lora_rank``, ``lora_alpha`` and the gate,
+    resolved in ``vocab``), put on ``model`` as the trainer builds them; returns the wrapped names."""
+    targets = [t.strip() for t in train_cfg.lora_targets.split(",") if t.strip()]
+    gate = lora_gate_from(train_cfg, vocab) if train_cfg.lora_gate_from else 0
+    return apply_lora(model, targets, train_cfg.lora_rank, train_cfg.lora_alpha, gate, train_cfg.lora_gate_mode)
 
 
 def adapters_for_inference(model: nn.Module, state: dict[str, torch.Tensor], cfg, vocab) -> dict[str, torch.Tensor]:

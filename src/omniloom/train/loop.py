@@ -151,12 +151,10 @@ def train(cfg: Config, resume: str = "auto", parallel: str = "fsdp", stop_after:
     model = Transformer(cfg.model).to(device)
     init_dir = None
     if tc.lora_rank:  # before the weights load, so that a source's adapters load as adapters
-        from ..model.lora import apply_lora, lora_gate_from
+        from ..model.lora import apply_lora_from_config
         from ..tokens.vocab import Vocab
 
-        gate_from = lora_gate_from(tc, Vocab.load(train_set.vocab_path())) if tc.lora_gate_from else 0
-        apply_lora(model, [t.strip() for t in tc.lora_targets.split(",") if t.strip()], tc.lora_rank, tc.lora_alpha,
-                   gate_from, tc.lora_gate_mode)
+        apply_lora_from_config(model, tc, Vocab.load(train_set.vocab_path()))
     # a resumed run keeps its own weights, but DPO rebuilds its reference from the initial ones
     if tc.init_from and (resume_from is None or dpo):
         init_dir = init_weights(model, tc.init_from, cfg, train_set.vocab_path())
